@@ -1,0 +1,34 @@
+"""Conveyor: a distributed task queue with Celery's API, on SQLite or Redis.
+
+Only light modules are imported here; broker clients, the worker and the
+dashboard load when first used.
+"""
+
+from __future__ import annotations
+
+from conveyor.app import Conveyor, current_app, get_current_app, shared_task
+from conveyor.exceptions import (
+    Reject,
+    Retry,
+    SoftTimeLimitExceeded,
+    TimeLimitExceeded,
+)
+from conveyor.result import AsyncResult, EagerResult
+from conveyor.task import Task
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AsyncResult",
+    "Conveyor",
+    "EagerResult",
+    "Reject",
+    "Retry",
+    "SoftTimeLimitExceeded",
+    "Task",
+    "TimeLimitExceeded",
+    "__version__",
+    "current_app",
+    "get_current_app",
+    "shared_task",
+]

@@ -1,0 +1,417 @@
+"""The application object: settings, the task registry, and sending.
+
+A process usually has one app (``app = Conveyor("core")``); it becomes the current
+app that ``@shared_task`` tasks bind to, the way a Django project's Celery app does.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import importlib
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar, overload
+
+from conveyor.config import Settings, settings_from_object
+from conveyor.exceptions import ConfigurationError, NotRegistered, SerializationError
+from conveyor.message import MAX_PRIORITY, MIN_PRIORITY, Message, new_id
+from conveyor.serialization import check_arguments
+from conveyor.task import Task, current_request, expires_at, to_timestamp
+
+if TYPE_CHECKING:
+    import datetime as dt
+
+    from conveyor.backends.base import ResultBackend
+    from conveyor.brokers.base import AdminBroker
+    from conveyor.result import AsyncResult
+
+log = logging.getLogger("conveyor")
+R = TypeVar("R")
+
+_apps: list[Conveyor] = []
+_current: Conveyor | None = None
+_shared: list[Callable[[Conveyor], None]] = []
+_state_lock = threading.RLock()
+
+
+def get_current_app() -> Conveyor:
+    """The app tasks and results bind to when none is named: the last one created or set.
+
+    Raises:
+        ConfigurationError: no app exists yet (Conveyor never makes one on its own,
+            because a silent default broker would swallow tasks).
+    """
+    if _current is None:
+        raise ConfigurationError(
+            "no Conveyor app exists: create one with Conveyor('name') before using shared tasks or results"
+        )
+    return _current
+
+
+class _CurrentApp:
+    """``conveyor.current_app``: Celery's proxy to whichever app is current.
+
+    The one attribute-forwarding object in the package, kept for Celery code that
+    does ``from celery import current_app; current_app.send_task(...)``.
+    """
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(get_current_app(), name)
+
+    def __repr__(self) -> str:
+        return f"<current_app: {_current!r}>"
+
+
+current_app: Any = _CurrentApp()
+
+
+class Conveyor:
+    """A Conveyor application.
+
+    Args:
+        main: the app's name, used for tasks defined in ``__main__``.
+        broker: broker URL; default ``sqlite:///conveyor.sqlite3`` or ``CONVEYOR_BROKER_URL``.
+        backend: result backend URL; None keeps results in the broker's store, False keeps none.
+        include: modules to import when a worker starts (where the tasks are).
+        set_as_current: make this the app ``shared_task`` binds to.
+
+    Example::
+
+        app = Conveyor("core", broker="sqlite:///conveyor.sqlite3")
+
+        @app.task(queue="email", max_retries=5)
+        def send_email(user_id: int) -> None: ...
+    """
+
+    def __init__(
+        self,
+        main: str | None = None,
+        *,
+        broker: str | None = None,
+        backend: str | bool | None = None,
+        include: Sequence[str] | None = None,
+        set_as_current: bool = True,
+        **settings: Any,
+    ) -> None:
+        self.main = main
+        self.conf = Settings()
+        if settings:
+            self.conf.update(settings)
+        if broker is not None:
+            self.conf.broker_url = broker
+        if backend is not None:
+            self.conf.result_backend = backend
+        self.include = list(include or ())
+        self.tasks: dict[str, Task[Any, Any]] = {}
+        self._broker: AdminBroker | None = None
+        self._backend: ResultBackend | None = None
+        self._pid = os.getpid()
+        self._lock = threading.Lock()
+        global _current
+        with _state_lock:
+            _apps.append(self)
+            if set_as_current:
+                _current = self
+            for register in _shared:
+                register(self)
+
+    def __repr__(self) -> str:
+        return f"<Conveyor {self.main or '__main__'}>"
+
+    def set_current(self) -> None:
+        global _current
+        _current = self
+
+    # -- configuration -------------------------------------------------------------
+    def config_from_object(self, obj: Any, *, namespace: str | None = None, silent: bool = False) -> None:
+        """Load settings from a module path, module, class, object or dict.
+
+        ``namespace="CONVEYOR"`` reads only ``CONVEYOR_*`` names (Django settings);
+        ``namespace="CELERY"`` reads a project's existing Celery settings unchanged.
+        """
+        try:
+            self.conf.update(settings_from_object(obj, namespace))
+        except ConfigurationError:
+            if not silent:
+                raise
+        self._reset_connections()
+
+    def autodiscover_tasks(
+        self, packages: Iterable[str] | None = None, related_name: str = "tasks"
+    ) -> list[str]:
+        """Import ``<package>.<related_name>`` for each package; returns the modules imported.
+
+        With no packages and Django configured, INSTALLED_APPS is used. A package
+        without a tasks module is skipped; an error *inside* a tasks module is raised,
+        because hiding it would leave its tasks unregistered and their messages
+        dead-lettered as unknown.
+        """
+        if packages is None:
+            packages = _django_installed_apps()
+        imported = []
+        for package in packages:
+            name = f"{package}.{related_name}" if related_name else package
+            try:
+                importlib.import_module(name)
+            except ModuleNotFoundError as exc:
+                if exc.name in (name, package):
+                    continue
+                raise
+            imported.append(name)
+        return imported
+
+    def import_includes(self) -> None:
+        for module in self.include:
+            importlib.import_module(module)
+
+    # -- tasks ---------------------------------------------------------------------
+    @overload
+    def task(self, fn: Callable[..., R], /) -> Task[Any, R]: ...
+
+    @overload
+    def task(self, fn: None = None, /, **options: Any) -> Callable[[Callable[..., R]], Task[Any, R]]: ...
+
+    def task(self, fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
+        """Register a function as a task: ``@app.task`` or ``@app.task(queue="email", ...)``."""
+
+        def decorate(func: Callable[..., Any]) -> Task[Any, Any]:
+            name = options.pop("name", None) or self.default_task_name(func)
+            task: Task[Any, Any] = Task(func, app=self, name=name, **options)
+            self.register(task)
+            return task
+
+        return decorate(fn) if fn is not None else decorate
+
+    def default_task_name(self, func: Callable[..., Any]) -> str:
+        module = func.__module__
+        if module == "__main__" and self.main:
+            module = self.main
+        return f"{module}.{func.__qualname__}"
+
+    def register(self, task: Task[Any, Any]) -> None:
+        existing = self.tasks.get(task.name)
+        if existing is not None and existing.fn is not task.fn:
+            log.debug("task %s re-registered", task.name)
+        self.tasks[task.name] = task
+
+    def get_task(self, name: str) -> Task[Any, Any]:
+        try:
+            return self.tasks[name]
+        except KeyError:
+            raise NotRegistered(
+                f"task {name!r} is not registered: is its module imported by the worker (-A/include)?"
+            ) from None
+
+    # -- routing and sending -----------------------------------------------------------
+    def route(self, task_name: str) -> str | None:
+        """The queue ``task_routes`` gives a task name: exact names first, then glob patterns in order."""
+        routes = self.conf.task_routes
+        if not routes:
+            return None
+        items: Iterable[tuple[str, Any]]
+        if isinstance(routes, Mapping):
+            exact = routes.get(task_name)
+            if exact is not None:
+                return _route_queue(exact)
+            items = routes.items()
+        else:  # a list of (pattern, route) pairs or of mappings, as Celery allows
+            items = [
+                pair
+                for entry in routes
+                for pair in (entry.items() if isinstance(entry, Mapping) else [entry])
+            ]
+        for pattern, route in items:
+            if fnmatch.fnmatchcase(task_name, pattern):
+                return _route_queue(route)
+        return None
+
+    def build_message(
+        self,
+        name: str,
+        args: Sequence[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        *,
+        countdown: float | None = None,
+        eta: dt.datetime | float | None = None,
+        expires: float | dt.datetime | dt.timedelta | None = None,
+        queue: str | None = None,
+        priority: int | None = None,
+        task_id: str | None = None,
+        headers: Mapping[str, Any] | None = None,
+        default_queue: str | None = None,
+        default_priority: int | None = None,
+        default_expires: float | dt.datetime | dt.timedelta | None = None,
+        retries: int = 0,
+        **unknown: Any,
+    ) -> Message:
+        if unknown:
+            raise TypeError(f"{name}: unknown option(s) {', '.join(sorted(unknown))} for apply_async()")
+        if args is not None and not isinstance(args, (list, tuple)):
+            raise TypeError(f"{name}: args must be a list or tuple, got {type(args).__name__}")
+        if kwargs is not None and not isinstance(kwargs, Mapping):
+            raise TypeError(f"{name}: kwargs must be a dict, got {type(kwargs).__name__}")
+        now = time.time()
+        if eta is not None and countdown is not None:
+            raise ValueError(f"{name}: pass countdown or eta, not both")
+        eta_at = to_timestamp(eta) if eta is not None else (now + countdown if countdown else None)
+        prio = priority if priority is not None else default_priority
+        if prio is None:
+            prio = self.conf.task_default_priority
+        if not isinstance(prio, int) or not MIN_PRIORITY <= prio <= MAX_PRIORITY:
+            raise ValueError(f"{name}: priority must be an integer from 0 to 9, got {prio!r}")
+        parent = current_request()
+        return Message(
+            id=task_id or new_id(),
+            task=name,
+            args=list(args or ()),
+            kwargs=dict(kwargs or {}),
+            queue=queue or default_queue or self.route(name) or self.conf.task_default_queue,
+            priority=prio,
+            eta=eta_at,
+            expires=expires_at(expires if expires is not None else default_expires, now),
+            retries=retries,
+            parent_id=parent.id if parent else None,
+            root_id=(parent.root_id or parent.id) if parent else None,
+            created_at=now,
+            headers=dict(headers or {}),
+        )
+
+    def _checked(self, message: Message) -> Message:
+        """Refuse a message that cannot travel, at the caller, with the reason."""
+        try:
+            body = message.encode()
+        except SerializationError:
+            check_arguments(message.args, message.kwargs, message.task)
+            raise TypeError(f"{message.task}: headers cannot be sent as JSON") from None
+        limit = self.conf.task_message_max_bytes
+        if limit and len(body) > limit:
+            raise ValueError(
+                f"{message.task}: message is {len(body)} bytes, over task_message_max_bytes={limit}; "
+                "store large data elsewhere (a file, a database row) and pass its id"
+            )
+        return message
+
+    def publish(self, message: Message) -> None:
+        checked = self._checked(message)  # before touching the broker: bad input costs no I/O
+        self.broker.publish(checked, eta=checked.eta)
+
+    def publish_many(self, messages: Sequence[Message]) -> None:
+        checked = [self._checked(m) for m in messages]
+        self.broker.publish_many(checked)
+
+    def send_task(
+        self,
+        name: str,
+        args: Sequence[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> AsyncResult[Any]:
+        """Send a task by name, without importing it (the worker must know it)."""
+        task = self.tasks.get(name)
+        if task is not None:
+            return task.apply_async(args, kwargs, **options)
+        message = self.build_message(name, args, kwargs, **options)
+        self.publish(message)
+        return self.AsyncResult(message.id, task_name=name)
+
+    # -- results -------------------------------------------------------------------
+    def AsyncResult(self, task_id: str, *, task_name: str | None = None) -> AsyncResult[Any]:  # noqa: N802
+        from conveyor.result import AsyncResult
+
+        return AsyncResult(task_id, app=self, task_name=task_name)
+
+    # -- connections ---------------------------------------------------------------
+    @property
+    def broker(self) -> AdminBroker:
+        self._check_fork()
+        if self._broker is None:
+            with self._lock:
+                if self._broker is None:
+                    from conveyor.brokers.base import broker_from_url
+
+                    self._broker = broker_from_url(self.conf.broker_url)
+        return self._broker
+
+    @property
+    def backend(self) -> ResultBackend:
+        self._check_fork()
+        if self._backend is None:
+            with self._lock:
+                if self._backend is None:
+                    self._backend = self._make_backend()
+        return self._backend
+
+    def _make_backend(self) -> ResultBackend:
+        from conveyor.backends.base import DisabledBackend, backend_from_url
+
+        url = self.conf.result_backend
+        if url is False:
+            return DisabledBackend()
+        expires = self.conf.result_expires
+        return backend_from_url(url or self.conf.broker_url, result_expires_s=float(expires or 0))
+
+    def _check_fork(self) -> None:
+        # A forked child must not share its parent's connections (sqlite handles,
+        # sockets); brokers reopen per process too, this just drops our references.
+        if self._pid != os.getpid():
+            self._pid = os.getpid()
+            self._broker = None
+            self._backend = None
+
+    def _reset_connections(self) -> None:
+        if self._broker is not None or self._backend is not None:
+            self.close()
+
+    def close(self) -> None:
+        broker, backend = self._broker, self._backend
+        self._broker = self._backend = None
+        if broker is not None:
+            broker.close()
+        if backend is not None:
+            backend.close()
+
+
+def _route_queue(route: Any) -> str | None:
+    if isinstance(route, str):
+        return route
+    if isinstance(route, Mapping):
+        queue = route.get("queue")
+        return str(queue) if queue else None
+    raise ConfigurationError(f"task_routes values must be a queue name or {{'queue': name}}, got {route!r}")
+
+
+def _django_installed_apps() -> list[str]:
+    try:
+        from django.conf import settings  # type: ignore[import-not-found]
+    except ImportError:
+        raise ConfigurationError(
+            "autodiscover_tasks() needs a list of packages when Django is not installed"
+        ) from None
+    return list(settings.INSTALLED_APPS)
+
+
+def shared_task(fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
+    """Declare a task without naming an app: it binds to the current app at use time.
+
+    Reusable apps (a Django app's ``tasks.py``) use this, so they do not import the
+    project's app module.
+    """
+
+    def decorate(func: Callable[..., Any]) -> Task[Any, Any]:
+        opts = dict(options)
+        name = opts.pop("name", None) or f"{func.__module__}.{func.__qualname__}"
+        task: Task[Any, Any] = Task(func, app=None, name=name, **opts)
+
+        def register(app: Conveyor) -> None:
+            app.register(task)
+
+        with _state_lock:
+            _shared.append(register)
+            for app in _apps:
+                register(app)
+        return task
+
+    return decorate(fn) if fn is not None else decorate

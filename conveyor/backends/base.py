@@ -1,0 +1,116 @@
+"""The result-store seam: where task outcomes are kept for AsyncResult to read."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol, runtime_checkable
+
+from conveyor.exceptions import ConfigurationError
+from conveyor.states import READY_STATES
+
+
+@dataclass(frozen=True, slots=True)
+class ResultRecord:
+    """Everything stored about one task's outcome (DESIGN.md, "Results").
+
+    ``result`` is the return value on SUCCESS; ``exception`` is
+    ``serialization.exception_to_dict()`` output on FAILURE, RETRY and REVOKED.
+    """
+
+    task_id: str
+    state: str
+    task: str | None = None
+    result: Any = None
+    exception: Mapping[str, Any] | None = None
+    traceback: str | None = None
+    retries: int = 0
+    worker: str | None = None
+    queue: str | None = None
+    args: list[Any] = field(default_factory=list)
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    started_at: float | None = None
+    finished_at: float | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self.state in READY_STATES
+
+    def with_changes(self, **changes: Any) -> ResultRecord:
+        return replace(self, **changes)
+
+
+@runtime_checkable
+class ResultBackend(Protocol):
+    url: str
+
+    def store(self, records: Sequence[ResultRecord]) -> None:
+        """Save records (insert or replace), in one round trip."""
+
+    def get(self, task_id: str) -> ResultRecord | None: ...
+
+    def get_many(self, task_ids: Sequence[str]) -> dict[str, ResultRecord]: ...
+
+    def wait(self, task_id: str, *, timeout_s: float | None, interval_s: float) -> ResultRecord | None:
+        """Block until the task's record is ready (SUCCESS/FAILURE/REVOKED) or the timeout passes.
+
+        Returns the latest record (ready or not), or None when there is none.
+        """
+
+    def forget(self, task_id: str) -> None: ...
+
+    def cleanup(self, *, now: float | None = None) -> int:
+        """Delete records older than result_expires; returns how many."""
+
+    def close(self) -> None: ...
+
+
+class DisabledBackend:
+    """``backend=False``: results are not kept; asking for one is a clear error."""
+
+    url = "disabled://"
+
+    def store(self, records: Sequence[ResultRecord]) -> None:
+        return None
+
+    def _refuse(self) -> ConfigurationError:
+        return ConfigurationError(
+            "results are disabled (backend=False): pass backend= to Conveyor() to keep them"
+        )
+
+    def get(self, task_id: str) -> ResultRecord | None:
+        raise self._refuse()
+
+    def get_many(self, task_ids: Sequence[str]) -> dict[str, ResultRecord]:
+        raise self._refuse()
+
+    def wait(self, task_id: str, *, timeout_s: float | None, interval_s: float) -> ResultRecord | None:
+        raise self._refuse()
+
+    def forget(self, task_id: str) -> None:
+        return None
+
+    def cleanup(self, *, now: float | None = None) -> int:
+        return 0
+
+    def close(self) -> None:
+        return None
+
+
+def backend_from_url(url: str, *, result_expires_s: float) -> ResultBackend:
+    scheme = url.split(":", 1)[0].lower()
+    if scheme == "sqlite":
+        from conveyor.backends.sqlite import SQLiteBackend
+
+        return SQLiteBackend(url, result_expires_s=result_expires_s)
+    if scheme == "memory":
+        from conveyor.backends.memory import MemoryBackend
+
+        return MemoryBackend(url, result_expires_s=result_expires_s)
+    if scheme == "disabled":
+        return DisabledBackend()
+    from conveyor.brokers.base import mask_url
+
+    raise ConfigurationError(
+        f"unknown result backend URL scheme {scheme!r} in {mask_url(url)}: use sqlite:///path.sqlite3, memory:// or backend=False"
+    )

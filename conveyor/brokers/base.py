@@ -1,0 +1,171 @@
+"""The broker seam: everything the worker, the producer and the admin tools need
+from a message store, and nothing about how the store does it.
+
+The worker never talks to sqlite3 or redis itself; it talks to a ``Broker``. A new
+broker is one module implementing ``Broker`` and ``BrokerAdmin`` plus one fixture in
+``tests/brokers/test_contract.py``.
+
+Delivery semantics every broker must give (DESIGN.md, "Delivery"):
+
+- ``fetch`` leases messages: a leased message is invisible to other consumers until
+  its lease runs out, then it is delivered again. This is what makes a SIGKILLed
+  worker lose nothing.
+- ``ack`` removes a message for good; ``nack`` makes it visible again (now or later);
+  ``dead_letter`` moves it to the dead-letter queue with a reason.
+- ``extend`` pushes leases forward; a live worker calls it for every message it holds,
+  so a long task is never redelivered while its worker lives.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+from urllib.parse import urlsplit, urlunsplit
+
+from conveyor.exceptions import ConfigurationError
+from conveyor.message import Message
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """A leased message as fetched by one consumer.
+
+    ``body`` is the raw bytes, not a decoded ``Message``: a body that cannot be
+    decoded must still be deliverable so the worker can dead-letter it with the reason.
+    ``receipt`` proves the lease: ack/nack/extend with a receipt whose lease has run
+    out (and been re-fetched by someone else) do nothing.
+    ``attempt`` counts deliveries of this message, 1 on the first.
+    """
+
+    body: bytes
+    queue: str
+    receipt: str
+    attempt: int
+    message_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStats:
+    name: str
+    ready: int  # waiting and due
+    in_flight: int  # leased by a worker
+    delayed: int  # eta or retry countdown in the future
+    dead: int  # in the dead-letter queue
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    id: str
+    queue: str
+    body: bytes
+    reason: str
+    failed_at: float
+    task_id: str | None = None
+    task_name: str | None = None
+
+
+@runtime_checkable
+class Broker(Protocol):
+    url: str
+
+    def publish(self, message: Message, *, eta: float | None = None) -> None:
+        """Store one message; with ``eta`` it becomes fetchable at that epoch time."""
+
+    def publish_many(self, messages: Sequence[Message]) -> None:
+        """Store many messages in one round trip (Task.map); each message's own eta applies."""
+
+    def fetch(self, queues: Sequence[str], *, limit: int, lease_s: float, timeout_s: float) -> list[Delivery]:
+        """Lease up to ``limit`` due messages, highest priority first, FIFO within a priority.
+
+        Queues are served in the order given when several have messages. Blocks up to
+        ``timeout_s`` when nothing is due and returns ``[]`` then, without busy-waiting.
+        """
+
+    def ack(self, deliveries: Sequence[Delivery]) -> None:
+        """Delete the messages for good."""
+
+    def nack(self, delivery: Delivery, *, retry_at: float | None = None, reason: str = "") -> None:
+        """Give the message back: visible again at ``retry_at`` (now when None)."""
+
+    def dead_letter(self, delivery: Delivery, *, reason: str) -> None:
+        """Move the message to the dead-letter queue with ``reason``; works after an ack too."""
+
+    def extend(self, deliveries: Sequence[Delivery], *, lease_s: float) -> None:
+        """Renew leases so they run out ``lease_s`` from now."""
+
+    def wake(self) -> None:
+        """Make a ``fetch`` blocked in another thread of this process return early."""
+
+    def close(self) -> None: ...
+
+
+@runtime_checkable
+class BrokerAdmin(Protocol):
+    """Inspection and repair, for the CLI and the dashboard, and shared primitives."""
+
+    def queue_stats(self, queues: Sequence[str] | None = None) -> list[QueueStats]: ...
+
+    def purge(self, queue: str | None = None) -> int:
+        """Delete waiting and delayed messages (not in-flight ones); returns how many."""
+
+    def dead_letters(
+        self, queue: str | None = None, *, limit: int = 100, offset: int = 0
+    ) -> list[DeadLetter]: ...
+
+    def get_dead_letter(self, entry_id: str) -> DeadLetter | None: ...
+
+    def replay_dead_letters(self, entry_ids: Sequence[str] | None = None) -> int:
+        """Put dead letters back on their queue (all when None); returns how many."""
+
+    def purge_dead_letters(self, entry_ids: Sequence[str] | None = None) -> int: ...
+
+    def rate_limit_wait(self, key: str, interval_s: float, *, now: float | None = None) -> float:
+        """Shared rate limiter (GCRA): 0 and a slot is taken, or the seconds to wait.
+
+        One slot per ``interval_s`` for ``key`` across every process using this
+        broker, which is what makes ``rate_limit="10/m"`` hold across all workers.
+        """
+
+    def acquire_lease(self, name: str, owner: str, ttl_s: float) -> bool:
+        """Take or renew a named lease (the scheduler's leader lease)."""
+
+
+class AdminBroker(Broker, BrokerAdmin, Protocol):
+    """What every concrete broker in Conveyor implements."""
+
+
+def mask_url(url: str) -> str:
+    """Hide the password in a broker URL; DESIGN.md: never printed in full."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable url>"
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    netloc = f"{user}:***@{host}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def broker_from_url(url: str) -> AdminBroker:
+    """Make the broker a URL names; heavy client libraries are imported only here."""
+    scheme = url.split(":", 1)[0].lower()
+    if scheme == "sqlite":
+        from conveyor.brokers.sqlite import SQLiteBroker
+
+        return SQLiteBroker(url)
+    if scheme == "memory":
+        from conveyor.brokers.memory import MemoryBroker
+
+        return MemoryBroker(url)
+    if scheme in ("redis", "rediss", "redis+sentinel"):
+        raise ConfigurationError(
+            f"the Redis broker is not available in this version ({mask_url(url)}); use sqlite:///path.sqlite3"
+        )
+    raise ConfigurationError(
+        f"unknown broker URL scheme {scheme!r} in {mask_url(url)}: use sqlite:///path.sqlite3 or memory://"
+    )

@@ -1,0 +1,218 @@
+"""Every setting in one table: name, default, how to read it from the environment.
+
+Precedence, lowest first: the defaults below; ``CONVEYOR_<NAME>`` environment
+variables (read when the app is created); then whatever the code sets
+(``Conveyor(broker=...)``, ``config_from_object``, ``conf.update``). Code wins so a
+project's settings file behaves the same on every machine; the environment still
+configures everything the code leaves alone (the twelve-factor use).
+
+Names are Celery's where Celery has one, so a Django project's ``CELERY_*``
+settings read unchanged with ``config_from_object(settings, namespace="CELERY")``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from conveyor.exceptions import ConfigurationError
+
+log = logging.getLogger("conveyor.config")
+
+
+def _to_bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"expected true/false, got {raw!r}")
+
+
+def _to_opt_float(raw: str) -> float | None:
+    return None if raw.strip().lower() in ("", "none", "null") else float(raw)
+
+
+def _to_opt_int(raw: str) -> int | None:
+    return None if raw.strip().lower() in ("", "none", "null") else int(raw)
+
+
+def _to_opt_str(raw: str) -> str | None:
+    return None if raw.strip().lower() in ("", "none", "null") else raw
+
+
+def _to_backend(raw: str) -> str | bool | None:
+    lowered = raw.strip().lower()
+    if lowered in ("false", "0", "off", "disabled"):
+        return False
+    return _to_opt_str(raw)
+
+
+def _to_json(raw: str) -> Any:
+    return orjson.loads(raw)
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    default: Any
+    parse: Callable[[str], Any]
+    doc: str
+
+    @property
+    def env(self) -> str:
+        return "CONVEYOR_" + self.name.upper()
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("broker_url", "sqlite:///conveyor.sqlite3", str, "where messages live"),
+    Setting(
+        "result_backend", None, _to_backend, "where results live; None = the broker's store, False = none"
+    ),
+    Setting(
+        "broker_visibility_timeout", 30.0, float, "seconds a fetched, unacknowledged message stays invisible"
+    ),
+    Setting("task_default_queue", "default", str, "queue for tasks with no queue or route"),
+    Setting("task_default_priority", 0, int, "0 (lowest) to 9 (highest)"),
+    Setting("task_routes", None, _to_json, "task name or glob pattern -> queue name (or {'queue': ...})"),
+    Setting("task_acks_late", False, _to_bool, "ack after the task finishes (at-least-once)"),
+    Setting("task_time_limit", None, _to_opt_float, "hard time limit, seconds"),
+    Setting("task_soft_time_limit", None, _to_opt_float, "soft time limit, seconds"),
+    Setting("task_always_eager", False, _to_bool, "run tasks inline in the caller (tests)"),
+    Setting("task_eager_propagates", False, _to_bool, "eager mode re-raises task exceptions"),
+    Setting("task_track_started", False, _to_bool, "store STARTED when a task starts"),
+    Setting("task_ignore_result", False, _to_bool, "do not store results by default"),
+    Setting("task_default_rate_limit", None, _to_opt_str, "rate limit for tasks that set none"),
+    Setting("task_default_max_retries", 3, int, "max_retries for tasks that set none"),
+    Setting("task_default_retry_delay", 180.0, float, "countdown for retry() when none is given"),
+    Setting("task_message_max_bytes", 8 * 1024 * 1024, int, "largest encoded message accepted at enqueue"),
+    Setting(
+        "task_max_deliveries",
+        10,
+        int,
+        "deliveries after which a message whose worker keeps dying is dead-lettered",
+    ),
+    Setting("worker_concurrency", None, _to_opt_int, "child processes or threads; None = CPU count"),
+    Setting("worker_pool", "prefork", str, "prefork, threads or solo"),
+    Setting("worker_prefetch_multiplier", 4, int, "messages reserved per pool slot"),
+    Setting("worker_max_tasks_per_child", None, _to_opt_int, "recycle a child process after this many tasks"),
+    Setting("worker_shutdown_timeout", 60.0, float, "warm shutdown: seconds to let running tasks finish"),
+    Setting("result_expires", 86400.0, _to_opt_float, "seconds results are kept"),
+    Setting("beat_schedule", None, _to_json, "periodic tasks from config"),
+    Setting("timezone", "UTC", str, "time zone for crontab schedules"),
+)
+_BY_NAME = {s.name: s for s in SETTINGS}
+# Celery's old upper-case names and aliases that Django projects still carry.
+_ALIASES = {"broker": "broker_url", "backend": "result_backend", "celery_result_backend": "result_backend"}
+
+
+class Settings:
+    """An app's configuration: attribute access to every setting in SETTINGS.
+
+    Unknown names given by a config object are kept (``conf.extra``) and logged once,
+    because Celery projects carry settings Conveyor does not use and refusing them
+    would break the move over; a typo in a known setting's *value* is an error.
+    """
+
+    def __init__(self, environ: Mapping[str, str] | None = None) -> None:
+        for setting in SETTINGS:
+            object.__setattr__(self, setting.name, setting.default)
+        self.extra: dict[str, Any] = {}
+        self._read_environment(os.environ if environ is None else environ)
+
+    def _read_environment(self, environ: Mapping[str, str]) -> None:
+        for setting in SETTINGS:
+            raw = environ.get(setting.env)
+            if raw is None:
+                continue
+            try:
+                object.__setattr__(self, setting.name, setting.parse(raw))
+            except (ValueError, orjson.JSONDecodeError) as exc:
+                raise ConfigurationError(
+                    f"environment variable {setting.env}={raw!r} is invalid: {exc}"
+                ) from None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name != "extra" and name not in _BY_NAME:
+            raise ConfigurationError(f"unknown setting {name!r}: see conveyor.config.SETTINGS for the names")
+        object.__setattr__(self, name, value)
+
+    def update(self, values: Mapping[str, Any] | None = None, /, **kwargs: Any) -> None:
+        merged = dict(values or {}, **kwargs)
+        for key, value in merged.items():
+            name = _ALIASES.get(key.lower(), key.lower())
+            if name in _BY_NAME:
+                object.__setattr__(self, name, value)
+            else:
+                if key not in self.extra:
+                    log.debug("setting %r is not used by Conveyor; kept in conf.extra", key)
+                self.extra[key] = value
+
+    def as_dict(self) -> dict[str, Any]:
+        return {s.name: getattr(self, s.name) for s in SETTINGS}
+
+    def __getitem__(self, name: str) -> Any:
+        return getattr(self, _ALIASES.get(name.lower(), name.lower()))
+
+
+def load_object(path: str) -> Any:
+    """Import ``"package.module"`` or ``"package.module:attribute"`` (``.`` also works)."""
+    module_name, _, attr = path.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        if attr or "." not in module_name:
+            raise ConfigurationError(f"cannot import {module_name!r}: {exc}") from None
+        # "pkg.module.attr" form: retry with the last part as the attribute.
+        module_name, _, attr = module_name.rpartition(".")
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:
+            raise ConfigurationError(f"cannot import {path!r}: {exc}") from None
+    if not attr:
+        return module
+    try:
+        obj: Any = module
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+        return obj
+    except AttributeError:
+        raise ConfigurationError(f"module {module_name!r} has no attribute {attr!r}") from None
+
+
+def settings_from_object(obj: Any, namespace: str | None = None) -> dict[str, Any]:
+    """Read settings from a module, class, object or mapping.
+
+    With a namespace ``"CONVEYOR"`` only ``CONVEYOR_*`` names are read, prefix
+    removed and lower-cased (``CONVEYOR_BROKER_URL`` -> ``broker_url``), which is how
+    Django settings are written.
+    """
+    if isinstance(obj, str):
+        obj = load_object(obj)
+    items: Iterable[tuple[str, Any]]
+    if isinstance(obj, Mapping):
+        items = obj.items()
+    else:
+        # Django's LazySettings only lists configured names through dir().
+        items = ((name, getattr(obj, name)) for name in dir(obj) if not name.startswith("_"))
+    found: dict[str, Any] = {}
+    prefix = f"{namespace.upper()}_" if namespace else ""
+    for key, value in items:
+        if prefix:
+            if not key.upper().startswith(prefix):
+                continue
+            key = key[len(prefix) :]
+        elif not isinstance(obj, Mapping) and (not key.islower() or callable(value) or _is_module(value)):
+            continue  # a module's constants, imports and functions are not settings
+        found[key.lower()] = value
+    return found
+
+
+def _is_module(value: Any) -> bool:
+    return type(value).__name__ == "module"

@@ -1,0 +1,59 @@
+"""Running a task inline, for tests and ``task_always_eager``.
+
+Retries run inline too (without their countdown), so a test sees the same number of
+attempts a worker would make, and ``task_eager_propagates`` re-raises the final error.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from conveyor import states
+from conveyor.exceptions import Retry
+from conveyor.result import EagerResult
+from conveyor.serialization import check_arguments, format_traceback
+from conveyor.task import Request, pop_request, push_request
+
+if TYPE_CHECKING:
+    from conveyor.task import Task
+
+
+def run_eagerly(
+    task: Task[Any, Any], args: list[Any], kwargs: dict[str, Any], *, task_id: str
+) -> EagerResult[Any]:
+    # Same check as a real send, so eager tests catch arguments a worker could never receive.
+    check_arguments(args, kwargs, task.name)
+    retries = 0
+    while True:
+        request = Request(
+            id=task_id, task=task.name, args=args, kwargs=kwargs, retries=retries, is_eager=True
+        )
+        token = push_request(request)
+        try:
+            try:
+                value = task(*args, **kwargs)
+            except Exception as exc:
+                if task.autoretry_for and isinstance(exc, task.autoretry_for) and not isinstance(exc, Retry):
+                    from conveyor.worker.runner import autoretry
+
+                    autoretry(task, exc)  # raises Retry, or exc when exhausted
+                raise
+        except Retry as retry:
+            retries += 1
+            args = getattr(retry, "args_override", None) or args
+            kwargs = getattr(retry, "kwargs_override", None) or kwargs
+            continue
+        except Exception as exc:
+            if task.app.conf.task_eager_propagates:
+                raise
+            return EagerResult(
+                task_id,
+                exc,
+                states.FAILURE,
+                traceback=format_traceback(exc),
+                retries=retries,
+                task_name=task.name,
+            )
+        finally:
+            pop_request(token)
+        return EagerResult(task_id, value, states.SUCCESS, retries=retries, task_name=task.name)

@@ -1,0 +1,185 @@
+"""Result handles: what ``delay()`` returns, reading from the app's result backend."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from conveyor import states
+from conveyor.exceptions import Revoked, TimeoutError
+from conveyor.serialization import exception_from_dict
+
+if TYPE_CHECKING:
+    from conveyor.app import Conveyor
+    from conveyor.backends.base import ResultRecord
+
+R = TypeVar("R")
+
+
+class AsyncResult(Generic[R]):
+    """A task's state and outcome, fetched from the result backend on each access."""
+
+    def __init__(self, id: str, app: Conveyor | None = None, task_name: str | None = None) -> None:
+        if app is None:
+            from conveyor.app import get_current_app
+
+            app = get_current_app()
+        self.id = id
+        self.app = app
+        self.task_name = task_name
+
+    def __repr__(self) -> str:
+        return f"<AsyncResult {self.id}>"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, AsyncResult) and other.id == self.id
+
+    def __hash__(self) -> int:
+        return hash(self.id)
+
+    @property
+    def task_id(self) -> str:
+        return self.id
+
+    def _record(self) -> ResultRecord | None:
+        return self.app.backend.get(self.id)
+
+    @property
+    def state(self) -> str:
+        record = self._record()
+        return record.state if record else states.PENDING
+
+    status = state
+
+    @property
+    def result(self) -> Any:
+        """The return value when SUCCESS, the exception instance when FAILURE/RETRY/REVOKED."""
+        record = self._record()
+        return _value(record) if record else None
+
+    info = result
+
+    @property
+    def traceback(self) -> str | None:
+        record = self._record()
+        return record.traceback if record else None
+
+    @property
+    def retries(self) -> int:
+        record = self._record()
+        return record.retries if record else 0
+
+    @property
+    def date_done(self) -> float | None:
+        record = self._record()
+        return record.finished_at if record else None
+
+    @property
+    def worker(self) -> str | None:
+        record = self._record()
+        return record.worker if record else None
+
+    def ready(self) -> bool:
+        return self.state in states.READY_STATES
+
+    def successful(self) -> bool:
+        return self.state == states.SUCCESS
+
+    def failed(self) -> bool:
+        return self.state == states.FAILURE
+
+    def get(self, timeout: float | None = None, propagate: bool = True, interval: float = 0.1) -> R:
+        """Wait for the task to finish and return its value.
+
+        Raises:
+            TimeoutError: not finished within ``timeout`` seconds.
+            Exception: with ``propagate`` (default), the task's own exception type and
+                message when it failed, or ``Revoked`` when it was revoked or expired.
+        """
+        record = self.app.backend.wait(self.id, timeout_s=timeout, interval_s=interval)
+        if record is None or not record.ready:
+            state = record.state if record else states.PENDING
+            raise TimeoutError(
+                f"task {self.id} not ready after {timeout}s (state {state}): is a worker consuming its queue?"
+            )
+        value = _value(record)
+        if propagate and record.state in states.PROPAGATE_STATES:
+            assert isinstance(value, BaseException)
+            raise value
+        return value  # type: ignore[no-any-return]
+
+    wait = get
+
+    def forget(self) -> None:
+        self.app.backend.forget(self.id)
+
+
+def _value(record: ResultRecord) -> Any:
+    if record.state in states.EXCEPTION_STATES and record.exception:
+        return exception_from_dict(record.exception)
+    if record.state == states.REVOKED:
+        return Revoked(f"task {record.task_id} was revoked")
+    return record.result
+
+
+class EagerResult(AsyncResult[R]):
+    """The outcome of a task run inline (``task_always_eager`` or ``Task.apply``)."""
+
+    def __init__(
+        self,
+        id: str,
+        value: Any,
+        state: str,
+        *,
+        traceback: str | None = None,
+        retries: int = 0,
+        task_name: str | None = None,
+    ) -> None:
+        self.id = id
+        self.task_name = task_name
+        self._value = value
+        self._state = state
+        self._traceback = traceback
+        self._retries = retries
+        self._finished_at = time.time()
+
+    def __repr__(self) -> str:
+        return f"<EagerResult {self.id} {self._state}>"
+
+    @property
+    def state(self) -> str:
+        return self._state
+
+    status = state
+
+    @property
+    def result(self) -> Any:
+        return self._value
+
+    info = result
+
+    @property
+    def traceback(self) -> str | None:
+        return self._traceback
+
+    @property
+    def retries(self) -> int:
+        return self._retries
+
+    @property
+    def date_done(self) -> float | None:
+        return self._finished_at
+
+    @property
+    def worker(self) -> str | None:
+        return None
+
+    def get(self, timeout: float | None = None, propagate: bool = True, interval: float = 0.1) -> R:
+        if propagate and self._state in states.PROPAGATE_STATES and isinstance(self._value, BaseException):
+            raise self._value
+        return self._value  # type: ignore[no-any-return]
+
+    wait = get
+
+    def forget(self) -> None:
+        return None

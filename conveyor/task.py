@@ -1,0 +1,373 @@
+"""Tasks: the decorated function plus everything needed to send it and to run it.
+
+``Task`` is generic over the function's parameters and return type, so a type
+checker flags ``add.delay(1, "x")`` when ``add`` takes two ints.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import datetime as dt
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
+
+from conveyor.exceptions import MaxRetriesExceededError, Retry
+from conveyor.message import MAX_PRIORITY, MIN_PRIORITY, Message, new_id
+from conveyor.retry import parse_rate
+
+if TYPE_CHECKING:
+    from conveyor.app import Conveyor
+    from conveyor.result import AsyncResult
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+@dataclass
+class Request:
+    """What a running task knows about its own invocation (``self.request``)."""
+
+    id: str
+    task: str
+    args: list[Any] = field(default_factory=list)
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    retries: int = 0
+    queue: str | None = None
+    priority: int = 0
+    eta: float | None = None
+    expires: float | None = None
+    parent_id: str | None = None
+    root_id: str | None = None
+    hostname: str | None = None
+    delivery_info: dict[str, Any] = field(default_factory=dict)
+    headers: dict[str, Any] = field(default_factory=dict)
+    is_eager: bool = False
+    # Set by Task.retry() when max_retries is exhausted, so the worker can tell an
+    # exhausted task (dead-lettered) from a plain failure.
+    retries_exhausted: bool = False
+
+    @classmethod
+    def from_message(
+        cls, message: Message, *, hostname: str | None, attempt: int = 1, eager: bool = False
+    ) -> Request:
+        return cls(
+            id=message.id,
+            task=message.task,
+            args=message.args,
+            kwargs=message.kwargs,
+            retries=message.retries,
+            queue=message.queue,
+            priority=message.priority,
+            eta=message.eta,
+            expires=message.expires,
+            parent_id=message.parent_id,
+            root_id=message.root_id,
+            hostname=hostname,
+            delivery_info={"queue": message.queue, "priority": message.priority, "attempt": attempt},
+            headers=message.headers,
+            is_eager=eager,
+        )
+
+
+_current_request: contextvars.ContextVar[Request | None] = contextvars.ContextVar(
+    "conveyor_request", default=None
+)
+
+
+def current_request() -> Request | None:
+    return _current_request.get()
+
+
+def push_request(request: Request) -> contextvars.Token[Request | None]:
+    return _current_request.set(request)
+
+
+def pop_request(token: contextvars.Token[Request | None]) -> None:
+    _current_request.reset(token)
+
+
+_UNSET: Any = object()
+
+
+class Task(Generic[P, R]):
+    """A registered task. Made by ``@app.task`` or ``@shared_task``; not instantiated directly."""
+
+    def __init__(
+        self,
+        fn: Callable[..., R],
+        *,
+        app: Conveyor | None,
+        name: str,
+        bind: bool = False,
+        queue: str | None = None,
+        priority: int | None = None,
+        max_retries: int | None = _UNSET,
+        default_retry_delay: float | None = None,
+        autoretry_for: Sequence[type[BaseException]] = (),
+        retry_kwargs: Mapping[str, Any] | None = None,
+        retry_backoff: bool | float = False,
+        retry_backoff_max: float = 600.0,
+        retry_jitter: bool = True,
+        acks_late: bool | None = None,
+        time_limit: float | None = None,
+        soft_time_limit: float | None = None,
+        rate_limit: str | float | None = None,
+        expires: float | dt.datetime | dt.timedelta | None = None,
+        ignore_result: bool | None = None,
+        track_started: bool | None = None,
+    ) -> None:
+        self.fn = fn
+        self._app = app
+        self.name = name
+        self.bind = bind
+        self.queue = queue
+        if priority is not None and not MIN_PRIORITY <= priority <= MAX_PRIORITY:
+            raise ValueError(f"task {name!r}: priority must be 0..9, got {priority}")
+        self.priority = priority
+        self._max_retries = max_retries
+        self._default_retry_delay = default_retry_delay
+        self.autoretry_for = tuple(autoretry_for)
+        self.retry_kwargs = dict(retry_kwargs or {})
+        self.retry_backoff = retry_backoff
+        self.retry_backoff_max = retry_backoff_max
+        self.retry_jitter = retry_jitter
+        self._acks_late = acks_late
+        self._time_limit = time_limit
+        self._soft_time_limit = soft_time_limit
+        parse_rate(rate_limit)  # fail at import time on "10/minutes", not in the worker
+        self._rate_limit = rate_limit
+        self.expires = expires
+        self._ignore_result = ignore_result
+        self._track_started = track_started
+        self.__doc__ = fn.__doc__
+        self.__name__ = getattr(fn, "__name__", name)
+        self.__module__ = getattr(fn, "__module__", __name__)
+        self.__wrapped__ = fn
+
+    # -- options resolved against the app's settings at use time -------------------
+    @property
+    def app(self) -> Conveyor:
+        if self._app is not None:
+            return self._app
+        from conveyor.app import get_current_app
+
+        return get_current_app()
+
+    @property
+    def max_retries(self) -> int | None:
+        return self.app.conf.task_default_max_retries if self._max_retries is _UNSET else self._max_retries
+
+    @property
+    def default_retry_delay(self) -> float:
+        d = self._default_retry_delay
+        return float(self.app.conf.task_default_retry_delay if d is None else d)
+
+    @property
+    def acks_late(self) -> bool:
+        return bool(self.app.conf.task_acks_late if self._acks_late is None else self._acks_late)
+
+    @property
+    def time_limit(self) -> float | None:
+        return self.app.conf.task_time_limit if self._time_limit is None else self._time_limit
+
+    @property
+    def soft_time_limit(self) -> float | None:
+        return self.app.conf.task_soft_time_limit if self._soft_time_limit is None else self._soft_time_limit
+
+    @property
+    def rate_limit(self) -> str | float | None:
+        return self.app.conf.task_default_rate_limit if self._rate_limit is None else self._rate_limit
+
+    @property
+    def ignore_result(self) -> bool:
+        return bool(self.app.conf.task_ignore_result if self._ignore_result is None else self._ignore_result)
+
+    @property
+    def track_started(self) -> bool:
+        return bool(self.app.conf.task_track_started if self._track_started is None else self._track_started)
+
+    @property
+    def request(self) -> Request:
+        req = _current_request.get()
+        if req is None or req.task != self.name:
+            raise RuntimeError(f"{self.name}: self.request is only available while the task runs")
+        return req
+
+    # -- calling -------------------------------------------------------------------
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        if self.bind:
+            return self.fn(self, *args, **kwargs)
+        return self.fn(*args, **kwargs)
+
+    def run(self, *args: Any, **kwargs: Any) -> R:
+        return self(*args, **kwargs)  # type: ignore[arg-type]
+
+    def delay(self, *args: P.args, **kwargs: P.kwargs) -> AsyncResult[R]:
+        """Send the task with these arguments; returns at once with a result handle."""
+        return self.apply_async(args, kwargs)
+
+    def apply_async(
+        self,
+        args: Sequence[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        *,
+        countdown: float | None = None,
+        eta: dt.datetime | float | None = None,
+        expires: float | dt.datetime | dt.timedelta | None = None,
+        queue: str | None = None,
+        priority: int | None = None,
+        task_id: str | None = None,
+        headers: Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> AsyncResult[R]:
+        """Send the task with options kept apart from its arguments (Celery's signature).
+
+        Raises:
+            TypeError: an argument cannot be sent as JSON (the message names it).
+            ValueError: an option is out of range (priority, countdown with eta).
+        """
+        app = self.app
+        if app.conf.task_always_eager:
+            return self.apply(args, kwargs, task_id=task_id)  # type: ignore[return-value]
+        message = self.build_message(
+            args,
+            kwargs,
+            countdown=countdown,
+            eta=eta,
+            expires=expires,
+            queue=queue,
+            priority=priority,
+            task_id=task_id,
+            headers=headers,
+            **options,
+        )
+        app.publish(message)
+        return app.AsyncResult(message.id, task_name=self.name)
+
+    def build_message(
+        self,
+        args: Sequence[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> Message:
+        return self.app.build_message(
+            self.name,
+            args,
+            kwargs,
+            default_queue=self.queue,
+            default_priority=self.priority,
+            default_expires=self.expires,
+            **options,
+        )
+
+    def map(
+        self, arguments: Iterable[Sequence[Any] | Mapping[str, Any]], **options: Any
+    ) -> list[AsyncResult[R]]:
+        """Send one task per item in a single broker round trip.
+
+        Each item is a tuple of positional arguments or a dict of keyword arguments.
+        """
+        app = self.app
+        messages = []
+        for item in arguments:
+            if isinstance(item, Mapping):
+                messages.append(self.build_message((), item, **options))
+            else:
+                messages.append(self.build_message(tuple(item), None, **options))
+        if app.conf.task_always_eager:
+            return [self.apply(m.args, m.kwargs, task_id=m.id) for m in messages]  # type: ignore[misc]
+        app.publish_many(messages)
+        return [app.AsyncResult(m.id, task_name=self.name) for m in messages]
+
+    def apply(
+        self,
+        args: Sequence[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        *,
+        task_id: str | None = None,
+        **options: Any,
+    ) -> AsyncResult[R]:
+        """Run the task here and now (eager mode), with retries run inline too."""
+        from conveyor.eager import run_eagerly
+
+        return run_eagerly(self, list(args or ()), dict(kwargs or {}), task_id=task_id or new_id())
+
+    def s(self, *args: Any, **kwargs: Any) -> Any:
+        from conveyor.canvas import Signature
+
+        return Signature(self.name, args, kwargs, app=self._app)
+
+    def si(self, *args: Any, **kwargs: Any) -> Any:
+        from conveyor.canvas import Signature
+
+        return Signature(self.name, args, kwargs, app=self._app, immutable=True)
+
+    # -- retrying --------------------------------------------------------------------
+    def retry(
+        self,
+        args: Sequence[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        exc: BaseException | None = None,
+        throw: bool = True,
+        eta: dt.datetime | float | None = None,
+        countdown: float | None = None,
+        max_retries: int | None = _UNSET,
+        **options: Any,
+    ) -> Retry:
+        """Ask for this task to run again later; use as ``raise self.retry(exc=exc)``.
+
+        Past ``max_retries`` the original ``exc`` is re-raised (or
+        MaxRetriesExceededError when there is none) and the task fails for good: the
+        worker records FAILURE and moves the message to the dead-letter queue.
+        """
+        request = self.request
+        limit = self.max_retries if max_retries is _UNSET else max_retries
+        if limit is not None and request.retries >= limit:
+            request.retries_exhausted = True
+            if exc is not None:
+                raise exc
+            raise MaxRetriesExceededError(
+                f"{self.name}[{request.id}]: retried {request.retries} times, max_retries is {limit}"
+            )
+        when = _resolve_eta(eta, countdown if countdown is not None else self.default_retry_delay)
+        retry = Retry(exc=exc, when=when)
+        retry.args_override = None if args is None else list(args)  # type: ignore[attr-defined]
+        retry.kwargs_override = None if kwargs is None else dict(kwargs)  # type: ignore[attr-defined]
+        if not throw:
+            return retry
+        raise retry
+
+    def __repr__(self) -> str:
+        return f"<Task {self.name}>"
+
+
+def _resolve_eta(eta: dt.datetime | float | None, countdown: float | None) -> float:
+    if eta is not None:
+        return to_timestamp(eta)
+    return time.time() + float(countdown or 0.0)
+
+
+def to_timestamp(value: dt.datetime | float | int) -> float:
+    """Epoch seconds from a datetime (naive = UTC, as Celery assumes) or a number."""
+    if isinstance(value, dt.datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=dt.timezone.utc)
+        return value.timestamp()
+    if isinstance(value, (int, float)):
+        return float(value)
+    raise TypeError(f"expected a datetime or epoch seconds, got {type(value).__name__}")
+
+
+def expires_at(value: float | dt.datetime | dt.timedelta | None, now: float) -> float | None:
+    """``expires`` as given to apply_async: seconds from now, a timedelta, or a datetime."""
+    if value is None:
+        return None
+    if isinstance(value, dt.timedelta):
+        return now + value.total_seconds()
+    if isinstance(value, dt.datetime):
+        return to_timestamp(value)
+    if isinstance(value, (int, float)):
+        return now + float(value)
+    raise TypeError(f"expires must be seconds, a timedelta or a datetime, got {type(value).__name__}")

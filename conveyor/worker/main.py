@@ -1,0 +1,132 @@
+"""Worker: the process a user starts with ``conveyor worker``.
+
+It owns what is process-wide (signals, logging, the banner) and runs a Consumer.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import sys
+from collections.abc import Sequence
+from types import FrameType
+from typing import TYPE_CHECKING
+
+from conveyor.brokers.base import mask_url
+from conveyor.worker.consumer import Consumer
+from conveyor.worker.pools import make_pool
+
+if TYPE_CHECKING:
+    from conveyor.app import Conveyor
+
+log = logging.getLogger("conveyor.worker")
+
+LOG_FORMAT = "[%(asctime)s: %(levelname)s/%(processName)s] %(message)s"
+
+
+def setup_logging(level: str | int = "info") -> None:
+    """Celery-style log lines on stderr, unless the project configured logging itself."""
+    root = logging.getLogger()
+    numeric = level if isinstance(level, int) else logging.getLevelName(str(level).upper())
+    if not isinstance(numeric, int):
+        raise ValueError(f"unknown log level {level!r}: use debug, info, warning or error")
+    if not root.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        root.addHandler(handler)
+    root.setLevel(numeric)
+    logging.getLogger("conveyor").setLevel(numeric)
+
+
+def default_hostname() -> str:
+    return f"conveyor.{os.getpid()}@{socket.gethostname()}"
+
+
+class Worker:
+    """One worker process: a pool of ``concurrency`` slots consuming ``queues``.
+
+    Example::
+
+        Worker(app, queues=["email"], concurrency=4).start()
+    """
+
+    def __init__(
+        self,
+        app: Conveyor,
+        *,
+        queues: Sequence[str] | None = None,
+        concurrency: int | None = None,
+        pool: str | None = None,
+        hostname: str | None = None,
+        prefetch_multiplier: int | None = None,
+        max_tasks_per_child: int | None = None,
+    ) -> None:
+        conf = app.conf
+        self.app = app
+        self.queues = list(queues or [conf.task_default_queue])
+        self.pool_kind = pool or conf.worker_pool
+        self.concurrency = (
+            1
+            if self.pool_kind == "solo"
+            else int(concurrency or conf.worker_concurrency or os.cpu_count() or 1)
+        )
+        self.hostname = hostname or default_hostname()
+        self.pool = make_pool(
+            self.pool_kind,
+            app,
+            concurrency=self.concurrency,
+            hostname=self.hostname,
+            max_tasks_per_child=max_tasks_per_child or conf.worker_max_tasks_per_child,
+        )
+        self.consumer = Consumer(
+            app,
+            self.pool,
+            self.queues,
+            hostname=self.hostname,
+            prefetch_multiplier=prefetch_multiplier or conf.worker_prefetch_multiplier,
+            lease_s=float(conf.broker_visibility_timeout),
+            shutdown_timeout_s=float(conf.worker_shutdown_timeout),
+            max_deliveries=int(conf.task_max_deliveries),
+        )
+
+    def banner(self) -> str:
+        tasks = sorted(self.app.tasks)
+        lines = [
+            f"{self.hostname} ready.",
+            f"  broker:      {mask_url(self.app.conf.broker_url)}",
+            f"  results:     {mask_url(self.app.backend.url)}",
+            f"  queues:      {', '.join(self.queues)}",
+            f"  concurrency: {self.concurrency} ({self.pool_kind})",
+            "  tasks:",
+            *(f"    . {name}" for name in tasks),
+        ]
+        return "\n".join(lines)
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        cold = signum == signal.SIGQUIT or self.consumer._warm
+        name = signal.Signals(signum).name
+        if cold:
+            log.warning("%s: cold shutdown, running tasks stop now (acks_late ones are redelivered)", name)
+        else:
+            log.warning("%s: warm shutdown, finishing running tasks (again for cold shutdown)", name)
+        self.consumer.request_stop(cold=cold)
+
+    def start(self) -> int:
+        """Run until a shutdown signal; returns the process exit code."""
+        self.app.import_includes()
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+            signal.signal(sig, self._on_signal)
+        log.info("%s", self.banner())
+        try:
+            self.consumer.run()
+        finally:
+            self.app.close()
+        log.info(
+            "%s stopped: %d task(s) processed, %d failed",
+            self.hostname,
+            self.consumer.processed,
+            self.consumer.failed,
+        )
+        return 0

@@ -1,0 +1,303 @@
+"""run_one(): one message in, one Outcome out. Decides; never acks.
+
+The runner runs wherever the pool runs a task (a child process, a thread, inline)
+and returns plain data, so the consumer can settle the outcome with the broker in
+one place: store the result, publish the retry, then ack (DESIGN.md, "Delivery":
+nothing is acknowledged that was not done).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from conveyor import states
+from conveyor.exceptions import (
+    NotRegistered,
+    Reject,
+    Retry,
+    Revoked,
+    SerializationError,
+)
+from conveyor.message import Message, decode
+from conveyor.retry import backoff_countdown
+from conveyor.serialization import dumps, exception_to_dict, format_traceback
+from conveyor.task import Request, pop_request, push_request
+from conveyor.worker.limits import soft_time_limit
+
+if TYPE_CHECKING:
+    from conveyor.app import Conveyor
+    from conveyor.task import Task
+
+# What the consumer does with the message after the outcome is stored.
+ACK = "ack"  # done (success, failure, revoked)
+RETRY = "retry"  # publish retry_body at retry_at, then ack
+DEAD = "dead"  # dead-letter with reason
+REQUEUE = "requeue"  # give the same message back (Reject(requeue=True))
+
+
+@dataclass
+class Outcome:
+    """Plain, picklable data: it crosses the pipe from a child process to the consumer."""
+
+    action: str
+    task_id: str | None = None
+    task_name: str | None = None
+    state: str | None = None  # None: store nothing
+    result: Any = None
+    exception: dict[str, Any] | None = None
+    traceback: str | None = None
+    retries: int = 0
+    queue: str | None = None
+    args: list[Any] = field(default_factory=list)
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    started_at: float | None = None
+    finished_at: float | None = None
+    retry_body: bytes | None = None
+    retry_at: float | None = None
+    reason: str | None = None
+    log_level: str = "info"
+    log: str = ""
+
+    @property
+    def runtime_s(self) -> float:
+        if self.started_at is None or self.finished_at is None:
+            return 0.0
+        return self.finished_at - self.started_at
+
+
+def label(name: str | None, task_id: str | None) -> str:
+    return f"Task {name or '?'}[{task_id or '?'}]"
+
+
+def undecodable(body: bytes, error: Exception) -> Outcome:
+    preview = body[:80].decode("utf-8", "replace")
+    return Outcome(
+        DEAD,
+        reason=f"undecodable message: {error}",
+        log_level="error",
+        log=f"Undecodable message dead-lettered: {error} (body starts {preview!r})",
+    )
+
+
+def not_registered(message: Message) -> Outcome:
+    exc = NotRegistered(f"task {message.task!r} is not registered on this worker")
+    return Outcome(
+        DEAD,
+        task_id=message.id,
+        task_name=message.task,
+        state=states.FAILURE,
+        exception=exception_to_dict(exc),
+        queue=message.queue,
+        args=message.args,
+        kwargs=message.kwargs,
+        retries=message.retries,
+        finished_at=time.time(),
+        reason=f"unknown task {message.task!r}: no task of that name is registered on the worker",
+        log_level="error",
+        log=f"Received unregistered task of type {message.task!r}[{message.id}]: dead-lettered. "
+        "Is its module imported by the worker (-A / include / autodiscover_tasks)?",
+    )
+
+
+def expired(message: Message, now: float) -> Outcome:
+    exc = Revoked(f"task {message.id} expired at {message.expires:.3f} before it ran")
+    return Outcome(
+        ACK,
+        task_id=message.id,
+        task_name=message.task,
+        state=states.REVOKED,
+        exception=exception_to_dict(exc),
+        queue=message.queue,
+        args=message.args,
+        kwargs=message.kwargs,
+        retries=message.retries,
+        finished_at=now,
+        log_level="warning",
+        log=f"{label(message.task, message.id)} expired: not run (revoked)",
+    )
+
+
+def run_one(
+    app: Conveyor, body: bytes, *, attempt: int, hostname: str, use_soft_limit: bool = True
+) -> Outcome:
+    """Decode, resolve, run and describe one message. Never raises for the task's sake."""
+    try:
+        message = decode(body)
+    except SerializationError as exc:
+        return undecodable(body, exc)
+    task = app.tasks.get(message.task)
+    if task is None:
+        return not_registered(message)
+    now = time.time()
+    if message.expires is not None and now > message.expires:
+        return expired(message, now)
+    return execute(task, message, attempt=attempt, hostname=hostname, use_soft_limit=use_soft_limit)
+
+
+def execute(
+    task: Task[Any, Any], message: Message, *, attempt: int, hostname: str, use_soft_limit: bool
+) -> Outcome:
+    request = Request.from_message(message, hostname=hostname, attempt=attempt)
+    token = push_request(request)
+    started = time.time()
+    try:
+        with soft_time_limit(task.soft_time_limit if use_soft_limit else None):
+            try:
+                value = task(*message.args, **message.kwargs)
+            except Exception as exc:
+                if (
+                    task.autoretry_for
+                    and isinstance(exc, task.autoretry_for)
+                    and not isinstance(exc, (Retry, Reject))
+                ):
+                    autoretry(task, exc)
+                raise
+    except Retry as retry:
+        return _retried(task, message, retry, started)
+    except Reject as reject:
+        return _rejected(message, reject, started)
+    except BaseException as exc:  # noqa: BLE001 - SystemExit in a task must not end the child silently
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        return _failed(task, message, request, exc, started)
+    finally:
+        pop_request(token)
+    return _succeeded(task, message, value, started)
+
+
+def autoretry(task: Task[Any, Any], exc: Exception) -> None:
+    """Turn an exception listed in ``autoretry_for`` into a retry, with backoff if asked.
+
+    Raises Retry, or ``exc`` itself once max_retries is exhausted.
+    """
+    options = dict(task.retry_kwargs)
+    retries = task.request.retries
+    if task.retry_backoff:
+        factor = 1.0 if task.retry_backoff is True else float(task.retry_backoff)
+        options["countdown"] = backoff_countdown(
+            retries, factor=factor, maximum=task.retry_backoff_max, jitter=task.retry_jitter
+        )
+    raise task.retry(exc=exc, **options)
+
+
+def _base(message: Message, started: float) -> dict[str, Any]:
+    return {
+        "task_id": message.id,
+        "task_name": message.task,
+        "queue": message.queue,
+        "args": message.args,
+        "kwargs": message.kwargs,
+        "retries": message.retries,
+        "started_at": started,
+        "finished_at": time.time(),
+    }
+
+
+def _succeeded(task: Task[Any, Any], message: Message, value: Any, started: float) -> Outcome:
+    base = _base(message, started)
+    runtime = base["finished_at"] - started
+    if task.ignore_result:
+        return Outcome(
+            ACK, state=None, log=f"{label(task.name, message.id)} succeeded in {runtime:.6f}s", **base
+        )
+    try:
+        dumps(value)
+    except SerializationError as exc:
+        error = SerializationError(
+            f"return value of type {type(value).__name__} cannot be stored as JSON ({exc}); return plain data"
+        )
+        return Outcome(
+            ACK,
+            state=states.FAILURE,
+            exception=exception_to_dict(error),
+            traceback=None,
+            log_level="error",
+            log=f"{label(task.name, message.id)} failed in {runtime:.6f}s: {error}",
+            **base,
+        )
+    return Outcome(
+        ACK,
+        state=states.SUCCESS,
+        result=value,
+        log=f"{label(task.name, message.id)} succeeded in {runtime:.6f}s: {_short(value)}",
+        **base,
+    )
+
+
+def _failed(
+    task: Task[Any, Any], message: Message, request: Request, exc: BaseException, started: float
+) -> Outcome:
+    base = _base(message, started)
+    runtime = base["finished_at"] - started
+    text = f"{type(exc).__name__}({str(exc)!r})"
+    if request.retries_exhausted:
+        reason = f"max retries exceeded ({message.retries}): {type(exc).__name__}: {exc}"
+        return Outcome(
+            DEAD,
+            state=states.FAILURE,
+            exception=exception_to_dict(exc),
+            traceback=format_traceback(exc),
+            reason=reason,
+            log_level="error",
+            log=f"{label(task.name, message.id)} failed in {runtime:.6f}s after {message.retries} retries: {text}; dead-lettered",
+            **base,
+        )
+    return Outcome(
+        ACK,
+        state=states.FAILURE,
+        exception=exception_to_dict(exc),
+        traceback=format_traceback(exc),
+        log_level="error",
+        log=f"{label(task.name, message.id)} failed in {runtime:.6f}s: {text}",
+        **base,
+    )
+
+
+def _retried(task: Task[Any, Any], message: Message, retry: Retry, started: float) -> Outcome:
+    base = _base(message, started)
+    when = retry.when if retry.when is not None else time.time()
+    args = getattr(retry, "args_override", None)
+    kwargs = getattr(retry, "kwargs_override", None)
+    again = message.with_changes(
+        retries=message.retries + 1,
+        eta=when,
+        args=message.args if args is None else args,
+        kwargs=message.kwargs if kwargs is None else kwargs,
+    )
+    cause = retry.exc if retry.exc is not None else retry
+    countdown = max(0.0, when - time.time())
+    return Outcome(
+        RETRY,
+        state=states.RETRY,
+        exception=exception_to_dict(cause),
+        traceback=format_traceback(cause) if retry.exc is not None else None,
+        retry_body=again.encode(),
+        retry_at=when,
+        log_level="info",
+        log=f"{label(task.name, message.id)} retry in {countdown:.0f}s: {type(cause).__name__}({str(cause)!r})",
+        **base,
+    )
+
+
+def _rejected(message: Message, reject: Reject, started: float) -> Outcome:
+    base = _base(message, started)
+    if reject.requeue:
+        return Outcome(
+            REQUEUE, state=None, log=f"{label(message.task, message.id)} rejected: requeued", **base
+        )
+    return Outcome(
+        DEAD,
+        state=states.FAILURE,
+        exception=exception_to_dict(reject),
+        reason=f"rejected: {reject.reason}",
+        log_level="warning",
+        log=f"{label(message.task, message.id)} rejected: {reject.reason}; dead-lettered",
+        **base,
+    )
+
+
+def _short(value: Any, limit: int = 120) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
