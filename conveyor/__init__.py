@@ -7,13 +7,14 @@ dashboard load when first used.
 from __future__ import annotations
 
 from conveyor.app import Conveyor, current_app, get_current_app, shared_task
+from conveyor.canvas import Signature, chain, chord, group
 from conveyor.exceptions import (
     Reject,
     Retry,
     SoftTimeLimitExceeded,
     TimeLimitExceeded,
 )
-from conveyor.result import AsyncResult, EagerResult
+from conveyor.result import AsyncResult, EagerResult, GroupResult
 from conveyor.task import Task
 
 __version__ = "0.1.0"
@@ -22,13 +23,18 @@ __all__ = [
     "AsyncResult",
     "Conveyor",
     "EagerResult",
+    "GroupResult",
     "Reject",
     "Retry",
+    "Signature",
     "SoftTimeLimitExceeded",
     "Task",
     "TimeLimitExceeded",
     "__version__",
+    "chain",
+    "chord",
     "current_app",
     "get_current_app",
+    "group",
     "shared_task",
 ]

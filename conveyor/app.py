@@ -351,7 +351,8 @@ class Conveyor:
         if url is False:
             return DisabledBackend()
         expires = self.conf.result_expires
-        return backend_from_url(url or self.conf.broker_url, result_expires_s=float(expires or 0))
+        target = url if isinstance(url, str) and url else self.conf.broker_url
+        return backend_from_url(target, result_expires_s=float(expires or 0))
 
     def _check_fork(self) -> None:
         # A forked child must not share its parent's connections (sqlite handles,

@@ -120,6 +120,35 @@ class Settings:
     would break the move over; a typo in a known setting's *value* is an error.
     """
 
+    # Typed names for the type checker; values and defaults come from SETTINGS
+    # (tests/unit/test_config.py keeps the two lists equal).
+    broker_url: str
+    result_backend: str | bool | None
+    broker_visibility_timeout: float
+    task_default_queue: str
+    task_default_priority: int
+    task_routes: Any
+    task_acks_late: bool
+    task_time_limit: float | None
+    task_soft_time_limit: float | None
+    task_always_eager: bool
+    task_eager_propagates: bool
+    task_track_started: bool
+    task_ignore_result: bool
+    task_default_rate_limit: str | float | None
+    task_default_max_retries: int | None
+    task_default_retry_delay: float
+    task_message_max_bytes: int
+    task_max_deliveries: int
+    worker_concurrency: int | None
+    worker_pool: str
+    worker_prefetch_multiplier: int
+    worker_max_tasks_per_child: int | None
+    worker_shutdown_timeout: float
+    result_expires: float | None
+    beat_schedule: Any
+    timezone: str
+
     def __init__(self, environ: Mapping[str, str] | None = None) -> None:
         for setting in SETTINGS:
             object.__setattr__(self, setting.name, setting.default)

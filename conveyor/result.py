@@ -183,3 +183,54 @@ class EagerResult(AsyncResult[R]):
 
     def forget(self) -> None:
         return None
+
+
+class GroupResult:
+    """The results of a group, in the order the group listed its tasks."""
+
+    def __init__(self, id: str, results: list[AsyncResult[Any]], app: Conveyor | None = None) -> None:
+        self.id = id
+        self.results = results
+        self.app = app
+
+    def __repr__(self) -> str:
+        return f"<GroupResult {self.id} ({len(self.results)} tasks)>"
+
+    def __iter__(self) -> Any:
+        return iter(self.results)
+
+    def __len__(self) -> int:
+        return len(self.results)
+
+    def _records(self) -> dict[str, ResultRecord]:
+        if self.app is None:  # eager results carry their own state
+            return {}
+        return self.app.backend.get_many([r.id for r in self.results])
+
+    def completed_count(self) -> int:
+        if self.app is None:
+            return sum(1 for r in self.results if r.successful())
+        return sum(1 for rec in self._records().values() if rec.state == states.SUCCESS)
+
+    def ready(self) -> bool:
+        if self.app is None:
+            return all(r.ready() for r in self.results)
+        records = self._records()
+        return len(records) == len(self.results) and all(rec.ready for rec in records.values())
+
+    def successful(self) -> bool:
+        return self.completed_count() == len(self.results)
+
+    def failed(self) -> bool:
+        return any(r.failed() for r in self.results)
+
+    def get(self, timeout: float | None = None, propagate: bool = True, interval: float = 0.1) -> list[Any]:
+        """Wait for every member; one deadline for all of them, not one each."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        values = []
+        for result in self.results:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            values.append(result.get(timeout=remaining, propagate=propagate, interval=interval))
+        return values
+
+    join = get

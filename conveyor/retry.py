@@ -19,9 +19,9 @@ def backoff_countdown(
     spreads a burst of failures (an SMTP server down for everyone) over the window
     instead of retrying them all in the same second.
     """
-    delay = min(maximum, factor * (2 ** max(0, retries)))
+    delay = float(min(maximum, factor * 2.0 ** max(0, retries)))
     if jitter:
-        delay = (rng or random).uniform(0, delay)
+        delay = float((rng or random).uniform(0, delay))
     return delay
 
 

@@ -19,6 +19,7 @@ from conveyor.retry import parse_rate
 
 if TYPE_CHECKING:
     from conveyor.app import Conveyor
+    from conveyor.canvas import Signature
     from conveyor.result import AsyncResult
 
 P = ParamSpec("P")
@@ -202,7 +203,7 @@ class Task(Generic[P, R]):
         return self.fn(*args, **kwargs)
 
     def run(self, *args: Any, **kwargs: Any) -> R:
-        return self(*args, **kwargs)  # type: ignore[arg-type]
+        return self(*args, **kwargs)
 
     def delay(self, *args: P.args, **kwargs: P.kwargs) -> AsyncResult[R]:
         """Send the task with these arguments; returns at once with a result handle."""
@@ -230,7 +231,7 @@ class Task(Generic[P, R]):
         """
         app = self.app
         if app.conf.task_always_eager:
-            return self.apply(args, kwargs, task_id=task_id)  # type: ignore[return-value]
+            return self.apply(args, kwargs, task_id=task_id)
         message = self.build_message(
             args,
             kwargs,
@@ -277,7 +278,7 @@ class Task(Generic[P, R]):
             else:
                 messages.append(self.build_message(tuple(item), None, **options))
         if app.conf.task_always_eager:
-            return [self.apply(m.args, m.kwargs, task_id=m.id) for m in messages]  # type: ignore[misc]
+            return [self.apply(m.args, m.kwargs, task_id=m.id) for m in messages]
         app.publish_many(messages)
         return [app.AsyncResult(m.id, task_name=self.name) for m in messages]
 
@@ -294,15 +295,19 @@ class Task(Generic[P, R]):
 
         return run_eagerly(self, list(args or ()), dict(kwargs or {}), task_id=task_id or new_id())
 
-    def s(self, *args: Any, **kwargs: Any) -> Any:
+    def s(self, *args: Any, **kwargs: Any) -> Signature:
+        """A signature: this task with partial arguments, for chain/group/chord."""
         from conveyor.canvas import Signature
 
         return Signature(self.name, args, kwargs, app=self._app)
 
-    def si(self, *args: Any, **kwargs: Any) -> Any:
+    def si(self, *args: Any, **kwargs: Any) -> Signature:
+        """An immutable signature: a chain does not prepend the previous result."""
         from conveyor.canvas import Signature
 
         return Signature(self.name, args, kwargs, app=self._app, immutable=True)
+
+    signature = s
 
     # -- retrying --------------------------------------------------------------------
     def retry(

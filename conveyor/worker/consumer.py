@@ -20,11 +20,13 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from conveyor import states
 from conveyor.backends.base import ResultRecord
 from conveyor.brokers.base import Delivery
+from conveyor.canvas import complete_chord
 from conveyor.exceptions import BrokerError, SerializationError, WorkerLostError
 from conveyor.message import Message, decode
 from conveyor.retry import parse_rate
@@ -158,11 +160,15 @@ class Consumer:
                 backoff = min(backoff * 2, 10.0)
                 continue
             if deliveries:
-                with self._cond:
-                    for d in deliveries:
-                        self._reserved[d.receipt] = d
-                    self._incoming.extend(deliveries)
+                self.accept(deliveries)
                 self.pool.wakeup()
+
+    def accept(self, deliveries: Sequence[Delivery]) -> None:
+        """Take leased deliveries into the worker: they are dispatched by the main loop."""
+        with self._cond:
+            for d in deliveries:
+                self._reserved[d.receipt] = d
+            self._incoming.extend(deliveries)
 
     def _lease_loop(self) -> None:
         interval = max(0.2, self.lease_s / 3)
@@ -180,7 +186,7 @@ class Consumer:
     def _dispatch(self) -> None:
         now = time.time()
         for _key, item in self.rate_gate.due(now):
-            self._incoming.appendleft(item)  # type: ignore[arg-type]
+            self._incoming.appendleft(item)
         while self._incoming and self.pool.idle_slots() > 0 and not self._warm:
             delivery = self._incoming.popleft()
             job = self._prepare(delivery, now)
@@ -262,13 +268,8 @@ class Consumer:
         self._settle([Completion(job, outcome)])
 
     def _settle(self, completions: list[Completion]) -> None:
-        records: list[ResultRecord] = self._pending_records
-        self._pending_records = []
-        retries: list[Message] = []
-        acks: list[Delivery] = list(self._pending_acks)
-        self._pending_acks = []
-        dead: list[tuple[Delivery, str]] = []
-        requeue: list[Delivery] = []
+        batch = _Settlement(records=self._pending_records, acks=self._pending_acks)
+        self._pending_records, self._pending_acks = [], []
         for completion in completions:
             outcome = completion.outcome
             if outcome.action == LOST:
@@ -276,32 +277,22 @@ class Consumer:
             self._log(outcome)
             self._count(outcome)
             if outcome.state is not None:
-                records.append(self._record(outcome))
-            delivery = completion.job.delivery
-            unacked = completion.job.acks_late  # early-acked messages are already gone
-            if outcome.action == RETRY and outcome.retry_body is not None:
-                retries.append(decode(outcome.retry_body))
-            elif outcome.action == DEAD:
-                dead.append((delivery, outcome.reason or "dead-lettered"))
-                unacked = False  # dead_letter() removes the message itself
-            elif outcome.action == REQUEUE:
-                if unacked:
-                    requeue.append(delivery)
-                    unacked = False
-                else:  # acked at dispatch: the only way back is a new copy
-                    retries.append(decode(delivery.body))
-            if unacked:
-                acks.append(delivery)
-        if records:
-            self._retrying(lambda: self.backend.store(records))
-        if retries:
-            self._retrying(lambda: self.broker.publish_many(retries))
-        for delivery, reason in dead:
+                batch.records.append(self._record(outcome))
+            batch.add(completion.job, outcome)
+        # Order matters: results and follow-up messages are written before the ack, so
+        # a crash in between repeats a task rather than losing its outcome.
+        if batch.records:
+            self._retrying(lambda: self.backend.store(batch.records))
+        if batch.publish:
+            self._retrying(lambda: self.broker.publish_many(batch.publish))
+        for delivery, reason in batch.dead:
             self._retrying(lambda d=delivery, r=reason: self.broker.dead_letter(d, reason=r))  # type: ignore[misc]
-        for delivery in requeue:
+        for delivery in batch.requeue:
             self._retrying(lambda d=delivery: self.broker.nack(d, retry_at=None, reason="requeued"))  # type: ignore[misc]
-        if acks:
-            self._retrying(lambda: self.broker.ack(acks))
+        for outcome in batch.chords:
+            self._retrying(lambda o=outcome: complete_chord(self.app, o.chord or {}, self.hostname))  # type: ignore[misc]
+        if batch.acks:
+            self._retrying(lambda: self.broker.ack(batch.acks))
         self._release([c.job.delivery for c in completions])
 
     def _flush(self) -> None:
@@ -422,7 +413,7 @@ class Consumer:
     def _give_back(self) -> None:
         """Return prefetched, unstarted messages to the queue so another worker takes them now."""
         with self._cond:
-            waiting = list(self._incoming) + self.rate_gate.drain()  # type: ignore[operator]
+            waiting = list(self._incoming) + self.rate_gate.drain()
             self._incoming.clear()
         for delivery in waiting:
             try:
@@ -469,3 +460,35 @@ class Consumer:
                 self._settle(completions)
             finally:
                 self._cold = True
+
+
+@dataclass
+class _Settlement:
+    """What one settle pass writes, grouped so each kind is one broker call."""
+
+    records: list[ResultRecord] = field(default_factory=list)
+    acks: list[Delivery] = field(default_factory=list)
+    publish: list[Message] = field(default_factory=list)  # retries, chain steps, re-sent copies
+    dead: list[tuple[Delivery, str]] = field(default_factory=list)
+    requeue: list[Delivery] = field(default_factory=list)
+    chords: list[Outcome] = field(default_factory=list)
+
+    def add(self, job: Job, outcome: Outcome) -> None:
+        delivery = job.delivery
+        unacked = job.acks_late  # early-acked messages are already gone from the broker
+        self.publish.extend(decode(body) for body in outcome.follow_ups)
+        if outcome.chord and outcome.state in states.READY_STATES:
+            self.chords.append(outcome)
+        if outcome.action == RETRY and outcome.retry_body is not None:
+            self.publish.append(decode(outcome.retry_body))
+        elif outcome.action == DEAD:
+            self.dead.append((delivery, outcome.reason or "dead-lettered"))
+            unacked = False  # dead_letter() removes the message itself
+        elif outcome.action == REQUEUE:
+            if unacked:
+                self.requeue.append(delivery)
+                unacked = False
+            else:  # acked at dispatch: the only way back is a new copy
+                self.publish.append(decode(delivery.body))
+        if unacked:
+            self.acks.append(delivery)

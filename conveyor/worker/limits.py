@@ -9,8 +9,12 @@ import signal
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from conveyor.exceptions import SoftTimeLimitExceeded
+
+if TYPE_CHECKING:
+    from conveyor.brokers.base import Delivery
 
 
 def _raise_soft_limit(signum: int, frame: object) -> None:
@@ -60,7 +64,7 @@ def soft_time_limit(seconds: float | None) -> Iterator[None]:
 @dataclass
 class _Held:
     due_at: float
-    item: object
+    item: Delivery
 
 
 class RateGate:
@@ -83,13 +87,13 @@ class RateGate:
     def holding(self, key: str) -> bool:
         return key in self._held
 
-    def hold(self, key: str, item: object, due_at: float) -> None:
+    def hold(self, key: str, item: Delivery, due_at: float) -> None:
         self._held[key] = _Held(due_at, item)
 
     def give_back_at(self, wait_s: float, interval_s: float, now: float) -> float:
         return now + max(wait_s, interval_s) + self._rng.uniform(0, interval_s)
 
-    def due(self, now: float) -> list[tuple[str, object]]:
+    def due(self, now: float) -> list[tuple[str, Delivery]]:
         ready = [(key, h.item) for key, h in self._held.items() if h.due_at <= now]
         for key, _ in ready:
             del self._held[key]
@@ -98,10 +102,10 @@ class RateGate:
     def next_due(self) -> float | None:
         return min((h.due_at for h in self._held.values()), default=None)
 
-    def drain(self) -> list[object]:
+    def drain(self) -> list[Delivery]:
         items = [h.item for h in self._held.values()]
         self._held.clear()
         return items
 
-    def items(self) -> list[object]:
+    def items(self) -> list[Delivery]:
         return [h.item for h in self._held.values()]

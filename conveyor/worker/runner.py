@@ -57,6 +57,8 @@ class Outcome:
     retry_body: bytes | None = None
     retry_at: float | None = None
     reason: str | None = None
+    follow_ups: list[bytes] = field(default_factory=list)  # the next chain step, sent with the ack
+    chord: dict[str, Any] | None = None  # the chord this task is a member of
     log_level: str = "info"
     log: str = ""
 
@@ -184,6 +186,7 @@ def autoretry(task: Task[Any, Any], exc: Exception) -> None:
 
 def _base(message: Message, started: float) -> dict[str, Any]:
     return {
+        "chord": message.headers.get("chord"),
         "task_id": message.id,
         "task_name": message.task,
         "queue": message.queue,
@@ -217,10 +220,19 @@ def _succeeded(task: Task[Any, Any], message: Message, value: Any, started: floa
             log=f"{label(task.name, message.id)} failed in {runtime:.6f}s: {error}",
             **base,
         )
+    follow_ups = []
+    if message.headers.get("chain"):
+        from conveyor.canvas import next_in_chain
+
+        step = next_in_chain(task.app, message, value)
+        if step is not None:
+            step = step.with_changes(parent_id=message.id, root_id=message.root_id or message.id)
+            follow_ups.append(step.encode())
     return Outcome(
         ACK,
         state=states.SUCCESS,
         result=value,
+        follow_ups=follow_ups,
         log=f"{label(task.name, message.id)} succeeded in {runtime:.6f}s: {_short(value)}",
         **base,
     )

@@ -73,3 +73,9 @@ def test_config_from_module_reads_lowercase_names_only() -> None:
 def test_unknown_attribute_assignment_is_refused() -> None:
     with pytest.raises(ConfigurationError, match="unknown setting 'brokr_url'"):
         Settings(environ={}).brokr_url = "x"  # type: ignore[attr-defined]
+
+
+def test_typed_names_match_the_settings_table() -> None:
+    from conveyor.config import SETTINGS
+
+    assert set(Settings.__annotations__) == {s.name for s in SETTINGS}

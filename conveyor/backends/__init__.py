@@ -1,0 +1,1 @@
+"""Result backends: the seam in base.py, one module per store."""

@@ -1,0 +1,1 @@
+"""Message brokers: the seam in base.py, one module per store."""

@@ -1,0 +1,171 @@
+"""Real worker processes against a real SQLite file.
+
+Each test gets its own directory with a ``proj`` module (the tasks below) and a
+broker file; workers are started with the real CLI in subprocesses and stopped (or
+SIGKILLed) by the test. Task bodies append to ``runs.log`` so a test can count how
+many times each task really ran, whether or not its result was stored.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from conveyor.testing import wait_for
+
+PROJECT = '''
+import os, time
+from conveyor import Conveyor, SoftTimeLimitExceeded
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+app = Conveyor("proj", broker="sqlite:///" + os.path.join(HERE, "broker.sqlite3"))
+app.conf.update(broker_visibility_timeout=float(os.environ.get("TEST_VISIBILITY", "30")), worker_shutdown_timeout=20)
+
+
+def record(*parts):
+    line = " ".join(str(p) for p in parts) + "\\n"
+    with open(os.path.join(HERE, "runs.log"), "a") as fh:
+        fh.write(line)
+
+
+@app.task(name="proj.add")
+def add(x, y):
+    return x + y
+
+
+@app.task(name="proj.mark", acks_late=True)
+def mark(n, sleep=0.0):
+    record("mark", n)
+    if sleep:
+        time.sleep(sleep)
+    return n
+
+
+@app.task(name="proj.slow", acks_late=True)
+def slow(key, seconds):
+    record("start", key)
+    time.sleep(seconds)
+    record("done", key)
+    return key
+
+
+@app.task(name="proj.flaky", bind=True, max_retries=5)
+def flaky(self, key, fail_times):
+    record("flaky", key, self.request.retries)
+    if self.request.retries < fail_times:
+        raise self.retry(exc=ConnectionError("upstream down"), countdown=0.2 * 2 ** self.request.retries)
+    return "ok after %d" % self.request.retries
+
+
+@app.task(name="proj.doomed", autoretry_for=(ConnectionError,), retry_backoff=0.1, retry_jitter=False,
+          retry_kwargs={"max_retries": 2})
+def doomed(key):
+    record("doomed", key)
+    raise ConnectionError("still down")
+
+
+@app.task(name="proj.soft", soft_time_limit=0.3)
+def soft():
+    try:
+        time.sleep(5)
+    except SoftTimeLimitExceeded:
+        record("soft-caught")
+        raise
+    return "not reached"
+
+
+@app.task(name="proj.hard", time_limit=0.5)
+def hard():
+    record("hard-start", os.getpid())
+    time.sleep(30)
+
+
+@app.task(name="proj.pid")
+def pid():
+    return os.getpid()
+
+
+@app.task(name="proj.limited", rate_limit="5/s")
+def limited(n):
+    record("limited", n, "%.4f" % time.time())
+    return n
+
+
+@app.task(name="proj.other")
+def other(n):
+    record("other", n, "%.4f" % time.time())
+    return n
+
+
+@app.task(name="proj.order")
+def order(n):
+    record("order", n)
+    return n
+'''
+
+
+class Project:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.workers: list[subprocess.Popen[bytes]] = []
+        self.env = {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+        self.env.pop("CONVEYOR_BROKER_URL", None)
+
+    @property
+    def runs(self) -> list[list[str]]:
+        path = self.root / "runs.log"
+        if not path.exists():
+            return []
+        return [line.split() for line in path.read_text().splitlines() if line]
+
+    def count(self, kind: str) -> int:
+        return sum(1 for r in self.runs if r[0] == kind)
+
+    def start_worker(self, *args: str, visibility: float = 30.0, name: str | None = None) -> subprocess.Popen[bytes]:
+        index = len(self.workers)
+        log = open(self.root / f"worker{index}.log", "wb")  # noqa: SIM115 - closed with the process
+        env = {**self.env, "TEST_VISIBILITY": str(visibility)}
+        cmd = [sys.executable, "-m", "conveyor.cli.main", "-A", "proj", "worker", "-l", "info",
+               "-n", name or f"w{index}@test", *args]
+        proc = subprocess.Popen(cmd, cwd=self.root, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        self.workers.append(proc)
+        wait_for(lambda: b"ready." in (self.root / f"worker{index}.log").read_bytes() or proc.poll() is not None,
+                 timeout=15, message="worker did not start")
+        assert proc.poll() is None, self.log(index)
+        return proc
+
+    def log(self, index: int = 0) -> str:
+        path = self.root / f"worker{index}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def stop_all(self) -> None:
+        for proc in self.workers:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(5)
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Iterator[tuple[Project, object]]:
+    (tmp_path / "proj.py").write_text(textwrap.dedent(PROJECT))
+    sys.modules.pop("proj", None)
+    sys.path.insert(0, str(tmp_path))
+    import proj  # type: ignore[import-not-found]
+
+    proj.app.set_current()
+    p = Project(tmp_path)
+    try:
+        yield p, proj
+    finally:
+        p.stop_all()
+        proj.app.close()
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("proj", None)

@@ -1,0 +1,32 @@
+"""rate_limit holds across worker processes and does not block other tasks."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+
+from conveyor.testing import wait_for
+
+pytestmark = pytest.mark.integration
+
+
+def test_rate_limit_is_shared_by_two_workers(project: Any) -> None:
+    p, proj = project
+    p.start_worker("-c", "2")
+    p.start_worker("-c", "2")
+    started = time.time()
+    limited = proj.limited.map([(n,) for n in range(12)])
+    others = proj.other.map([(n,) for n in range(20)])
+    assert sorted(r.get(timeout=10) for r in others) == list(range(20))
+    others_done = time.time() - started
+    assert sorted(r.get(timeout=20) for r in limited) == list(range(12))
+    stamps = sorted(float(r[2]) for r in p.runs if r[0] == "limited")
+    gaps = [b - a for a, b in zip(stamps, stamps[1:])]
+    # 5/s across both workers: one run every 0.2 s, never two at once.
+    assert min(gaps) >= 0.17, gaps
+    assert stamps[-1] - stamps[0] >= 11 * 0.2 * 0.9
+    # The 20 unlimited tasks were not stuck behind the limited ones.
+    assert others_done < 2.0
+    wait_for(lambda: p.count("limited") == 12)
