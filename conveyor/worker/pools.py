@@ -138,8 +138,12 @@ def _die_with_parent() -> None:
 
 
 def _child_main(conn: mpc.Connection, app: Conveyor, hostname: str, max_tasks: int | None) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    # Ctrl-C and a SIGTERM sent to the whole process group (systemd's default
+    # KillMode) are the parent's to handle: it finishes running tasks (warm
+    # shutdown) and ends the children itself.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGQUIT, signal.SIG_IGN)
     _die_with_parent()
     done = 0
     while True:

@@ -1,0 +1,184 @@
+"""The embedded result store: a ``results`` table, by default in the broker's file.
+
+Values (result, exception, args, kwargs) are stored as JSON, never pickle, for the
+same reason messages are (``serialization``'s docstring). Records expire
+``result_expires_s`` after their last update (DESIGN.md, "Results"); ``store()``
+deletes expired rows itself at most once a minute, so no separate cleaner is needed.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from conveyor._sqlite import Database
+from conveyor.backends.base import ResultRecord
+from conveyor.serialization import dumps, loads
+from conveyor.states import READY_STATES
+
+RESULTS = "results"
+TABLES = (RESULTS,)
+CLEANUP_EVERY_S = 60.0
+_FIRST_POLL_S = 0.0005  # wait(): a result round trip of a couple of milliseconds is the target
+
+SCHEMA = (
+    f"""CREATE TABLE IF NOT EXISTS {RESULTS} (
+        task_id TEXT PRIMARY KEY,
+        task TEXT,
+        state TEXT NOT NULL,
+        result BLOB,
+        exception BLOB,
+        traceback TEXT,
+        retries INTEGER NOT NULL DEFAULT 0,
+        worker TEXT,
+        queue TEXT,
+        args BLOB,
+        kwargs BLOB,
+        started_at REAL,
+        finished_at REAL,
+        updated_at REAL NOT NULL,
+        expires_at REAL
+    ) WITHOUT ROWID""",
+    f"CREATE INDEX IF NOT EXISTS {RESULTS}_expires ON {RESULTS} (expires_at)",
+)
+
+_COLUMNS = "task_id, task, state, result, exception, traceback, retries, worker, queue, args, kwargs, started_at, finished_at"
+_SQL_STORE = f"""
+INSERT OR REPLACE INTO {RESULTS} ({_COLUMNS}, updated_at, expires_at)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+"""
+_SQL_GET = f"SELECT {_COLUMNS} FROM {RESULTS} WHERE task_id = ?"
+_SQL_GET_MANY = f"SELECT {_COLUMNS} FROM {RESULTS} WHERE task_id IN (SELECT value FROM json_each(?))"
+_SQL_STATE = f"SELECT state FROM {RESULTS} WHERE task_id = ?"
+_SQL_FORGET = f"DELETE FROM {RESULTS} WHERE task_id = ?"
+_SQL_CLEANUP = f"DELETE FROM {RESULTS} WHERE expires_at <= ?"
+
+
+class SQLiteBackend:
+    """ResultBackend on an SQLite file, safe for many processes on one machine.
+
+    Args:
+        url: ``sqlite:///relative.sqlite3`` or ``sqlite:////absolute.sqlite3``.
+        result_expires_s: seconds a record is kept after its last update; 0 keeps it forever.
+    """
+
+    def __init__(self, url: str = "sqlite:///conveyor.sqlite3", *, result_expires_s: float = 86400.0) -> None:
+        self.url = url
+        self.result_expires_s = result_expires_s
+        self._db = Database(url, schema=SCHEMA, tables=TABLES, what="result store")
+        self.path = self._db.path
+        self._next_cleanup = 0.0  # monotonic; the first store() cleans up
+
+    def __repr__(self) -> str:
+        return f"<SQLiteBackend {self.path}>"
+
+    def store(self, records: Sequence[ResultRecord]) -> None:
+        if not records:
+            return
+        now = time.time()
+        expires_at = now + self.result_expires_s if self.result_expires_s > 0 else None
+        rows = [_row(record, now, expires_at) for record in records]  # encode before locking
+        if len(rows) == 1:
+            self._db.write(_SQL_STORE, rows[0])
+        else:
+            self._db.transaction(lambda conn: conn.executemany(_SQL_STORE, rows))
+        if self.result_expires_s > 0 and time.monotonic() >= self._next_cleanup:
+            self._next_cleanup = time.monotonic() + CLEANUP_EVERY_S
+            self.cleanup(now=now)
+
+    def get(self, task_id: str) -> ResultRecord | None:
+        rows = self._db.query(_SQL_GET, (task_id,))
+        return _record(rows[0]) if rows else None
+
+    def get_many(self, task_ids: Sequence[str]) -> dict[str, ResultRecord]:
+        if not task_ids:
+            return {}
+        rows = self._db.query(_SQL_GET_MANY, (dumps(list(task_ids)).decode(),))
+        return {row[0]: _record(row) for row in rows}
+
+    def wait(self, task_id: str, *, timeout_s: float | None, interval_s: float) -> ResultRecord | None:
+        """Poll, starting fast and backing off to ``interval_s``.
+
+        Other processes write the results, and SQLite has no notifications; a short
+        first sleep keeps quick tasks' round trips at a few milliseconds while the
+        back-off keeps a long wait cheap.
+        """
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        pause = min(_FIRST_POLL_S, interval_s)
+        while True:
+            state = self._db.query(_SQL_STATE, (task_id,))
+            if state and state[0][0] in READY_STATES:
+                return self.get(task_id)
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return self.get(task_id) if state else None
+            time.sleep(pause if remaining is None else min(pause, remaining))
+            pause = min(pause * 1.5, max(interval_s, _FIRST_POLL_S))
+
+    def forget(self, task_id: str) -> None:
+        self._db.write(_SQL_FORGET, (task_id,))
+
+    def cleanup(self, *, now: float | None = None) -> int:
+        return self._db.write(_SQL_CLEANUP, (time.time() if now is None else now,))
+
+    def close(self) -> None:
+        self._db.close()
+
+
+def _json(value: Any) -> bytes | None:
+    return None if value is None else dumps(value)
+
+
+def _row(record: ResultRecord, now: float, expires_at: float | None) -> tuple[Any, ...]:
+    return (
+        record.task_id,
+        record.task,
+        record.state,
+        dumps(record.result),
+        _json(record.exception),
+        record.traceback,
+        record.retries,
+        record.worker,
+        record.queue,
+        dumps(list(record.args)),
+        dumps(dict(record.kwargs)),
+        record.started_at,
+        record.finished_at,
+        now,
+        expires_at,
+    )
+
+
+def _record(row: sqlite3.Row | tuple[Any, ...]) -> ResultRecord:
+    (
+        task_id,
+        task,
+        state,
+        result,
+        exception,
+        traceback,
+        retries,
+        worker,
+        queue,
+        args,
+        kwargs,
+        started,
+        finished,
+    ) = row
+    return ResultRecord(
+        task_id=task_id,
+        state=state,
+        task=task,
+        result=None if result is None else loads(result),
+        exception=None if exception is None else loads(exception),
+        traceback=traceback,
+        retries=retries,
+        worker=worker,
+        queue=queue,
+        args=[] if args is None else loads(args),
+        kwargs={} if kwargs is None else loads(kwargs),
+        started_at=started,
+        finished_at=finished,
+    )

@@ -1,0 +1,112 @@
+"""The only broker-specific part of the contract suite: how to make each broker.
+
+Adding a broker (Redis) means adding one param here and one ``_make_*`` function;
+every test in ``test_contract.py`` then runs against it unchanged.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from conveyor.backends import memory as memory_backend
+from conveyor.backends.base import ResultBackend
+from conveyor.backends.memory import MemoryBackend
+from conveyor.backends.sqlite import SQLiteBackend
+from conveyor.brokers import memory as memory_broker
+from conveyor.brokers.base import AdminBroker
+from conveyor.brokers.memory import MemoryBroker
+from conveyor.brokers.sqlite import MESSAGES, SQLiteBroker
+
+
+@dataclass
+class BrokerCase:
+    """How a test makes brokers of one kind that share one store."""
+
+    name: str
+    url: str
+    make: Callable[[], AdminBroker]
+    # Can another process (fork or spawn) reach the same queues through ``url``?
+    cross_process: bool
+    # Queue a body as raw bytes, bypassing Message.encode(), as a foreign or corrupt producer would.
+    inject_raw: Callable[[str, bytes], None]
+
+
+def _memory_case(tmp_path: Path) -> BrokerCase:
+    url = f"memory://contract-{uuid.uuid4().hex}"
+
+    def inject(queue: str, body: bytes) -> None:
+        MemoryBroker(url).publish_raw(queue, body)
+
+    return BrokerCase("memory", url, lambda: MemoryBroker(url), cross_process=False, inject_raw=inject)
+
+
+def _sqlite_case(tmp_path: Path) -> BrokerCase:
+    path = tmp_path / "broker.sqlite3"
+    url = f"sqlite:///{path}"
+
+    def inject(queue: str, body: bytes) -> None:
+        creator = SQLiteBroker(url)
+        creator.queue_stats()  # creates the schema
+        creator.close()
+        with sqlite3.connect(path) as conn:
+            conn.execute(
+                f"INSERT INTO {MESSAGES} (queue, priority, attempts, body) VALUES (?, 0, 0, ?)", (queue, body)
+            )
+        conn.close()
+
+    return BrokerCase("sqlite", url, lambda: SQLiteBroker(url), cross_process=True, inject_raw=inject)
+
+
+_BROKER_CASES = {"memory": _memory_case, "sqlite": _sqlite_case}
+
+
+@pytest.fixture(params=sorted(_BROKER_CASES))
+def broker_case(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[BrokerCase]:
+    yield _BROKER_CASES[request.param](tmp_path)
+    memory_broker.reset()
+
+
+@pytest.fixture
+def broker(broker_case: BrokerCase) -> Iterator[AdminBroker]:
+    made = broker_case.make()
+    yield made
+    made.close()
+
+
+@dataclass
+class BackendCase:
+    name: str
+    url: str
+    make: Callable[[float], ResultBackend]  # result_expires_s -> backend sharing one store
+
+
+def _memory_backend_case(tmp_path: Path) -> BackendCase:
+    url = f"memory://contract-{uuid.uuid4().hex}"
+    return BackendCase("memory", url, lambda expires: MemoryBackend(url, result_expires_s=expires))
+
+
+def _sqlite_backend_case(tmp_path: Path) -> BackendCase:
+    url = f"sqlite:///{tmp_path / 'results.sqlite3'}"
+    return BackendCase("sqlite", url, lambda expires: SQLiteBackend(url, result_expires_s=expires))
+
+
+_BACKEND_CASES = {"memory": _memory_backend_case, "sqlite": _sqlite_backend_case}
+
+
+@pytest.fixture(params=sorted(_BACKEND_CASES))
+def backend_case(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[BackendCase]:
+    yield _BACKEND_CASES[request.param](tmp_path)
+    memory_backend.reset()
+
+
+@pytest.fixture
+def backend(backend_case: BackendCase) -> Iterator[ResultBackend]:
+    made = backend_case.make(3600.0)
+    yield made
+    made.close()
