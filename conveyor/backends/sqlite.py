@@ -13,7 +13,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from conveyor._sqlite import Database
+from conveyor._sqlite import SAFETY_POLL_S, Database, WakeChannel
 from conveyor.backends.base import ResultRecord
 from conveyor.serialization import dumps, loads
 from conveyor.states import READY_STATES
@@ -21,7 +21,6 @@ from conveyor.states import READY_STATES
 RESULTS = "results"
 TABLES = (RESULTS,)
 CLEANUP_EVERY_S = 60.0
-_FIRST_POLL_S = 0.0005  # wait(): a result round trip of a couple of milliseconds is the target
 
 SCHEMA = (
     f"""CREATE TABLE IF NOT EXISTS {RESULTS} (
@@ -69,6 +68,10 @@ class SQLiteBackend:
         self.result_expires_s = result_expires_s
         self._db = Database(url, schema=SCHEMA, tables=TABLES, what="result store")
         self.path = self._db.path
+        # Waiters get a wake-up when results are stored, through the same socket
+        # mechanism the broker uses for consumers (a separate directory, so storing a
+        # result never wakes a fetch and publishing never wakes a get()).
+        self._wake = WakeChannel(self.path + "-results")
         self._next_cleanup = 0.0  # monotonic; the first store() cleans up
 
     def __repr__(self) -> str:
@@ -84,6 +87,7 @@ class SQLiteBackend:
             self._db.write(_SQL_STORE, rows[0])
         else:
             self._db.transaction(lambda conn: conn.executemany(_SQL_STORE, rows))
+        self._wake.notify()
         if self.result_expires_s > 0 and time.monotonic() >= self._next_cleanup:
             self._next_cleanup = time.monotonic() + CLEANUP_EVERY_S
             self.cleanup(now=now)
@@ -99,23 +103,25 @@ class SQLiteBackend:
         return {row[0]: _record(row) for row in rows}
 
     def wait(self, task_id: str, *, timeout_s: float | None, interval_s: float) -> ResultRecord | None:
-        """Poll, starting fast and backing off to ``interval_s``.
+        """Block on this thread's wake socket until a store() anywhere wakes it.
 
-        Other processes write the results, and SQLite has no notifications; a short
-        first sleep keeps quick tasks' round trips at a few milliseconds while the
-        back-off keeps a long wait cheap.
+        The socket is bound before the first check, so a result stored between the
+        check and the wait still wakes it; each wake-up re-reads the state (it may be
+        another task's result). ``interval_s`` caps each wait, as the safety poll for
+        a lost wake-up.
         """
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        pause = min(_FIRST_POLL_S, interval_s)
+        listener = self._wake.listener()
+        cap = max(min(interval_s, SAFETY_POLL_S), 0.001)
         while True:
+            listener.drain()
             state = self._db.query(_SQL_STATE, (task_id,))
             if state and state[0][0] in READY_STATES:
                 return self.get(task_id)
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 return self.get(task_id) if state else None
-            time.sleep(pause if remaining is None else min(pause, remaining))
-            pause = min(pause * 1.5, max(interval_s, _FIRST_POLL_S))
+            listener.wait(cap if remaining is None else min(cap, remaining))
 
     def forget(self, task_id: str) -> None:
         self._db.write(_SQL_FORGET, (task_id,))
@@ -124,6 +130,7 @@ class SQLiteBackend:
         return self._db.write(_SQL_CLEANUP, (time.time() if now is None else now,))
 
     def close(self) -> None:
+        self._wake.close()
         self._db.close()
 
 
