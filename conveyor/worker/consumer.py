@@ -112,8 +112,10 @@ class Consumer:
         self._start_thread(self._lease_loop, "lease-keeper")
         try:
             while not self._cold:
-                if self._warm and self._warm_step():
-                    break
+                if self._warm:
+                    if self._warm_step():
+                        break
+                    continue
                 self.poll_once(timeout_s=1.0)
         finally:
             self._shutdown()
