@@ -277,7 +277,7 @@ class SQLiteBroker:
         until = now + lease_s
         out: list[Delivery] = []
         for queue in queues:
-            rows = db.query(_SQL_FETCH, (token, until, queue, now, limit - len(out)))
+            rows = db.query(_SQL_FETCH, (token, until, queue, now, limit - len(out)), write=True)
             if not rows:
                 continue
             rows.sort(key=lambda row: (-row[1], row[0]))  # RETURNING order is unspecified

@@ -52,6 +52,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("conveyor.worker")
 T = TypeVar("T")
 
+ACK_DELAY_S = 0.005  # longest an early ack waits to share a write with other outcomes
+
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
 
@@ -121,16 +123,25 @@ class Consumer:
             self._shutdown()
 
     def poll_once(self, timeout_s: float) -> None:
-        """One turn of the main loop: dispatch, flush early acks, wait, settle."""
+        """One turn of the main loop: dispatch, wait for completions, refill, settle.
+
+        Freed slots get their next task *before* the settle writes, so children run
+        while the parent talks to the store. Early acks ride in the same settle batch;
+        when nothing completes they are flushed within ACK_DELAY_S anyway, so "acked
+        once a slot has it" stays true to within a few milliseconds.
+        """
         self._dispatch()
-        self._flush()
         next_hold = self.rate_gate.next_due()
         if next_hold is not None:
             timeout_s = max(0.0, min(timeout_s, next_hold - time.time()))
+        if self._pending_acks or self._pending_records:
+            timeout_s = min(timeout_s, ACK_DELAY_S)
         if self._incoming and self.pool.idle_slots() > 0:
             timeout_s = 0.0
         completions = self.pool.poll(timeout_s)
         if completions:
+            self._dispatch()
+        if completions or self._pending_acks or self._pending_records:
             self._settle(completions)
 
     def _start_thread(self, target: Callable[[], None], name: str) -> None:
