@@ -38,5 +38,5 @@ def test_sigkill_mid_batch_loses_no_acks_late_task(project: Any) -> None:
     # Only tasks the killed worker held (2 slots x prefetch 4) may run twice.
     assert len(twice) <= 8, f"{len(twice)} tasks ran twice: {twice}"
     assert max(runs.values()) <= 2
-    stats = {s.name: s for s in proj.app.broker.queue_stats()}
-    assert stats["default"].ready == 0 and stats["default"].in_flight == 0
+    print(f"SIGKILL mid-batch: 1000/1000 done, {len(twice)} ran twice")
+    assert not [s for s in proj.app.broker.queue_stats() if s.ready or s.in_flight], "messages left behind"

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.integration
 
 
 def _stats(proj: Any) -> Any:
-    return {s.name: s for s in proj.app.broker.queue_stats()}["default"]
+    return proj.app.broker.queue_stats(["default"])[0]
 
 
 def test_warm_shutdown_finishes_running_tasks_and_returns_prefetched_ones(project: Any) -> None:
