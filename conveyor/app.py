@@ -351,8 +351,11 @@ class Conveyor:
         if url is False:
             return DisabledBackend()
         expires = self.conf.result_expires
-        target = url if isinstance(url, str) and url else self.conf.broker_url
-        return backend_from_url(target, result_expires_s=float(expires or 0))
+        if not (isinstance(url, str) and url):
+            # The broker's own store: share its connections, so the worker can write
+            # a result and its ack in one transaction.
+            return self.broker.result_backend(result_expires_s=float(expires or 0))
+        return backend_from_url(url, result_expires_s=float(expires or 0))
 
     def _check_fork(self) -> None:
         # A forked child must not share its parent's connections (sqlite handles,

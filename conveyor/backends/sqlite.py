@@ -63,10 +63,21 @@ class SQLiteBackend:
         result_expires_s: seconds a record is kept after its last update; 0 keeps it forever.
     """
 
-    def __init__(self, url: str = "sqlite:///conveyor.sqlite3", *, result_expires_s: float = 86400.0) -> None:
+    def __init__(
+        self,
+        url: str = "sqlite:///conveyor.sqlite3",
+        *,
+        result_expires_s: float = 86400.0,
+        database: Database | None = None,
+    ) -> None:
         self.url = url
         self.result_expires_s = result_expires_s
-        self._db = Database(url, schema=SCHEMA, tables=TABLES, what="result store")
+        if database is None:
+            self._db = Database(url, schema=SCHEMA, tables=TABLES, what="result store")
+        else:  # the broker's file: share its connections (SQLiteBroker.result_backend)
+            database.add_schema(SCHEMA, TABLES)
+            self._db = database
+        self._owns_db = database is None
         self.path = self._db.path
         # Waiters get a wake-up when results are stored, through the same socket
         # mechanism the broker uses for consumers (a separate directory, so storing a
@@ -87,7 +98,7 @@ class SQLiteBackend:
             self._db.write(_SQL_STORE, rows[0])
         else:
             self._db.transaction(lambda conn: conn.executemany(_SQL_STORE, rows))
-        self._wake.notify()
+        self._db.after_commit(self._wake.notify)
         if self.result_expires_s > 0 and time.monotonic() >= self._next_cleanup:
             self._next_cleanup = time.monotonic() + CLEANUP_EVERY_S
             self.cleanup(now=now)
@@ -131,7 +142,8 @@ class SQLiteBackend:
 
     def close(self) -> None:
         self._wake.close()
-        self._db.close()
+        if self._owns_db:
+            self._db.close()
 
 
 def _json(value: Any) -> bytes | None:

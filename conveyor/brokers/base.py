@@ -19,12 +19,16 @@ Delivery semantics every broker must give (DESIGN.md, "Delivery"):
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 from urllib.parse import urlsplit, urlunsplit
 
 from conveyor.exceptions import ConfigurationError
 from conveyor.message import Message
+
+if TYPE_CHECKING:
+    from conveyor.backends.base import ResultBackend
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +98,14 @@ class Broker(Protocol):
     def extend(self, deliveries: Sequence[Delivery], *, lease_s: float) -> None:
         """Renew leases so they run out ``lease_s`` from now."""
 
+    def batch(self) -> AbstractContextManager[None]:
+        """Group this thread's following writes into one atomic round trip where the
+        store can (SQLite: one transaction, results included when they share the file).
+
+        The worker settles each batch of outcomes inside one: result, follow-up
+        messages and ack commit together or not at all.
+        """
+
     def wake(self) -> None:
         """Make a ``fetch`` blocked in another thread of this process return early."""
 
@@ -129,6 +141,9 @@ class BrokerAdmin(Protocol):
 
     def acquire_lease(self, name: str, owner: str, ttl_s: float) -> bool:
         """Take or renew a named lease (the scheduler's leader lease)."""
+
+    def result_backend(self, *, result_expires_s: float) -> ResultBackend:
+        """The result store that lives with this broker (``result_backend`` unset)."""
 
 
 class AdminBroker(Broker, BrokerAdmin, Protocol):

@@ -11,13 +11,16 @@ every store, including those behind brokers an app already holds, for test isola
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import itertools
 import threading
 import time
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
+from conveyor.backends.memory import MemoryBackend
 from conveyor.brokers.base import DeadLetter, Delivery, QueueStats
 from conveyor.message import MAX_PRIORITY, MIN_PRIORITY, Message, decode
 
@@ -271,6 +274,13 @@ class MemoryBroker:
         with store.cond:
             self._generation += 1
             store.cond.notify_all()
+
+    def batch(self) -> AbstractContextManager[None]:
+        """Each call is already atomic under the store's lock; nothing to group."""
+        return contextlib.nullcontext()
+
+    def result_backend(self, *, result_expires_s: float) -> MemoryBackend:
+        return MemoryBackend(self.url, result_expires_s=result_expires_s)
 
     def close(self) -> None:
         # The store outlives the broker (others may share the URL); only blocked fetches end.

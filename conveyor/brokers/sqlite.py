@@ -24,9 +24,11 @@ import secrets
 import sqlite3
 import time
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from typing import Any
 
 from conveyor._sqlite import SAFETY_POLL_S, Database, WakeChannel
+from conveyor.backends.sqlite import SQLiteBackend
 from conveyor.brokers.base import DeadLetter, Delivery, QueueStats
 from conveyor.exceptions import BrokerError
 from conveyor.message import MAX_PRIORITY, MIN_PRIORITY, Message, decode
@@ -214,7 +216,7 @@ class SQLiteBroker:
             self._db.write(_SQL_INSERT, (message.queue, _priority(message), 0, message.id, body))
         # After the commit, never before: a consumer woken earlier would find nothing
         # and sleep again with the message sitting there.
-        self._wake.notify()
+        self._db.after_commit(self._wake.notify)
 
     def publish_many(self, messages: Sequence[Message]) -> None:
         if not messages:
@@ -236,7 +238,7 @@ class SQLiteBroker:
                 conn.executemany(_SQL_SCHEDULE, later)
 
         self._db.transaction(insert)
-        self._wake.notify()
+        self._db.after_commit(self._wake.notify)
 
     # -- consuming -------------------------------------------------------------------
     def fetch(self, queues: Sequence[str], *, limit: int, lease_s: float, timeout_s: float) -> list[Delivery]:
@@ -330,7 +332,7 @@ class SQLiteBroker:
             self._db.transaction(reschedule)
         # A released message is due now; a rescheduled one may be due before the
         # blocked consumers' next planned wake-up.
-        self._wake.notify()
+        self._db.after_commit(self._wake.notify)
 
     def dead_letter(self, delivery: Delivery, *, reason: str) -> None:
         row_id, token = _parse_receipt(delivery.receipt)
@@ -355,6 +357,15 @@ class SQLiteBroker:
 
     def wake(self) -> None:
         self._wake.wake_local()
+
+    def batch(self) -> AbstractContextManager[None]:
+        """One transaction for the writes that follow in this thread (results included
+        when the result backend shares this file: see ``result_backend``)."""
+        return self._db.batch()
+
+    def result_backend(self, *, result_expires_s: float) -> SQLiteBackend:
+        """The result store in this broker's file, sharing its connections."""
+        return SQLiteBackend(self.url, result_expires_s=result_expires_s, database=self._db)
 
     def close(self) -> None:
         # Wake first: a fetch blocked in another thread returns instead of waiting on a
@@ -436,7 +447,7 @@ class SQLiteBroker:
 
         count = self._db.transaction(move)
         if count:
-            self._wake.notify()
+            self._db.after_commit(self._wake.notify)
         return count
 
     def purge_dead_letters(self, entry_ids: Sequence[str] | None = None) -> int:

@@ -20,30 +20,24 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from conveyor import states
 from conveyor.backends.base import ResultRecord
 from conveyor.brokers.base import Delivery
-from conveyor.canvas import complete_chord
-from conveyor.exceptions import BrokerError, SerializationError, WorkerLostError
-from conveyor.message import Message, decode
+from conveyor.exceptions import BrokerError, SerializationError
+from conveyor.message import decode
 from conveyor.retry import parse_rate
-from conveyor.serialization import exception_to_dict
 from conveyor.worker.limits import RateGate
 from conveyor.worker.pools import LOST, Completion, Job, Pool
 from conveyor.worker.runner import (
-    ACK,
-    DEAD,
-    REQUEUE,
-    RETRY,
     Outcome,
     expired,
     label,
     not_registered,
     undecodable,
 )
+from conveyor.worker.settle import Settler
 
 if TYPE_CHECKING:
     from conveyor.app import Conveyor
@@ -52,7 +46,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("conveyor.worker")
 T = TypeVar("T")
 
-ACK_DELAY_S = 0.005  # longest an early ack waits to share a write with other outcomes
+SETTLE_DELAY_S = 0.005  # longest an outcome or early ack waits to share a write with others
+SETTLE_BATCH = 32
+STALL_S = 0.1  # a task running this long makes its process give back what it prefetched  # ... or until this many outcomes are waiting
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
@@ -69,6 +65,7 @@ class Consumer:
         lease_s: float = 30.0,
         shutdown_timeout_s: float = 60.0,
         max_deliveries: int = 10,
+        max_tasks: int | None = None,
     ) -> None:
         self.app = app
         self.broker = app.broker
@@ -81,13 +78,15 @@ class Consumer:
         self.shutdown_timeout_s = shutdown_timeout_s
         self.max_deliveries = max_deliveries
         self.rate_gate = RateGate()
-        self.processed = 0
-        self.failed = 0
+        self.settler = Settler(app, hostname=hostname, max_deliveries=max_deliveries)
+        self.max_tasks = max_tasks
         self._cond = threading.Condition()
         self._reserved: dict[str, Delivery] = {}  # receipt -> every leased, unsettled delivery
         self._incoming: collections.deque[Delivery] = collections.deque()
         self._pending_acks: list[Delivery] = []
         self._pending_records: list[ResultRecord] = []
+        self._unsettled: list[Completion] = []  # finished, not yet written (adaptive batching)
+        self._settle_by = 0.0  # monotonic deadline for the oldest unsettled outcome
         self._fetching = threading.Event()
         self._stopped = threading.Event()
         self._warm = False
@@ -122,27 +121,102 @@ class Consumer:
         finally:
             self._shutdown()
 
+    def run_inline(self) -> None:
+        """The loop for a pool that runs each task in this thread (solo, and every
+        prefork child): fetch here when nothing is waiting, run, settle in batches.
+
+        No fetcher thread: with one task at a time there is nothing to overlap, and a
+        second thread would only contend with this one for the GIL and the database.
+        """
+        self.pool.start()
+        self._start_thread(self._lease_loop, "lease-keeper")
+        self._start_thread(self._stall_guard, "stall-guard")
+        backoff = 0.1
+        try:
+            while not self._cold and not self._warm:
+                if not self._incoming:
+                    self._flush()  # write finished work before blocking
+                    try:
+                        deliveries = self.broker.fetch(
+                            self.queues, limit=self._room(), lease_s=self.lease_s, timeout_s=self._idle_wait()
+                        )
+                        backoff = 0.1
+                    except BrokerError as exc:
+                        log.error("Cannot fetch from the broker: %s; retrying in %.1fs", exc, backoff)
+                        time.sleep(backoff)
+                        backoff = min(backoff * 2, 10.0)
+                        continue
+                    if deliveries:
+                        self.accept(deliveries)
+                self.poll_once(timeout_s=0.0)
+        finally:
+            self._shutdown()
+
+    def _stall_guard(self) -> None:
+        """Give back prefetched messages stuck behind a long task.
+
+        A process running one task at a time holds its prefetched messages until that
+        task ends; behind a task that runs for minutes they would wait while other
+        processes sit idle. Once the current task has run for STALL_S, the messages
+        not yet started go back to the queue for any consumer to take.
+        """
+        while not self._stopped.wait(STALL_S / 2):
+            active = self.pool.active()
+            if not active or not self._incoming:
+                continue
+            if time.monotonic() - active[0].started_at < STALL_S:
+                continue
+            with self._cond:
+                waiting = list(self._incoming)
+                self._incoming.clear()
+            for delivery in waiting:
+                try:
+                    self.broker.nack(delivery, retry_at=None, reason="given back behind a long task")
+                except BrokerError as exc:
+                    log.error("Could not give a message back (its lease will run out): %s", exc)
+            self._release(waiting)
+
+    def _idle_wait(self) -> float:
+        held = self.rate_gate.next_due()
+        return 1.0 if held is None else max(0.0, min(1.0, held - time.time()))
+
     def poll_once(self, timeout_s: float) -> None:
         """One turn of the main loop: dispatch, wait for completions, refill, settle.
 
         Freed slots get their next task *before* the settle writes, so children run
-        while the parent talks to the store. Early acks ride in the same settle batch;
-        when nothing completes they are flushed within ACK_DELAY_S anyway, so "acked
-        once a slot has it" stays true to within a few milliseconds.
+        while the parent talks to the store. Settling is batched adaptively: with a
+        backlog, completions gather for up to SETTLE_DELAY_S (or SETTLE_BATCH of
+        them) and are written in one transaction; with none, they are written at
+        once, so a lone task's round trip pays no delay. Early acks ride in the same
+        batch and wait at most SETTLE_DELAY_S.
         """
         self._dispatch()
         next_hold = self.rate_gate.next_due()
         if next_hold is not None:
             timeout_s = max(0.0, min(timeout_s, next_hold - time.time()))
-        if self._pending_acks or self._pending_records:
-            timeout_s = min(timeout_s, ACK_DELAY_S)
+        if self._unsettled or self._pending_acks or self._pending_records:
+            timeout_s = min(timeout_s, max(0.0, self._settle_by - time.monotonic()))
         if self._incoming and self.pool.idle_slots() > 0:
             timeout_s = 0.0
         completions = self.pool.poll(timeout_s)
         if completions:
             self._dispatch()
-        if completions or self._pending_acks or self._pending_records:
-            self._settle(completions)
+            if not (self._unsettled or self._pending_acks):
+                self._settle_by = time.monotonic() + SETTLE_DELAY_S
+            with self._cond:
+                self._unsettled.extend(completions)
+                self._cond.notify_all()  # finished work frees prefetch room
+        elif (self._pending_acks or self._pending_records) and not self._unsettled:
+            self._settle_by = min(self._settle_by, time.monotonic() + SETTLE_DELAY_S)
+        if self._should_settle():
+            pending, self._unsettled = self._unsettled, []
+            self._settle(pending)
+
+    def _should_settle(self) -> bool:
+        if not (self._unsettled or self._pending_acks or self._pending_records):
+            return False
+        busy = bool(self._incoming) and not self._warm
+        return not busy or len(self._unsettled) >= SETTLE_BATCH or time.monotonic() >= self._settle_by
 
     def _start_thread(self, target: Callable[[], None], name: str) -> None:
         thread = threading.Thread(target=target, name=name, daemon=True)
@@ -151,15 +225,22 @@ class Consumer:
 
     # -- fetching ----------------------------------------------------------------
     def _room(self) -> int:
-        # Messages waiting for a rate-limit slot do not count: they must not keep the
-        # worker from fetching other tasks.
-        return self.capacity - (len(self._reserved) - len(self.rate_gate.items()))
+        # Messages waiting for a rate-limit slot, and finished ones waiting to be
+        # settled, do not count: neither must keep the worker from fetching work.
+        return self.capacity - (len(self._reserved) - len(self.rate_gate.items()) - len(self._unsettled))
+
+    def _wants_more(self) -> bool:
+        """Fetch in chunks: when half the prefetch room is free, or nothing is left to
+        dispatch. Refetching after every completed task would cost a write
+        transaction (and a GIL hand-over) per task."""
+        room = self._room()
+        return room > 0 and (room >= max(1, self.capacity // 2) or not self._incoming)
 
     def _fetch_loop(self) -> None:
         backoff = 0.1
         while self._fetching.is_set():
             with self._cond:
-                while self._fetching.is_set() and self._room() <= 0:
+                while self._fetching.is_set() and not self._wants_more():
                     self._cond.wait(1.0)
                 room = self._room()
             if not self._fetching.is_set():
@@ -201,13 +282,20 @@ class Consumer:
         for _key, item in self.rate_gate.due(now):
             self._incoming.appendleft(item)
         while self._incoming and self.pool.idle_slots() > 0 and not self._warm:
-            delivery = self._incoming.popleft()
+            with self._cond:  # the stall guard may take them back meanwhile
+                if not self._incoming:
+                    break
+                delivery = self._incoming.popleft()
             job = self._prepare(delivery, now)
             if job is not None:
                 if not job.acks_late:
                     # Early ack: the message is acknowledged once a pool slot has it
-                    # (DESIGN.md, "Delivery"), never while it only sits prefetched here.
+                    # (DESIGN.md, "Delivery"), never while it only sits prefetched
+                    # here. The write is batched with the next settle; if the process
+                    # dies first, whoever settles the lost task acks it then (the
+                    # prefork supervisor), so an early-acked task is never run twice.
                     self._pending_acks.append(delivery)
+                    job.early_acked = True
                 self.pool.submit(job)
 
     def _prepare(self, delivery: Delivery, now: float) -> Job | None:
@@ -281,127 +369,36 @@ class Consumer:
         self._settle([Completion(job, outcome)])
 
     def _settle(self, completions: list[Completion]) -> None:
-        batch = _Settlement(records=self._pending_records, acks=self._pending_acks)
-        self._pending_records, self._pending_acks = [], []
-        for completion in completions:
-            outcome = completion.outcome
-            if outcome.action == LOST:
-                outcome = self._lost(completion.job, outcome)
-            self._log(outcome)
-            self._count(outcome)
-            if outcome.state is not None:
-                batch.records.append(self._record(outcome))
-            batch.add(completion.job, outcome)
-        # Order matters: results and follow-up messages are written before the ack, so
-        # a crash in between repeats a task rather than losing its outcome.
-        if batch.records:
-            self._retrying(lambda: self.backend.store(batch.records))
-        if batch.publish:
-            self._retrying(lambda: self.broker.publish_many(batch.publish))
-        for delivery, reason in batch.dead:
-            self._retrying(lambda d=delivery, r=reason: self.broker.dead_letter(d, reason=r))  # type: ignore[misc]
-        for delivery in batch.requeue:
-            self._retrying(lambda d=delivery: self.broker.nack(d, retry_at=None, reason="requeued"))  # type: ignore[misc]
-        for outcome in batch.chords:
-            self._retrying(lambda o=outcome: complete_chord(self.app, o.chord or {}, self.hostname))  # type: ignore[misc]
-        if batch.acks:
-            self._retrying(lambda: self.broker.ack(batch.acks))
+        acks, records = self._pending_acks, self._pending_records
+        self._pending_acks, self._pending_records = [], []
+        self.settler.give_up = self._cold
+        self.settler.settle(completions, acks=acks, records=records)
         self._release([c.job.delivery for c in completions])
+        if self.max_tasks and self.settler.processed >= self.max_tasks and not self._warm:
+            self.request_stop()  # recycled by the supervisor (max_tasks_per_child)
+
+    @property
+    def processed(self) -> int:
+        return self.settler.processed
+
+    @property
+    def failed(self) -> int:
+        return self.settler.failed
+
+    def _retrying(self, operation: Callable[[], T]) -> T:
+        self.settler.give_up = self._cold
+        return self.settler.retrying(operation)
 
     def _flush(self) -> None:
-        if self._pending_acks or self._pending_records:
-            self._settle([])
+        if self._unsettled or self._pending_acks or self._pending_records:
+            pending, self._unsettled = self._unsettled, []
+            self._settle(pending)
 
     def _release(self, deliveries: Sequence[Delivery]) -> None:
         with self._cond:
             for d in deliveries:
                 self._reserved.pop(d.receipt, None)
             self._cond.notify_all()
-
-    def _lost(self, job: Job, outcome: Outcome) -> Outcome:
-        """The process running ``job`` died (OOM killer, segfault, os._exit, SIGKILL)."""
-        how = outcome.reason or "unknown"
-        if job.acks_late:
-            if job.delivery.attempt >= self.max_deliveries:
-                exc = WorkerLostError(
-                    f"worker process died ({how}) on each of {job.delivery.attempt} deliveries"
-                )
-                return Outcome(
-                    DEAD,
-                    task_id=job.task_id,
-                    task_name=job.task_name,
-                    state=states.FAILURE,
-                    exception=exception_to_dict(exc),
-                    queue=job.delivery.queue,
-                    finished_at=time.time(),
-                    reason=str(exc),
-                    log_level="error",
-                    log=f"{label(job.task_name, job.task_id)}: {exc}; dead-lettered",
-                )
-            # acks_late promises at least once: the message goes back for another try.
-            return Outcome(
-                REQUEUE,
-                task_id=job.task_id,
-                task_name=job.task_name,
-                log_level="error",
-                log=f"{label(job.task_name, job.task_id)}: worker process died ({how}); message requeued (acks_late)",
-            )
-        exc = WorkerLostError(f"worker process died ({how}) while running the task")
-        return Outcome(
-            ACK,
-            task_id=job.task_id,
-            task_name=job.task_name,
-            state=states.FAILURE,
-            exception=exception_to_dict(exc),
-            queue=job.delivery.queue,
-            finished_at=time.time(),
-            log_level="error",
-            log=f"{label(job.task_name, job.task_id)} failed: {exc}",
-        )
-
-    def _record(self, outcome: Outcome) -> ResultRecord:
-        return ResultRecord(
-            task_id=outcome.task_id or "",
-            state=outcome.state or states.FAILURE,
-            task=outcome.task_name,
-            result=outcome.result,
-            exception=outcome.exception,
-            traceback=outcome.traceback,
-            retries=outcome.retries,
-            worker=self.hostname,
-            queue=outcome.queue,
-            args=outcome.args,
-            kwargs=outcome.kwargs,
-            started_at=outcome.started_at,
-            finished_at=outcome.finished_at,
-        )
-
-    def _log(self, outcome: Outcome) -> None:
-        if outcome.log:
-            log.log(_LEVELS.get(outcome.log_level, logging.INFO), outcome.log)
-        if outcome.traceback and outcome.state == states.FAILURE:
-            log.debug("%s", outcome.traceback)
-
-    def _count(self, outcome: Outcome) -> None:
-        if outcome.task_id:
-            self.processed += 1
-            if outcome.state == states.FAILURE:
-                self.failed += 1
-
-    def _retrying(self, operation: Callable[[], T]) -> T:
-        """Run a broker/backend call until it works: an outcome must not be dropped
-        because the store was briefly unavailable. Gives up only at cold shutdown,
-        leaving the message leased so it is redelivered."""
-        delay = 0.05
-        while True:
-            try:
-                return operation()
-            except BrokerError as exc:
-                if self._cold:
-                    raise
-                log.error("Broker operation failed: %s; retrying in %.2fs", exc, delay)
-                time.sleep(delay)
-                delay = min(delay * 2, 5.0)
 
     # -- shutdown ----------------------------------------------------------------
     def _warm_step(self) -> bool:
@@ -475,33 +472,3 @@ class Consumer:
                 self._cold = True
 
 
-@dataclass
-class _Settlement:
-    """What one settle pass writes, grouped so each kind is one broker call."""
-
-    records: list[ResultRecord] = field(default_factory=list)
-    acks: list[Delivery] = field(default_factory=list)
-    publish: list[Message] = field(default_factory=list)  # retries, chain steps, re-sent copies
-    dead: list[tuple[Delivery, str]] = field(default_factory=list)
-    requeue: list[Delivery] = field(default_factory=list)
-    chords: list[Outcome] = field(default_factory=list)
-
-    def add(self, job: Job, outcome: Outcome) -> None:
-        delivery = job.delivery
-        unacked = job.acks_late  # early-acked messages are already gone from the broker
-        self.publish.extend(decode(body) for body in outcome.follow_ups)
-        if outcome.chord and outcome.state in states.READY_STATES:
-            self.chords.append(outcome)
-        if outcome.action == RETRY and outcome.retry_body is not None:
-            self.publish.append(decode(outcome.retry_body))
-        elif outcome.action == DEAD:
-            self.dead.append((delivery, outcome.reason or "dead-lettered"))
-            unacked = False  # dead_letter() removes the message itself
-        elif outcome.action == REQUEUE:
-            if unacked:
-                self.requeue.append(delivery)
-                unacked = False
-            else:  # acked at dispatch: the only way back is a new copy
-                self.publish.append(decode(delivery.body))
-        if unacked:
-            self.acks.append(delivery)

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from conveyor.brokers.base import mask_url
 from conveyor.worker.consumer import Consumer
 from conveyor.worker.pools import make_pool
+from conveyor.worker.prefork import ChildOptions, PreforkSupervisor
 
 if TYPE_CHECKING:
     from conveyor.app import Conveyor
@@ -73,23 +74,34 @@ class Worker:
             else int(concurrency or conf.worker_concurrency or os.cpu_count() or 1)
         )
         self.hostname = hostname or default_hostname()
-        self.pool = make_pool(
-            self.pool_kind,
-            app,
-            concurrency=self.concurrency,
-            hostname=self.hostname,
-            max_tasks_per_child=max_tasks_per_child or conf.worker_max_tasks_per_child,
-        )
-        self.consumer = Consumer(
-            app,
-            self.pool,
-            self.queues,
-            hostname=self.hostname,
-            prefetch_multiplier=prefetch_multiplier or conf.worker_prefetch_multiplier,
-            lease_s=float(conf.broker_visibility_timeout),
-            shutdown_timeout_s=float(conf.worker_shutdown_timeout),
-            max_deliveries=int(conf.task_max_deliveries),
-        )
+        prefetch = int(prefetch_multiplier or conf.worker_prefetch_multiplier)
+        lease_s = float(conf.broker_visibility_timeout)
+        shutdown_s = float(conf.worker_shutdown_timeout)
+        max_deliveries = int(conf.task_max_deliveries)
+        self.runner: PreforkSupervisor | Consumer
+        if self.pool_kind == "prefork":
+            options = ChildOptions(
+                queues=self.queues,
+                hostname=self.hostname,
+                prefetch_multiplier=prefetch,
+                lease_s=lease_s,
+                shutdown_timeout_s=shutdown_s,
+                max_deliveries=max_deliveries,
+                max_tasks=max_tasks_per_child or conf.worker_max_tasks_per_child,
+            )
+            self.runner = PreforkSupervisor(app, self.concurrency, options)
+        else:
+            pool = make_pool(self.pool_kind, app, concurrency=self.concurrency, hostname=self.hostname)
+            self.runner = Consumer(
+                app,
+                pool,
+                self.queues,
+                hostname=self.hostname,
+                prefetch_multiplier=prefetch,
+                lease_s=lease_s,
+                shutdown_timeout_s=shutdown_s,
+                max_deliveries=max_deliveries,
+            )
 
     def banner(self) -> str:
         tasks = sorted(self.app.tasks)
@@ -105,13 +117,14 @@ class Worker:
         return "\n".join(lines)
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
-        cold = signum == signal.SIGQUIT or self.consumer._warm
+        cold = signum == signal.SIGQUIT or self._stopping
         name = signal.Signals(signum).name
         if cold:
             log.warning("%s: cold shutdown, running tasks stop now (acks_late ones are redelivered)", name)
         else:
             log.warning("%s: warm shutdown, finishing running tasks (again for cold shutdown)", name)
-        self.consumer.request_stop(cold=cold)
+        self._stopping = True
+        self.runner.request_stop(cold=cold)
 
     def start(self) -> int:
         """Run until a shutdown signal; returns the process exit code."""
@@ -119,14 +132,18 @@ class Worker:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
             signal.signal(sig, self._on_signal)
         log.info("%s", self.banner())
+        self._stopping = False
         try:
-            self.consumer.run()
+            if isinstance(self.runner, Consumer) and self.runner.pool.inline:
+                self.runner.run_inline()
+            else:
+                self.runner.run()
         finally:
             self.app.close()
         log.info(
             "%s stopped: %d task(s) processed, %d failed",
             self.hostname,
-            self.consumer.processed,
-            self.consumer.failed,
+            self.runner.processed,
+            self.runner.failed,
         )
         return 0

@@ -1,7 +1,7 @@
-"""Where tasks run: one Pool protocol, four pools.
+"""Where tasks run: one Pool protocol; the in-process pools.
 
-- ``prefork``: N child processes, one task each at a time. The parent enforces hard
-  time limits by killing the child, and replaces any child that dies.
+- ``prefork`` (worker/prefork.py): N child processes, each a whole consumer
+  running this module's solo pool, under a supervising parent.
 - ``threads``: N threads in the worker process, for I/O-bound tasks.
 - ``solo``: inline in the worker's main thread; one task at a time.
 
@@ -13,12 +13,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import multiprocessing
-import multiprocessing.connection as mpc
 import os
 import queue
-import signal
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -47,6 +43,7 @@ class Job:
     time_limit: float | None = None
     soft_time_limit: float | None = None
     started_at: float = 0.0  # time.monotonic() when handed to a slot
+    early_acked: bool = False  # its ack is written (or queued to be) at dispatch
     meta: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -63,6 +60,7 @@ class Completion:
 class Pool(Protocol):
     concurrency: int
     name: str
+    inline: bool  # submit() runs the job in the calling thread before returning
 
     def start(self) -> None: ...
 
@@ -126,214 +124,6 @@ class _WakePipe:
                 os.close(fd)
 
 
-# --------------------------------------------------------------------------- prefork
-def _die_with_parent() -> None:
-    # A child must not outlive a SIGKILLed parent: it would finish a task whose
-    # message is being redelivered elsewhere, and hold its memory forever.
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        with contextlib.suppress(Exception):
-            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-
-def _child_main(conn: mpc.Connection, app: Conveyor, hostname: str, max_tasks: int | None) -> None:
-    # Ctrl-C and a SIGTERM sent to the whole process group (systemd's default
-    # KillMode) are the parent's to handle: it finishes running tasks (warm
-    # shutdown) and ends the children itself.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    signal.signal(signal.SIGQUIT, signal.SIG_IGN)
-    _die_with_parent()
-    done = 0
-    while True:
-        try:
-            job = conn.recv()
-        except (EOFError, OSError):
-            return
-        if job is None:
-            return
-        body, attempt = job
-        outcome = run_one(app, body, attempt=attempt, hostname=hostname)
-        done += 1
-        retiring = bool(max_tasks and done >= max_tasks)
-        try:
-            conn.send((outcome, retiring))
-        except (BrokenPipeError, OSError):
-            return
-        if retiring:
-            return
-
-
-@dataclass
-class _Child:
-    process: multiprocessing.process.BaseProcess
-    conn: mpc.Connection
-    job: Job | None = None
-    retiring: bool = False  # will exit after its current reply (max tasks per child)
-    killed: bool = False  # we ended it (time limit); its death is expected
-
-
-class PreforkPool:
-    name = "prefork"
-
-    def __init__(
-        self,
-        app: Conveyor,
-        concurrency: int,
-        *,
-        hostname: str,
-        max_tasks_per_child: int | None = None,
-    ) -> None:
-        self.app = app
-        self.concurrency = concurrency
-        self.hostname = hostname
-        self.max_tasks_per_child = max_tasks_per_child
-        self._ctx = multiprocessing.get_context("fork")
-        self._children: list[_Child] = []
-        self._wake = _WakePipe()
-        self._stopping = False
-
-    def start(self) -> None:
-        for _ in range(self.concurrency):
-            self._children.append(self._spawn())
-
-    def _spawn(self) -> _Child:
-        parent_conn, child_conn = self._ctx.Pipe(duplex=True)
-        process = self._ctx.Process(
-            target=_child_main,
-            args=(child_conn, self.app, self.hostname, self.max_tasks_per_child),
-            name=f"ForkPoolWorker-{len(self._children) + 1}",
-            daemon=True,
-        )
-        process.start()
-        child_conn.close()
-        return _Child(process, parent_conn)
-
-    def idle_slots(self) -> int:
-        return sum(1 for c in self._children if c.job is None and not c.retiring and not c.killed)
-
-    def submit(self, job: Job) -> None:
-        for child in self._children:
-            if child.job is None and not child.retiring and not child.killed:
-                job.started_at = time.monotonic()
-                child.job = job
-                try:
-                    child.conn.send((job.delivery.body, job.delivery.attempt))
-                except (BrokenPipeError, OSError):
-                    pass  # the child died; poll() sees its sentinel and reports the job lost
-                return
-        raise RuntimeError("submit() called with no idle child")
-
-    def active(self) -> list[Job]:
-        return [c.job for c in self._children if c.job is not None]
-
-    def wakeup(self) -> None:
-        self._wake.wake()
-
-    def poll(self, timeout_s: float) -> list[Completion]:
-        completions: list[Completion] = []
-        self._enforce_time_limits(completions)
-        deadlines = [
-            d for c in self._children if c.job and not c.killed and (d := c.job.deadline) is not None
-        ]
-        if deadlines:
-            timeout_s = max(0.0, min(timeout_s, min(deadlines) - time.monotonic()))
-        if completions:
-            timeout_s = 0.0
-        waitables: list[Any] = [self._wake.r]
-        for child in self._children:
-            waitables.append(child.conn)
-            waitables.append(child.process.sentinel)
-        ready = set(mpc.wait(waitables, timeout_s))
-        if self._wake.r in ready:
-            self._wake.drain()
-        for child in list(self._children):
-            if child.conn in ready:
-                self._read_reply(child, completions)
-        for child in list(self._children):
-            if child.process.sentinel in ready or not child.process.is_alive():
-                self._reap(child, completions)
-        self._enforce_time_limits(completions)
-        return completions
-
-    def _read_reply(self, child: _Child, completions: list[Completion]) -> None:
-        try:
-            outcome, retiring = child.conn.recv()
-        except (EOFError, OSError):
-            return  # died; the sentinel path reports it
-        job, child.job = child.job, None
-        child.retiring = child.retiring or retiring
-        if job is not None and not child.killed:
-            completions.append(Completion(job, outcome))
-
-    def _reap(self, child: _Child, completions: list[Completion]) -> None:
-        # A reply may still sit in the pipe of a child that exited right after
-        # sending it (max-tasks-per-child): read it before declaring the job lost.
-        with contextlib.suppress(EOFError, OSError):
-            while child.job is not None and child.conn.poll():
-                self._read_reply(child, completions)
-        child.process.join(timeout=0)
-        if child.process.is_alive():
-            return
-        if child.job is not None and not child.killed:
-            completions.append(Completion(child.job, self._lost(child)))
-        child.conn.close()
-        self._children.remove(child)
-        if not self._stopping:
-            if not child.retiring and not child.killed:
-                log.error(
-                    "Process %s (pid %s) exited with code %s",
-                    child.process.name,
-                    child.process.pid,
-                    child.process.exitcode,
-                )
-            self._children.append(self._spawn())
-
-    def _lost(self, child: _Child) -> Outcome:
-        assert child.job is not None
-        code = child.process.exitcode
-        how = f"signal {signal.Signals(-code).name}" if code is not None and code < 0 else f"exit code {code}"
-        return Outcome(LOST, task_id=child.job.task_id, task_name=child.job.task_name, reason=how)
-
-    def _enforce_time_limits(self, completions: list[Completion]) -> None:
-        now = time.monotonic()
-        for child in self._children:
-            job = child.job
-            if job is None or child.killed or job.deadline is None or now < job.deadline:
-                continue
-            # The hard limit: the child may be stuck in C code where no exception can
-            # reach it, so it is killed; the pool replaces it when it is reaped.
-            child.killed = True
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(child.process.pid or 0, signal.SIGKILL)
-            assert job.time_limit is not None
-            completions.append(Completion(job, time_limit_outcome(job, job.time_limit)))
-            child.job = None
-
-    def stop(self, timeout_s: float) -> None:
-        self._stopping = True
-        for child in self._children:
-            with contextlib.suppress(BrokenPipeError, OSError):
-                child.conn.send(None)
-        deadline = time.monotonic() + timeout_s
-        for child in self._children:
-            child.process.join(max(0.0, deadline - time.monotonic()))
-        self.kill()
-
-    def kill(self) -> None:
-        self._stopping = True
-        for child in self._children:
-            if child.process.is_alive():
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(child.process.pid or 0, signal.SIGKILL)
-        for child in self._children:
-            child.process.join(2.0)
-            child.conn.close()
-        self._children.clear()
-        self._wake.close()
-
-
 # --------------------------------------------------------------------------- threads
 class ThreadPool:
     """Threads for I/O-bound tasks. A hard time limit cannot end a thread: the job is
@@ -341,6 +131,7 @@ class ThreadPool:
     thread takes the slot so the pool keeps its size."""
 
     name = "threads"
+    inline = False
 
     def __init__(self, app: Conveyor, concurrency: int, *, hostname: str) -> None:
         self.app = app
@@ -465,6 +256,7 @@ class SoloPool:
 
     name = "solo"
     concurrency = 1
+    inline = True
 
     def __init__(self, app: Conveyor, *, hostname: str) -> None:
         self.app = app
@@ -513,16 +305,8 @@ class SoloPool:
         self._wake.close()
 
 
-def make_pool(
-    kind: str,
-    app: Conveyor,
-    *,
-    concurrency: int,
-    hostname: str,
-    max_tasks_per_child: int | None,
-) -> PreforkPool | ThreadPool | SoloPool:
-    if kind == "prefork":
-        return PreforkPool(app, concurrency, hostname=hostname, max_tasks_per_child=max_tasks_per_child)
+def make_pool(kind: str, app: Conveyor, *, concurrency: int, hostname: str) -> ThreadPool | SoloPool:
+    """The in-process pools; prefork is a supervisor of its own (worker/prefork.py)."""
     if kind == "threads":
         return ThreadPool(app, concurrency, hostname=hostname)
     if kind == "solo":
@@ -530,3 +314,6 @@ def make_pool(
     from conveyor.exceptions import ConfigurationError
 
     raise ConfigurationError(f"unknown pool {kind!r}: use prefork, threads or solo")
+
+
+__all__ = ["LOST", "Completion", "Job", "Pool", "SoloPool", "ThreadPool", "make_pool"]

@@ -1,0 +1,286 @@
+"""The prefork pool: N child processes, each a complete consumer.
+
+Each child fetches, runs and settles its own tasks (``Consumer.run_inline``), so the
+children work in parallel on separate cores and no task crosses a pipe. The parent
+only supervises, from events the children send when a task starts and ends:
+
+- it replaces a child that dies, and settles the task that child was running
+  (``FAILURE``/``WorkerLostError``, or back to the queue with ``acks_late``);
+- it enforces hard time limits: past ``time_limit`` it kills the child, records
+  ``TimeLimitExceeded`` and starts a new one, because a task stuck in C code cannot
+  be interrupted any other way;
+- it turns SIGTERM into a warm shutdown of every child (SIGUSR1) and a second
+  signal into a cold one (SIGKILL, then the running tasks are settled as above).
+
+Children ignore SIGTERM and SIGINT themselves: a signal sent to the whole process
+group (Ctrl-C, systemd's default KillMode) must reach only the parent's logic.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing
+import multiprocessing.connection as mpc
+import os
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from conveyor.brokers.base import Delivery
+from conveyor.worker.pools import LOST, Completion, Job, SoloPool, _WakePipe, time_limit_outcome
+from conveyor.worker.runner import Outcome
+from conveyor.worker.settle import Settler
+
+if TYPE_CHECKING:
+    from conveyor.app import Conveyor
+
+log = logging.getLogger("conveyor.worker")
+
+
+@dataclass(frozen=True)
+class ChildOptions:
+    queues: Sequence[str]
+    hostname: str
+    prefetch_multiplier: int
+    lease_s: float
+    shutdown_timeout_s: float
+    max_deliveries: int
+    max_tasks: int | None
+
+
+class _ReportingPool(SoloPool):
+    """The child's pool: runs inline and tells the parent what runs, for limits and crashes."""
+
+    def __init__(self, app: Conveyor, *, hostname: str, events: mpc.Connection) -> None:
+        super().__init__(app, hostname=hostname)
+        self.events = events
+
+    def submit(self, job: Job) -> None:
+        d = job.delivery
+        with contextlib.suppress(OSError):
+            self.events.send(("start", d.body, d.queue, d.receipt, d.attempt, d.message_id,
+                              job.task_id, job.task_name, job.acks_late, job.time_limit))
+        super().submit(job)
+        with contextlib.suppress(OSError):
+            self.events.send(("end", d.receipt))
+
+
+def _die_with_parent() -> None:
+    # A child must not outlive a SIGKILLed parent: nobody would enforce its limits.
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        with contextlib.suppress(Exception):
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def _child_main(app: Conveyor, options: ChildOptions, events: mpc.Connection) -> None:
+    from conveyor.worker.consumer import Consumer
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+        signal.signal(sig, signal.SIG_IGN)
+    _die_with_parent()
+    pool = _ReportingPool(app, hostname=options.hostname, events=events)
+    consumer = Consumer(
+        app,
+        pool,
+        options.queues,
+        hostname=options.hostname,
+        prefetch_multiplier=options.prefetch_multiplier,
+        lease_s=options.lease_s,
+        shutdown_timeout_s=options.shutdown_timeout_s,
+        max_deliveries=options.max_deliveries,
+        max_tasks=options.max_tasks,
+    )
+    signal.signal(signal.SIGUSR1, lambda *_: consumer.request_stop())
+    try:
+        consumer.run_inline()
+    finally:
+        with contextlib.suppress(OSError):
+            events.send(("counts", consumer.processed, consumer.failed))
+        app.close()
+
+
+@dataclass
+class _Child:
+    process: multiprocessing.process.BaseProcess
+    events: mpc.Connection
+    job: Job | None = None
+    killed: bool = False  # we ended it (time limit, cold shutdown); its death is expected
+    processed: int = 0
+    failed: int = 0
+
+
+class PreforkSupervisor:
+    """Runs ``concurrency`` consumer processes and keeps them running."""
+
+    name = "prefork"
+
+    def __init__(self, app: Conveyor, concurrency: int, options: ChildOptions) -> None:
+        self.app = app
+        self.concurrency = concurrency
+        self.options = options
+        self.settler = Settler(app, hostname=options.hostname, max_deliveries=options.max_deliveries)
+        self._ctx = multiprocessing.get_context("fork")
+        self._children: list[_Child] = []
+        self._wake = _WakePipe()
+        self._warm = False
+        self._cold = False
+        self._warm_deadline = 0.0
+        self._finished_processed = 0
+        self._finished_failed = 0
+
+    @property
+    def processed(self) -> int:
+        return self._finished_processed + self.settler.processed
+
+    @property
+    def failed(self) -> int:
+        return self._finished_failed + self.settler.failed
+
+    def request_stop(self, *, cold: bool = False) -> None:
+        """Signal-safe: the first call starts a warm shutdown, a later one a cold one."""
+        if cold or self._warm:
+            self._cold = True
+        else:
+            self._warm = True
+            self._warm_deadline = time.monotonic() + self.options.shutdown_timeout_s
+        self._wake.wake()
+
+    def active(self) -> list[Job]:
+        return [c.job for c in self._children if c.job is not None]
+
+    def run(self) -> None:
+        for _ in range(self.concurrency):
+            self._children.append(self._spawn())
+        warned = False
+        try:
+            while self._children and not self._cold:
+                if self._warm and not warned:
+                    warned = True
+                    self._signal_children(signal.SIGUSR1)
+                if self._warm and time.monotonic() >= self._warm_deadline:
+                    log.warning("Warm shutdown: tasks still running after %.0fs; stopping them",
+                                self.options.shutdown_timeout_s)
+                    self._cold = True
+                    break
+                self.poll(self._timeout())
+        finally:
+            self._stop_all()
+
+    def _spawn(self) -> _Child:
+        parent_end, child_end = self._ctx.Pipe(duplex=False)
+        process = self._ctx.Process(
+            target=_child_main,
+            args=(self.app, self.options, child_end),
+            name=f"ForkPoolWorker-{len(self._children) + 1}",
+            daemon=True,
+        )
+        process.start()
+        child_end.close()
+        return _Child(process, parent_end)
+
+    def _timeout(self) -> float:
+        timeout = 1.0
+        if self._warm:
+            timeout = min(timeout, max(0.0, self._warm_deadline - time.monotonic()))
+        for child in self._children:
+            if child.job is not None and not child.killed and child.job.deadline is not None:
+                timeout = min(timeout, max(0.0, child.job.deadline - time.monotonic()))
+        return timeout
+
+    def poll(self, timeout_s: float) -> None:
+        waitables: list[Any] = [self._wake.r]
+        for child in self._children:
+            waitables.extend((child.events, child.process.sentinel))
+        ready = set(mpc.wait(waitables, timeout_s))
+        if self._wake.r in ready:
+            self._wake.drain()
+        for child in list(self._children):
+            if child.events in ready:
+                self._read_events(child)
+        for child in list(self._children):
+            if child.process.sentinel in ready:
+                self._reap(child)
+        self._enforce_time_limits()
+
+    def _read_events(self, child: _Child) -> None:
+        with contextlib.suppress(EOFError, OSError):
+            while child.events.poll():
+                event = child.events.recv()
+                kind = event[0]
+                if kind == "start":
+                    _, body, queue, receipt, attempt, message_id, task_id, task_name, acks_late, limit = event
+                    job = Job(Delivery(body, queue, receipt, attempt, message_id), task_id=task_id,
+                              task_name=task_name, acks_late=acks_late, time_limit=limit)
+                    job.started_at = time.monotonic()
+                    child.job = job
+                elif kind == "end":
+                    if child.job is not None and child.job.delivery.receipt == event[1]:
+                        child.job = None
+                elif kind == "counts":
+                    child.processed, child.failed = event[1], event[2]
+
+    def _reap(self, child: _Child) -> None:
+        self._read_events(child)
+        child.process.join(timeout=1.0)
+        if child.process.is_alive():
+            return
+        self._children.remove(child)
+        self._finished_processed += child.processed
+        self._finished_failed += child.failed
+        code = child.process.exitcode
+        if child.job is not None and not child.killed:
+            how = f"signal {signal.Signals(-code).name}" if code is not None and code < 0 else f"exit code {code}"
+            self._settle_lost(child.job, how)
+        child.events.close()
+        if self._warm or self._cold:
+            return
+        if code != 0 and not child.killed:
+            log.error("Process %s (pid %s) exited with code %s", child.process.name, child.process.pid, code)
+        self._children.append(self._spawn())
+
+    def _settle_lost(self, job: Job, how: str) -> None:
+        outcome = Outcome(LOST, task_id=job.task_id, task_name=job.task_name, reason=how)
+        self.settler.give_up = self._cold
+        self.settler.settle([Completion(job, outcome)])
+
+    def _enforce_time_limits(self) -> None:
+        now = time.monotonic()
+        for child in self._children:
+            job = child.job
+            if job is None or child.killed or job.deadline is None or now < job.deadline:
+                continue
+            child.killed = True
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child.process.pid or 0, signal.SIGKILL)
+            assert job.time_limit is not None
+            # The child's prefetched messages come back when their leases run out.
+            self.settler.settle([Completion(job, time_limit_outcome(job, job.time_limit))])
+            child.job = None
+
+    def _signal_children(self, sig: int) -> None:
+        for child in self._children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child.process.pid or 0, sig)
+
+    def _stop_all(self) -> None:
+        """Cold path (and the end of every run): no child may outlive the supervisor."""
+        if self._children:
+            for child in self._children:
+                child.killed = True
+            self._signal_children(signal.SIGKILL)
+            for child in list(self._children):
+                child.process.join(2.0)
+                self._read_events(child)
+                if child.job is not None:
+                    self._settle_lost(child.job, "cold shutdown")
+                self._finished_processed += child.processed
+                self._finished_failed += child.failed
+                child.events.close()
+            self._children.clear()
+        self._wake.close()

@@ -1,0 +1,197 @@
+"""Settling outcomes: what happens to a message and its result once a task ended.
+
+Shared by the consumer (tasks it ran) and the prefork supervisor (tasks whose
+process died or ran past its hard limit), so both write outcomes the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, TypeVar
+
+from conveyor import states
+from conveyor.backends.base import ResultRecord
+from conveyor.brokers.base import Delivery
+from conveyor.canvas import complete_chord
+from conveyor.exceptions import BrokerError, WorkerLostError
+from conveyor.message import Message, decode
+from conveyor.serialization import exception_to_dict
+from conveyor.worker.pools import LOST, Completion, Job
+from conveyor.worker.runner import ACK, DEAD, REQUEUE, RETRY, Outcome, label
+
+if TYPE_CHECKING:
+    from conveyor.app import Conveyor
+
+log = logging.getLogger("conveyor.worker")
+T = TypeVar("T")
+
+_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+
+
+class Settler:
+    """Writes outcomes: result, follow-up messages, dead letters, then the ack."""
+
+    def __init__(self, app: Conveyor, *, hostname: str, max_deliveries: int = 10) -> None:
+        self.app = app
+        self.broker = app.broker
+        self.backend = app.backend
+        self.hostname = hostname
+        self.max_deliveries = max_deliveries
+        self.processed = 0
+        self.failed = 0
+        self.give_up = False  # set at cold shutdown: stop retrying failed writes
+
+    def settle(
+        self,
+        completions: Sequence[Completion],
+        *,
+        acks: Sequence[Delivery] = (),
+        records: Sequence[ResultRecord] = (),
+    ) -> None:
+        batch = _Settlement(records=list(records), acks=list(acks))
+        for completion in completions:
+            outcome = completion.outcome
+            if outcome.action == LOST:
+                outcome = self.lost(completion.job, outcome)
+            self._log(outcome)
+            self._count(outcome)
+            if outcome.state is not None:
+                batch.records.append(self.record(outcome))
+            batch.add(completion.job, outcome)
+        self.retrying(lambda: self._write(batch))
+
+    def _write(self, batch: _Settlement) -> None:
+        # One transaction where the store allows it (SQLite). Where it does not, the
+        # order still matters: results and follow-up messages are written before the
+        # ack, so a crash in between repeats a task rather than losing its outcome.
+        with self.broker.batch():
+            if batch.records:
+                self.backend.store(batch.records)
+            if batch.publish:
+                self.broker.publish_many(batch.publish)
+            for delivery, reason in batch.dead:
+                self.broker.dead_letter(delivery, reason=reason)
+            for delivery in batch.requeue:
+                self.broker.nack(delivery, retry_at=None, reason="requeued")
+            for outcome in batch.chords:
+                complete_chord(self.app, outcome.chord or {}, self.hostname)
+            if batch.acks:
+                self.broker.ack(batch.acks)
+
+    def lost(self, job: Job, outcome: Outcome) -> Outcome:
+        """The process running ``job`` died (OOM killer, segfault, os._exit, SIGKILL)."""
+        how = outcome.reason or "unknown"
+        if job.acks_late:
+            if job.delivery.attempt >= self.max_deliveries:
+                exc = WorkerLostError(f"worker process died ({how}) on each of {job.delivery.attempt} deliveries")
+                return Outcome(
+                    DEAD,
+                    task_id=job.task_id,
+                    task_name=job.task_name,
+                    state=states.FAILURE,
+                    exception=exception_to_dict(exc),
+                    queue=job.delivery.queue,
+                    finished_at=time.time(),
+                    reason=str(exc),
+                    log_level="error",
+                    log=f"{label(job.task_name, job.task_id)}: {exc}; dead-lettered",
+                )
+            # acks_late promises at least once: the message goes back for another try.
+            return Outcome(
+                REQUEUE,
+                task_id=job.task_id,
+                task_name=job.task_name,
+                log_level="error",
+                log=f"{label(job.task_name, job.task_id)}: worker process died ({how}); message requeued (acks_late)",
+            )
+        exc = WorkerLostError(f"worker process died ({how}) while running the task")
+        return Outcome(
+            ACK,
+            task_id=job.task_id,
+            task_name=job.task_name,
+            state=states.FAILURE,
+            exception=exception_to_dict(exc),
+            queue=job.delivery.queue,
+            finished_at=time.time(),
+            log_level="error",
+            log=f"{label(job.task_name, job.task_id)} failed: {exc}",
+        )
+
+    def record(self, outcome: Outcome) -> ResultRecord:
+        return ResultRecord(
+            task_id=outcome.task_id or "",
+            state=outcome.state or states.FAILURE,
+            task=outcome.task_name,
+            result=outcome.result,
+            exception=outcome.exception,
+            traceback=outcome.traceback,
+            retries=outcome.retries,
+            worker=self.hostname,
+            queue=outcome.queue,
+            args=outcome.args,
+            kwargs=outcome.kwargs,
+            started_at=outcome.started_at,
+            finished_at=outcome.finished_at,
+        )
+
+    def _log(self, outcome: Outcome) -> None:
+        if outcome.log:
+            log.log(_LEVELS.get(outcome.log_level, logging.INFO), outcome.log)
+        if outcome.traceback and outcome.state == states.FAILURE:
+            log.debug("%s", outcome.traceback)
+
+    def _count(self, outcome: Outcome) -> None:
+        if outcome.task_id:
+            self.processed += 1
+            if outcome.state == states.FAILURE:
+                self.failed += 1
+
+    def retrying(self, operation: Callable[[], T]) -> T:
+        """Run a broker/backend call until it works: an outcome must not be dropped
+        because the store was briefly unavailable. Gives up only at cold shutdown,
+        leaving the message leased so it is redelivered."""
+        delay = 0.05
+        while True:
+            try:
+                return operation()
+            except BrokerError as exc:
+                if self.give_up:
+                    raise
+                log.error("Broker operation failed: %s; retrying in %.2fs", exc, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+
+@dataclass
+class _Settlement:
+    """What one settle pass writes, grouped so each kind is one broker call."""
+
+    records: list[ResultRecord] = field(default_factory=list)
+    acks: list[Delivery] = field(default_factory=list)
+    publish: list[Message] = field(default_factory=list)  # retries, chain steps, re-sent copies
+    dead: list[tuple[Delivery, str]] = field(default_factory=list)
+    requeue: list[Delivery] = field(default_factory=list)
+    chords: list[Outcome] = field(default_factory=list)
+
+    def add(self, job: Job, outcome: Outcome) -> None:
+        delivery = job.delivery
+        unacked = not job.early_acked  # early-acked messages are gone (or going) already
+        self.publish.extend(decode(body) for body in outcome.follow_ups)
+        if outcome.chord and outcome.state in states.READY_STATES:
+            self.chords.append(outcome)
+        if outcome.action == RETRY and outcome.retry_body is not None:
+            self.publish.append(decode(outcome.retry_body))
+        elif outcome.action == DEAD:
+            self.dead.append((delivery, outcome.reason or "dead-lettered"))
+            unacked = False  # dead_letter() removes the message itself
+        elif outcome.action == REQUEUE:
+            if unacked:
+                self.requeue.append(delivery)
+                unacked = False
+            else:  # acked at dispatch: the only way back is a new copy
+                self.publish.append(decode(delivery.body))
+        if unacked:
+            self.acks.append(delivery)
