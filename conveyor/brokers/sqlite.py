@@ -108,6 +108,7 @@ WHERE id IN (
 )
 RETURNING id, priority, attempts, task_id, body
 """
+_SQL_HAS_DUE = f"SELECT 1 FROM {MESSAGES} WHERE queue = ? AND visible_at <= ? LIMIT 1"
 _SQL_NEXT_LEASE_END = f"SELECT MIN(visible_at) FROM {MESSAGES} WHERE receipt IS NOT NULL AND visible_at > ?"
 _SQL_ACK = f"DELETE FROM {MESSAGES} WHERE id = ? AND receipt = ?"
 _SQL_RELEASE = f"UPDATE {MESSAGES} SET receipt = NULL, visible_at = 0 WHERE id = ? AND receipt = ?"
@@ -279,6 +280,10 @@ class SQLiteBroker:
         until = now + lease_s
         out: list[Delivery] = []
         for queue in queues:
+            # A read first: an empty fetch (idle workers, every safety poll) then
+            # never takes the write lock that busy workers and producers need.
+            if not db.query(_SQL_HAS_DUE, (queue, now)):
+                continue
             rows = db.query(_SQL_FETCH, (token, until, queue, now, limit - len(out)), write=True)
             if not rows:
                 continue

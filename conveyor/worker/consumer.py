@@ -89,6 +89,7 @@ class Consumer:
         self._settle_by = 0.0  # monotonic deadline for the oldest unsettled outcome
         self._fetching = threading.Event()
         self._stopped = threading.Event()
+        self._task_running = threading.Event()  # wakes the stall guard (inline pools)
         self._warm = False
         self._cold = False
         self._warm_deadline = 0.0
@@ -160,7 +161,10 @@ class Consumer:
         processes sit idle. Once the current task has run for STALL_S, the messages
         not yet started go back to the queue for any consumer to take.
         """
-        while not self._stopped.wait(STALL_S / 2):
+        while not self._stopped.is_set():
+            # Asleep while nothing runs (an idle worker must cost no CPU).
+            if not self._task_running.wait(1.0) or self._stopped.wait(STALL_S / 2):
+                continue
             active = self.pool.active()
             if not active or not self._incoming:
                 continue
@@ -296,7 +300,12 @@ class Consumer:
                     # prefork supervisor), so an early-acked task is never run twice.
                     self._pending_acks.append(delivery)
                     job.early_acked = True
-                self.pool.submit(job)
+                self._task_running.set()
+                try:
+                    self.pool.submit(job)
+                finally:
+                    if self.pool.inline:
+                        self._task_running.clear()
 
     def _prepare(self, delivery: Delivery, now: float) -> Job | None:
         try:
