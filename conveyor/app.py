@@ -109,7 +109,7 @@ class Conveyor:
         self._broker: AdminBroker | None = None
         self._backend: ResultBackend | None = None
         self._pid = os.getpid()
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # backend -> broker re-enters it
         global _current
         with _state_lock:
             _apps.append(self)

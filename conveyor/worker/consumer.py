@@ -479,5 +479,3 @@ class Consumer:
                 self._settle(completions)
             finally:
                 self._cold = True
-
-

@@ -62,8 +62,20 @@ class _ReportingPool(SoloPool):
     def submit(self, job: Job) -> None:
         d = job.delivery
         with contextlib.suppress(OSError):
-            self.events.send(("start", d.body, d.queue, d.receipt, d.attempt, d.message_id,
-                              job.task_id, job.task_name, job.acks_late, job.time_limit))
+            self.events.send(
+                (
+                    "start",
+                    d.body,
+                    d.queue,
+                    d.receipt,
+                    d.attempt,
+                    d.message_id,
+                    job.task_id,
+                    job.task_name,
+                    job.acks_late,
+                    job.time_limit,
+                )
+            )
         super().submit(job)
         with contextlib.suppress(OSError):
             self.events.send(("end", d.receipt))
@@ -164,8 +176,10 @@ class PreforkSupervisor:
                     warned = True
                     self._signal_children(signal.SIGUSR1)
                 if self._warm and time.monotonic() >= self._warm_deadline:
-                    log.warning("Warm shutdown: tasks still running after %.0fs; stopping them",
-                                self.options.shutdown_timeout_s)
+                    log.warning(
+                        "Warm shutdown: tasks still running after %.0fs; stopping them",
+                        self.options.shutdown_timeout_s,
+                    )
                     self._cold = True
                     break
                 self.poll(self._timeout())
@@ -215,8 +229,13 @@ class PreforkSupervisor:
                 kind = event[0]
                 if kind == "start":
                     _, body, queue, receipt, attempt, message_id, task_id, task_name, acks_late, limit = event
-                    job = Job(Delivery(body, queue, receipt, attempt, message_id), task_id=task_id,
-                              task_name=task_name, acks_late=acks_late, time_limit=limit)
+                    job = Job(
+                        Delivery(body, queue, receipt, attempt, message_id),
+                        task_id=task_id,
+                        task_name=task_name,
+                        acks_late=acks_late,
+                        time_limit=limit,
+                    )
                     job.started_at = time.monotonic()
                     child.job = job
                 elif kind == "end":
@@ -235,7 +254,11 @@ class PreforkSupervisor:
         self._finished_failed += child.failed
         code = child.process.exitcode
         if child.job is not None and not child.killed:
-            how = f"signal {signal.Signals(-code).name}" if code is not None and code < 0 else f"exit code {code}"
+            how = (
+                f"signal {signal.Signals(-code).name}"
+                if code is not None and code < 0
+                else f"exit code {code}"
+            )
             self._settle_lost(child.job, how)
         child.events.close()
         if self._warm or self._cold:

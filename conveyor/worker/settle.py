@@ -86,7 +86,9 @@ class Settler:
         how = outcome.reason or "unknown"
         if job.acks_late:
             if job.delivery.attempt >= self.max_deliveries:
-                exc = WorkerLostError(f"worker process died ({how}) on each of {job.delivery.attempt} deliveries")
+                exc = WorkerLostError(
+                    f"worker process died ({how}) on each of {job.delivery.attempt} deliveries"
+                )
                 return Outcome(
                     DEAD,
                     task_id=job.task_id,

@@ -20,7 +20,7 @@ import pytest
 
 from conveyor.testing import wait_for
 
-PROJECT = '''
+PROJECT = """
 import os, time
 from conveyor import Conveyor, SoftTimeLimitExceeded
 
@@ -108,7 +108,7 @@ def other(n):
 def order(n):
     record("order", n)
     return n
-'''
+"""
 
 
 class Project:
@@ -128,17 +128,34 @@ class Project:
     def count(self, kind: str) -> int:
         return sum(1 for r in self.runs if r[0] == kind)
 
-    def start_worker(self, *args: str, visibility: float = 30.0, name: str | None = None) -> subprocess.Popen[bytes]:
+    def start_worker(
+        self, *args: str, visibility: float = 30.0, name: str | None = None
+    ) -> subprocess.Popen[bytes]:
         index = len(self.workers)
         log = open(self.root / f"worker{index}.log", "wb")  # noqa: SIM115 - closed with the process
         env = {**self.env, "TEST_VISIBILITY": str(visibility)}
-        cmd = [sys.executable, "-m", "conveyor.cli.main", "-A", "proj", "worker", "-l", "info",
-               "-n", name or f"w{index}@test", *args]
-        proc = subprocess.Popen(cmd, cwd=self.root, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        cmd = [
+            sys.executable,
+            "-m",
+            "conveyor.cli.main",
+            "-A",
+            "proj",
+            "worker",
+            "-l",
+            "info",
+            "-n",
+            name or f"w{index}@test",
+            *args,
+        ]
+        proc = subprocess.Popen(
+            cmd, cwd=self.root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         self.workers.append(proc)
-        wait_for(lambda: b"ready." in (self.root / f"worker{index}.log").read_bytes() or proc.poll() is not None,
-                 timeout=15, message="worker did not start")
+        wait_for(
+            lambda: b"ready." in (self.root / f"worker{index}.log").read_bytes() or proc.poll() is not None,
+            timeout=15,
+            message="worker did not start",
+        )
         assert proc.poll() is None, self.log(index)
         return proc
 

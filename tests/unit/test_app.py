@@ -26,7 +26,11 @@ def test_task_name_defaults_to_module_and_function(app: Conveyor) -> None:
 
 
 def test_routes_exact_then_glob(app: Conveyor) -> None:
-    app.conf.task_routes = {"feeds.tasks.fetch": "feeds", "feeds.*": {"queue": "feeds_other"}, "mail.*": "email"}
+    app.conf.task_routes = {
+        "feeds.tasks.fetch": "feeds",
+        "feeds.*": {"queue": "feeds_other"},
+        "mail.*": "email",
+    }
     assert app.route("feeds.tasks.fetch") == "feeds"
     assert app.route("feeds.tasks.parse") == "feeds_other"
     assert app.route("mail.send") == "email"
@@ -110,3 +114,11 @@ def test_shared_task_binds_to_current_app() -> None:
 def test_get_task_unknown_name(app: Conveyor) -> None:
     with pytest.raises(NotRegistered, match="is not registered"):
         app.get_task("nope")
+
+
+def test_backend_before_broker_does_not_deadlock(tmp_path: object) -> None:
+    # The result backend of the default store is made from the broker: reading
+    # app.backend first (a web process calling AsyncResult.get()) must not hang.
+    app = Conveyor("fresh", broker=f"sqlite:///{tmp_path}/db.sqlite3")
+    assert app.backend.get("nope") is None
+    app.close()

@@ -20,7 +20,9 @@ def test_jitter_stays_within_window() -> None:
     assert len(set(values)) > 100
 
 
-@pytest.mark.parametrize(("rate", "interval"), [("10/m", 6.0), ("5/s", 0.2), ("100/h", 36.0), (4, 0.25), ("2", 0.5)])
+@pytest.mark.parametrize(
+    ("rate", "interval"), [("10/m", 6.0), ("5/s", 0.2), ("100/h", 36.0), (4, 0.25), ("2", 0.5)]
+)
 def test_parse_rate(rate: str | int, interval: float) -> None:
     assert parse_rate(rate) == pytest.approx(interval)
 

@@ -31,7 +31,13 @@ def app() -> Conveyor:
     def retry(self) -> None:  # type: ignore[no-untyped-def]
         raise self.retry(exc=Down("smtp"), countdown=60)
 
-    @app.task(name="t.auto", autoretry_for=(Down,), retry_backoff=True, retry_jitter=False, retry_kwargs={"max_retries": 3})
+    @app.task(
+        name="t.auto",
+        autoretry_for=(Down,),
+        retry_backoff=True,
+        retry_jitter=False,
+        retry_kwargs={"max_retries": 3},
+    )
     def auto() -> None:
         raise Down("again")
 
