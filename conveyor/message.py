@@ -46,8 +46,18 @@ class Message:
     root_id: str | None = None
     created_at: float = 0.0
     headers: dict[str, Any] = field(default_factory=dict)
+    # The encoded form, kept after the first encode(): the producer encodes once to
+    # check size and argument types, and the broker must not pay for it again.
+    _body: bytes | None = field(default=None, init=False, repr=False, compare=False)
 
     def encode(self) -> bytes:
+        body = self._body
+        if body is None:
+            body = self._encode()
+            object.__setattr__(self, "_body", body)
+        return body
+
+    def _encode(self) -> bytes:
         return dumps(
             {
                 "v": FORMAT_VERSION,
