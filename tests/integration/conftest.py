@@ -104,6 +104,11 @@ def other(n):
     return n
 
 
+@app.task(name="proj.total")
+def total(values):
+    return sum(values)
+
+
 @app.task(name="proj.order")
 def order(n):
     record("order", n)
