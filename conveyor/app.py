@@ -13,7 +13,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, overload
 
 from conveyor.config import Settings, settings_from_object
 from conveyor.exceptions import ConfigurationError, NotRegistered, SerializationError
@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("conveyor")
 R = TypeVar("R")
+P = ParamSpec("P")
 
 _apps: list[Conveyor] = []
 _current: Conveyor | None = None
@@ -169,10 +170,15 @@ class Conveyor:
 
     # -- tasks ---------------------------------------------------------------------
     @overload
-    def task(self, fn: Callable[..., R], /) -> Task[Any, R]: ...
+    def task(self, fn: Callable[P, R], /) -> Task[P, R]: ...
 
     @overload
-    def task(self, fn: None = None, /, **options: Any) -> Callable[[Callable[..., R]], Task[Any, R]]: ...
+    def task(
+        self, fn: None = None, /, *, bind: Literal[True], **options: Any
+    ) -> Callable[[Callable[..., R]], Task[..., R]]: ...
+
+    @overload
+    def task(self, fn: None = None, /, **options: Any) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
     def task(self, fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
         """Register a function as a task: ``@app.task`` or ``@app.task(queue="email", ...)``."""
@@ -395,6 +401,20 @@ def _django_installed_apps() -> list[str]:
             "autodiscover_tasks() needs a list of packages when Django is not installed"
         ) from None
     return list(settings.INSTALLED_APPS)
+
+
+@overload
+def shared_task(fn: Callable[P, R], /) -> Task[P, R]: ...
+
+
+@overload
+def shared_task(
+    fn: None = None, /, *, bind: Literal[True], **options: Any
+) -> Callable[[Callable[..., R]], Task[..., R]]: ...
+
+
+@overload
+def shared_task(fn: None = None, /, **options: Any) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
 
 def shared_task(fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:

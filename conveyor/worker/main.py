@@ -74,6 +74,7 @@ class Worker:
             else int(concurrency or conf.worker_concurrency or os.cpu_count() or 1)
         )
         self.hostname = hostname or default_hostname()
+        self._stopping = False
         prefetch = int(prefetch_multiplier or conf.worker_prefetch_multiplier)
         lease_s = float(conf.broker_visibility_timeout)
         shutdown_s = float(conf.worker_shutdown_timeout)
@@ -91,10 +92,10 @@ class Worker:
             )
             self.runner = PreforkSupervisor(app, self.concurrency, options)
         else:
-            pool = make_pool(self.pool_kind, app, concurrency=self.concurrency, hostname=self.hostname)
+            in_process = make_pool(self.pool_kind, app, concurrency=self.concurrency, hostname=self.hostname)
             self.runner = Consumer(
                 app,
-                pool,
+                in_process,
                 self.queues,
                 hostname=self.hostname,
                 prefetch_multiplier=prefetch,
