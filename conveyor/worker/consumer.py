@@ -170,15 +170,7 @@ class Consumer:
                 continue
             if time.monotonic() - active[0].started_at < STALL_S:
                 continue
-            with self._cond:
-                waiting = list(self._incoming)
-                self._incoming.clear()
-            for delivery in waiting:
-                try:
-                    self.broker.nack(delivery, retry_at=None, reason="given back behind a long task")
-                except BrokerError as exc:
-                    log.error("Could not give a message back (its lease will run out): %s", exc)
-            self._release(waiting)
+            self._give_back("given back behind a long task", include_held=False)
 
     def _idle_wait(self) -> float:
         held = self.rate_gate.next_due()
@@ -429,16 +421,16 @@ class Consumer:
             self._settle(completions)
         return False
 
-    def _give_back(self) -> None:
+    def _give_back(self, reason: str = "worker shutting down", *, include_held: bool = True) -> None:
         """Return prefetched, unstarted messages to the queue so another worker takes them now."""
         with self._cond:
-            waiting = list(self._incoming) + self.rate_gate.drain()
+            waiting = list(self._incoming) + (self.rate_gate.drain() if include_held else [])
             self._incoming.clear()
         for delivery in waiting:
             try:
-                self.broker.nack(delivery, retry_at=None, reason="worker shutting down")
+                self.broker.nack(delivery, retry_at=None, reason=reason)
             except BrokerError as exc:
-                log.error("Could not return a message at shutdown (its lease will run out): %s", exc)
+                log.error("Could not give a message back (its lease will run out): %s", exc)
         self._release(waiting)
 
     def _shutdown(self) -> None:

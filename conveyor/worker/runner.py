@@ -288,7 +288,7 @@ def _retried(task: Task[Any, Any], message: Message, retry: Retry, started: floa
         retry_body=again.encode(),
         retry_at=when,
         log_level="info",
-        log=f"{label(task.name, message.id)} retry in {countdown:.0f}s: {type(cause).__name__}({str(cause)!r})",
+        log=f"{label(task.name, message.id)} retry in {_seconds(countdown)}: {type(cause).__name__}({str(cause)!r})",
         **base,
     )
 
@@ -308,6 +308,10 @@ def _rejected(message: Message, reject: Reject, started: float) -> Outcome:
         log=f"{label(message.task, message.id)} rejected: {reject.reason}; dead-lettered",
         **base,
     )
+
+
+def _seconds(value: float) -> str:
+    return f"{value:.0f}s" if value >= 10 else f"{value:.1f}s"
 
 
 def _short(value: Any, limit: int = 120) -> str:
