@@ -618,8 +618,7 @@ class WakeChannel:
         if found is not None:
             return found
         try:
-            os.makedirs(self.directory, exist_ok=True)
-            created = _Listener(self.directory)
+            created = self._bind()
         except OSError as exc:
             raise BrokerConnectionError(
                 f"cannot create the wake-up socket in {self.directory} ({exc.strerror}): "
@@ -629,6 +628,16 @@ class WakeChannel:
             self._listeners.add(created)
         self._local.listener = created
         return created
+
+    def _bind(self) -> _Listener:
+        for _ in range(3):
+            os.makedirs(self.directory, exist_ok=True)
+            try:
+                return _Listener(self.directory)
+            except FileNotFoundError:
+                continue  # another process removed the emptied directory just now
+        os.makedirs(self.directory, exist_ok=True)
+        return _Listener(self.directory)
 
     def notify(self) -> None:
         """Wake every consumer blocked on this database, in any process."""
@@ -693,6 +702,10 @@ class WakeChannel:
         sender, self._sender = self._sender, None
         if sender is not None:
             sender.close()
+        # The last one out removes the directory (it fails while others use it), so
+        # short-lived processes do not leave one behind per database.
+        with contextlib.suppress(OSError):
+            os.rmdir(self.directory)
 
     def _after_fork(self) -> None:
         # The parent's sockets stay the parent's: close our copies of the descriptors
@@ -721,12 +734,16 @@ def _after_fork_in_child() -> None:
 
 
 def _remove_own_sockets() -> None:
+    directories = {os.path.dirname(path) for path in _owned_sockets}
     for path in list(_owned_sockets):
         try:
             os.unlink(path)
         except OSError:
             pass
     _owned_sockets.clear()
+    for directory in directories:
+        with contextlib.suppress(OSError):
+            os.rmdir(directory)  # only succeeds once no other process has a socket there
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)

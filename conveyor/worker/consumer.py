@@ -196,7 +196,10 @@ class Consumer:
             timeout_s = 0.0
         completions = self.pool.poll(timeout_s)
         if completions:
-            self._dispatch()
+            if not self.pool.inline:
+                # Refill freed slots before the settle writes; an inline pool would
+                # run the next task right here and hold its outcome back instead.
+                self._dispatch()
             if not (self._unsettled or self._pending_acks):
                 self._settle_by = time.monotonic() + SETTLE_DELAY_S
             with self._cond:

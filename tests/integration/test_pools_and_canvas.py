@@ -63,3 +63,14 @@ def test_chain_group_and_chord_on_a_real_worker(project: Any) -> None:
     assert group(add.s(i, i) for i in range(10))().get(timeout=10) == [2 * i for i in range(10)]
     total = proj.app.tasks["proj.total"]
     assert chord([add.s(i, i) for i in range(10)], total.s())().get(timeout=10) == 90
+
+
+@pytest.mark.parametrize("pool", ["prefork", "solo", "threads"])
+def test_the_last_result_of_a_burst_is_not_held_back(project: Any, pool: str) -> None:
+    p, proj = project
+    p.start_worker("--pool", pool, "-c", "1")
+    proj.add.delay(0, 0).get(timeout=10)
+    started = time.monotonic()
+    results = proj.add.map([(i, i) for i in range(5)])
+    assert [r.get(timeout=5) for r in results] == [0, 2, 4, 6, 8]
+    assert time.monotonic() - started < 0.5
