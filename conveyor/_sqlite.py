@@ -630,13 +630,15 @@ class WakeChannel:
         return created
 
     def _bind(self) -> _Listener:
+        # mkdir, never makedirs: creating the database's own (missing) directory here
+        # would let a mistyped path silently start a second, empty broker.
         for _ in range(3):
-            os.makedirs(self.directory, exist_ok=True)
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(self.directory)
             try:
                 return _Listener(self.directory)
             except FileNotFoundError:
                 continue  # another process removed the emptied directory just now
-        os.makedirs(self.directory, exist_ok=True)
         return _Listener(self.directory)
 
     def notify(self) -> None:

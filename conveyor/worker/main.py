@@ -10,11 +10,13 @@ import os
 import signal
 import socket
 import sys
+import time
 from collections.abc import Sequence
 from types import FrameType
 from typing import TYPE_CHECKING
 
 from conveyor.brokers.base import mask_url
+from conveyor.exceptions import BrokerConnectionError
 from conveyor.worker.consumer import Consumer
 from conveyor.worker.pools import make_pool
 from conveyor.worker.prefork import ChildOptions, PreforkSupervisor
@@ -127,11 +129,29 @@ class Worker:
         self._stopping = True
         self.runner.request_stop(cold=cold)
 
+    def _wait_for_broker(self) -> bool:
+        """Reach the broker before announcing "ready"; while it cannot be reached, say
+        why in one line and try again with capped backoff. False: stopped meanwhile."""
+        delay = 1.0
+        while not self._stopping:
+            try:
+                self.app.broker.queue_stats(self.queues)
+                return True
+            except BrokerConnectionError as exc:
+                log.error("Cannot reach the broker: %s; retrying in %.0fs", exc, delay)
+            deadline = time.monotonic() + delay
+            while not self._stopping and time.monotonic() < deadline:
+                time.sleep(0.1)
+            delay = min(delay * 2, 30.0)
+        return False
+
     def start(self) -> int:
         """Run until a shutdown signal; returns the process exit code."""
         self.app.import_includes()
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
             signal.signal(sig, self._on_signal)
+        if not self._wait_for_broker():
+            return 0
         log.info("%s", self.banner())
         self._stopping = False
         try:

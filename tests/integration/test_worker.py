@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 from typing import Any
 
@@ -105,3 +108,30 @@ def test_hard_time_limit_ends_the_child_and_the_pool_replaces_it(project: Any) -
     new_pid = proj.pid.delay().get(timeout=10)
     assert new_pid != killed_pid
     assert "Hard time limit (0.5s) exceeded" in p.log()
+
+
+def test_worker_waits_for_an_unreachable_broker_then_runs(project: Any) -> None:
+    p, proj = project
+    missing = p.root / "later"
+    (p.root / "proj_later.py").write_text(
+        f"from proj import *\napp.conf.broker_url = 'sqlite:///{missing}/b.sqlite3'\n"
+    )
+    log_path = p.root / "later.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "conveyor.cli.main", "-A", "proj_later", "worker", "-c", "1"],
+            cwd=p.root,
+            env=p.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    p.workers.append(proc)
+    wait_for(lambda: b"Cannot reach the broker" in log_path.read_bytes(), timeout=10)
+    assert b"ready." not in log_path.read_bytes()
+    assert not missing.exists()
+    os.mkdir(missing)
+    wait_for(lambda: b"ready." in log_path.read_bytes(), timeout=15)
+    proj.app.conf.broker_url = f"sqlite:///{missing}/b.sqlite3"
+    proj.app.close()
+    assert proj.add.delay(20, 22).get(timeout=10) == 42

@@ -206,3 +206,16 @@ def test_backend_store_cleans_up_expired_rows(url: str, monkeypatch: pytest.Monk
     backend.store([ResultRecord(task_id="new", state="SUCCESS")])
     assert backend.get("old") is None
     assert backend.get("new") is not None
+
+
+def test_a_missing_directory_is_an_error_and_is_never_created(tmp_path: Path) -> None:
+    from conveyor.exceptions import BrokerConnectionError
+    from conveyor.message import Message
+
+    missing = tmp_path / "typo" / "db.sqlite3"
+    broker = SQLiteBroker(f"sqlite:///{missing}")
+    with pytest.raises(BrokerConnectionError, match="does not exist"):
+        broker.publish(Message(id="1", task="t"))
+    with pytest.raises(BrokerConnectionError, match="does not exist"):
+        broker.fetch(["default"], limit=1, lease_s=1, timeout_s=0.05)
+    assert not missing.parent.exists()
