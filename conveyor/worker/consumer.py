@@ -347,9 +347,6 @@ class Consumer:
             self._rates[task.name] = parse_rate(task.rate_limit)
         return self._rates[task.name]
 
-    def set_rate_limit(self, task_name: str, rate: str | float | None) -> None:
-        self._rates[task_name] = parse_rate(rate)
-
     def _rate_allows(self, task: Task[Any, Any], delivery: Delivery, now: float) -> bool:
         interval = self.rate_interval(task)
         if not interval:

@@ -23,12 +23,13 @@ import logging
 import multiprocessing
 import multiprocessing.connection as mpc
 import os
+import selectors
 import signal
 import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from conveyor.brokers.base import Delivery
 from conveyor.worker.pools import LOST, Completion, Job, SoloPool, _WakePipe, time_limit_outcome
@@ -140,6 +141,8 @@ class PreforkSupervisor:
         self._ctx = multiprocessing.get_context("fork")
         self._children: list[_Child] = []
         self._wake = _WakePipe()
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(self._wake.r, selectors.EVENT_READ, None)
         self._warm = False
         self._cold = False
         self._warm_deadline = 0.0
@@ -196,7 +199,16 @@ class PreforkSupervisor:
         )
         process.start()
         child_end.close()
-        return _Child(process, parent_end)
+        child = _Child(process, parent_end)
+        self._selector.register(parent_end.fileno(), selectors.EVENT_READ, (id(child), "events"))
+        self._selector.register(process.sentinel, selectors.EVENT_READ, (id(child), "exit"))
+        return child
+
+    def _forget(self, child: _Child) -> None:
+        for fd in (child.events.fileno(), child.process.sentinel):
+            with contextlib.suppress(KeyError, ValueError, OSError):
+                self._selector.unregister(fd)
+        child.events.close()
 
     def _timeout(self) -> float:
         timeout = 1.0
@@ -208,17 +220,16 @@ class PreforkSupervisor:
         return timeout
 
     def poll(self, timeout_s: float) -> None:
-        waitables: list[Any] = [self._wake.r]
-        for child in self._children:
-            waitables.extend((child.events, child.process.sentinel))
-        ready = set(mpc.wait(waitables, timeout_s))
-        if self._wake.r in ready:
+        # One selector for the supervisor's life (children are added and removed as
+        # they come and go): building one per poll was most of the parent's CPU.
+        ready = {key.data for key, _ in self._selector.select(timeout_s)}
+        if None in ready:
             self._wake.drain()
         for child in list(self._children):
-            if child.events in ready:
+            if (id(child), "events") in ready:
                 self._read_events(child)
         for child in list(self._children):
-            if child.process.sentinel in ready:
+            if (id(child), "exit") in ready:
                 self._reap(child)
         self._enforce_time_limits()
 
@@ -260,7 +271,7 @@ class PreforkSupervisor:
                 else f"exit code {code}"
             )
             self._settle_lost(child.job, how)
-        child.events.close()
+        self._forget(child)
         if self._warm or self._cold:
             return
         if code != 0 and not child.killed:
@@ -304,6 +315,7 @@ class PreforkSupervisor:
                     self._settle_lost(child.job, "cold shutdown")
                 self._finished_processed += child.processed
                 self._finished_failed += child.failed
-                child.events.close()
+                self._forget(child)
             self._children.clear()
+        self._selector.close()
         self._wake.close()
