@@ -84,21 +84,30 @@ class Pool(Protocol):
         """Stop every slot now (cold shutdown); running jobs are abandoned."""
 
 
-def time_limit_outcome(job: Job, limit: float) -> Outcome:
-    exc = TimeLimitExceeded(f"hard time limit ({limit:g}s) exceeded")
-    now = time.time()
+def failed_job(
+    job: Job, exc: BaseException, log: str, *, action: str = ACK, reason: str | None = None
+) -> Outcome:
+    """The outcome of a job that the worker, not the task, ended (time limit, lost process)."""
     return Outcome(
-        ACK,
+        action,
         task_id=job.task_id,
         task_name=job.task_name,
         state=states.FAILURE,
         exception=exception_to_dict(exc),
         queue=job.delivery.queue,
-        started_at=now - limit,
-        finished_at=now,
+        finished_at=time.time(),
+        reason=reason,
         log_level="error",
-        log=f"Hard time limit ({limit:g}s) exceeded for {label(job.task_name, job.task_id)}: process ended",
+        log=log,
     )
+
+
+def time_limit_outcome(job: Job, limit: float) -> Outcome:
+    exc = TimeLimitExceeded(f"hard time limit ({limit:g}s) exceeded")
+    log = f"Hard time limit ({limit:g}s) exceeded for {label(job.task_name, job.task_id)}: process ended"
+    outcome = failed_job(job, exc, log)
+    outcome.started_at = (outcome.finished_at or 0.0) - limit
+    return outcome
 
 
 class _WakePipe:

@@ -18,9 +18,8 @@ from conveyor.brokers.base import Delivery
 from conveyor.canvas import complete_chord
 from conveyor.exceptions import BrokerError, WorkerLostError
 from conveyor.message import Message, decode
-from conveyor.serialization import exception_to_dict
-from conveyor.worker.pools import LOST, Completion, Job
-from conveyor.worker.runner import ACK, DEAD, REQUEUE, RETRY, Outcome, label
+from conveyor.worker.pools import LOST, Completion, Job, failed_job
+from conveyor.worker.runner import DEAD, REQUEUE, RETRY, Outcome, label
 
 if TYPE_CHECKING:
     from conveyor.app import Conveyor
@@ -84,43 +83,23 @@ class Settler:
     def lost(self, job: Job, outcome: Outcome) -> Outcome:
         """The process running ``job`` died (OOM killer, segfault, os._exit, SIGKILL)."""
         how = outcome.reason or "unknown"
+        name = label(job.task_name, job.task_id)
         if job.acks_late:
             if job.delivery.attempt >= self.max_deliveries:
                 exc = WorkerLostError(
                     f"worker process died ({how}) on each of {job.delivery.attempt} deliveries"
                 )
-                return Outcome(
-                    DEAD,
-                    task_id=job.task_id,
-                    task_name=job.task_name,
-                    state=states.FAILURE,
-                    exception=exception_to_dict(exc),
-                    queue=job.delivery.queue,
-                    finished_at=time.time(),
-                    reason=str(exc),
-                    log_level="error",
-                    log=f"{label(job.task_name, job.task_id)}: {exc}; dead-lettered",
-                )
+                return failed_job(job, exc, f"{name}: {exc}; dead-lettered", action=DEAD, reason=str(exc))
             # acks_late promises at least once: the message goes back for another try.
             return Outcome(
                 REQUEUE,
                 task_id=job.task_id,
                 task_name=job.task_name,
                 log_level="error",
-                log=f"{label(job.task_name, job.task_id)}: worker process died ({how}); message requeued (acks_late)",
+                log=f"{name}: worker process died ({how}); message requeued (acks_late)",
             )
         exc = WorkerLostError(f"worker process died ({how}) while running the task")
-        return Outcome(
-            ACK,
-            task_id=job.task_id,
-            task_name=job.task_name,
-            state=states.FAILURE,
-            exception=exception_to_dict(exc),
-            queue=job.delivery.queue,
-            finished_at=time.time(),
-            log_level="error",
-            log=f"{label(job.task_name, job.task_id)} failed: {exc}",
-        )
+        return failed_job(job, exc, f"{name} failed: {exc}")
 
     def record(self, outcome: Outcome) -> ResultRecord:
         return ResultRecord(
