@@ -89,6 +89,20 @@ def _set_broker_url(ctx: click.Context, param: click.Parameter, value: str | Non
         ctx.ensure_object(CliState).broker_url = value
 
 
+def queues_option(help: str, *, envvar: str | None = None) -> Callable[[F], F]:
+    """``-Q/--queues NAMES``: comma-separated or repeated; read with ``split_names``."""
+    return click.option(
+        "-Q",
+        "--queues",
+        "queue_names",
+        multiple=True,
+        metavar="NAMES",
+        envvar=envvar,
+        show_envvar=envvar is not None,
+        help=help,
+    )
+
+
 def shared_options(*, envvars: bool) -> Callable[[F], F]:
     """Add ``-A/--app`` and ``-b/--broker`` to the group and to each command.
 

@@ -9,21 +9,14 @@ from __future__ import annotations
 import click
 
 from conveyor.brokers.base import QueueStats, mask_url
-from conveyor.cli.context import CliState, pass_state, shared_options
+from conveyor.cli.context import CliState, pass_state, queues_option, shared_options
 from conveyor.cli.output import confirm, echo_json, format_table, split_names
 
 HEADERS = ("QUEUE", "READY", "IN FLIGHT", "DELAYED", "DEAD")
 
 
 @click.command()
-@click.option(
-    "-Q",
-    "--queues",
-    "queue_names",
-    multiple=True,
-    metavar="NAMES",
-    help="Only these queues, comma-separated or repeated (listed even when empty).",
-)
+@queues_option("Only these queues, comma-separated or repeated (listed even when empty).")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array, for scripts and monitoring.")
 @shared_options(envvars=False)
 @pass_state
@@ -55,14 +48,7 @@ def queues(state: CliState, queue_names: tuple[str, ...], as_json: bool) -> None
 
 
 @click.command()
-@click.option(
-    "-Q",
-    "--queues",
-    "queue_names",
-    multiple=True,
-    metavar="NAMES",
-    help="Purge only these queues, comma-separated or repeated (default: every queue).",
-)
+@queues_option("Purge only these queues, comma-separated or repeated (default: every queue).")
 @click.option("-f", "--force", is_flag=True, help="Do not ask for confirmation.")
 @shared_options(envvars=False)
 @pass_state

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import click
 
-from conveyor.cli.context import CliState, import_project, pass_state, shared_options
+from conveyor.cli.context import CliState, import_project, pass_state, queues_option, shared_options
 from conveyor.cli.output import split_names
 
 POOLS = ("prefork", "threads", "solo")
@@ -18,15 +18,8 @@ LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
 
 @click.command()
-@click.option(
-    "-Q",
-    "--queues",
-    "queue_names",
-    multiple=True,
-    metavar="NAMES",
-    envvar="CONVEYOR_QUEUES",
-    show_envvar=True,
-    help="Queues to consume, comma-separated or repeated (default: task_default_queue).",
+@queues_option(
+    "Queues to consume, comma-separated or repeated (default: task_default_queue).", envvar="CONVEYOR_QUEUES"
 )
 @click.option(
     "-c",

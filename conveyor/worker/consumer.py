@@ -306,14 +306,14 @@ class Consumer:
         try:
             message = decode(delivery.body)
         except SerializationError as exc:
-            self._settle_one(delivery, undecodable(delivery.body, exc), acks_late=True)
+            self._settle_one(delivery, undecodable(delivery.body, exc))
             return None
         task = self.app.tasks.get(message.task)
         if task is None:
-            self._settle_one(delivery, not_registered(message), acks_late=True)
+            self._settle_one(delivery, not_registered(message))
             return None
         if message.expires is not None and now > message.expires:
-            self._settle_one(delivery, expired(message, now), acks_late=True)
+            self._settle_one(delivery, expired(message, now))
             return None
         if not self._rate_allows(task, delivery, now):
             return None
@@ -363,10 +363,9 @@ class Consumer:
         return False
 
     # -- settling ----------------------------------------------------------------
-    def _settle_one(self, delivery: Delivery, outcome: Outcome, *, acks_late: bool) -> None:
-        job = Job(
-            delivery, task_id=outcome.task_id or "", task_name=outcome.task_name or "", acks_late=acks_late
-        )
+    def _settle_one(self, delivery: Delivery, outcome: Outcome) -> None:
+        # Never started, so never early-acked: the settle acks or dead-letters it.
+        job = Job(delivery, task_id=outcome.task_id or "", task_name=outcome.task_name or "", acks_late=False)
         self._settle([Completion(job, outcome)])
 
     def _settle(self, completions: list[Completion]) -> None:
