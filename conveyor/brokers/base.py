@@ -145,6 +145,43 @@ class BrokerAdmin(Protocol):
     def result_backend(self, *, result_expires_s: float) -> ResultBackend:
         """The result store that lives with this broker (``result_backend`` unset)."""
 
+    # Small keyed records: run-time periodic schedules and their state, worker
+    # heartbeats. Kept in the broker so every process that reaches it sees them,
+    # with no second service to run.
+
+    def kv_set(self, namespace: str, key: str, value: bytes, *, ttl_s: float | None = None) -> None:
+        """Store ``value`` under (namespace, key), replacing any; gone ``ttl_s`` from now when given."""
+
+    def kv_get(self, namespace: str, key: str) -> bytes | None: ...
+
+    def kv_items(self, namespace: str) -> dict[str, bytes]:
+        """Every live record in ``namespace``."""
+
+    def kv_delete(self, namespace: str, key: str) -> bool:
+        """Remove a record; True when it existed."""
+
+    # Append-only logs: task events, control commands and their replies. Ids are
+    # opaque strings ordered within one stream; "0" reads from the start.
+
+    def log_append(self, stream: str, entries: Sequence[bytes], *, maxlen: int) -> None:
+        """Append in one round trip, keeping about the newest ``maxlen`` entries
+        (trimming may lag a little behind, never drop newer entries first)."""
+
+    def log_read(
+        self, stream: str, *, after: str = "0", limit: int = 1000, timeout_s: float = 0.0
+    ) -> list[tuple[str, bytes]]:
+        """Up to ``limit`` entries with an id after ``after``, oldest first.
+
+        When there are none, blocks up to ``timeout_s`` for the first one to be
+        appended (without busy-waiting) and returns ``[]`` if none comes.
+        """
+
+    def log_tail(self, stream: str) -> str:
+        """The newest entry's id ("0" when empty): read after it to see only what comes next."""
+
+    def log_trim(self, stream: str, *, older_than_s: float) -> int:
+        """Drop entries appended more than ``older_than_s`` seconds ago; returns how many."""
+
 
 class AdminBroker(Broker, BrokerAdmin, Protocol):
     """What every concrete broker in Conveyor implements."""
