@@ -11,6 +11,7 @@ every store, including those behind brokers an app already holds, for test isola
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import heapq
 import itertools
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 
 from conveyor.backends.memory import MemoryBackend
 from conveyor.brokers.base import DeadLetter, Delivery, QueueStats
+from conveyor.brokers.sqlite_store import check_name, parse_log_id
 from conveyor.message import MAX_PRIORITY, MIN_PRIORITY, Message, decode
 
 
@@ -59,6 +61,9 @@ class _Store:
         self.dead_ids = itertools.count(1)
         self.rate_limits: dict[str, float] = {}
         self.leases: dict[str, _Lease] = {}
+        self.kv: dict[str, dict[str, tuple[bytes, float | None]]] = {}  # namespace -> key -> (value, expires_at)
+        self.logs: dict[str, collections.deque[tuple[int, float, bytes]]] = {}  # (id, appended_at, body)
+        self.log_ids: dict[str, itertools.count[int]] = {}  # per stream, so ids are contiguous
 
     def push_ready(self, entry: _Entry) -> None:
         entry.receipt = None
@@ -387,3 +392,84 @@ class MemoryBroker:
                 return False
             store.leases[name] = _Lease(owner, now + ttl_s)
             return True
+
+    # -- kv and logs -------------------------------------------------------------------
+    def kv_set(self, namespace: str, key: str, value: bytes, *, ttl_s: float | None = None) -> None:
+        check_name("namespace", namespace)
+        expires_at = None if ttl_s is None else time.time() + ttl_s
+        store = self._store
+        with store.cond:
+            store.kv.setdefault(namespace, {})[key] = (bytes(value), expires_at)
+
+    def _live_kv(self, store: _Store, namespace: str) -> dict[str, tuple[bytes, float | None]]:
+        records = store.kv.get(namespace, {})
+        now = time.time()
+        for key in [k for k, (_, expires_at) in records.items() if expires_at is not None and expires_at <= now]:
+            del records[key]
+        return records
+
+    def kv_get(self, namespace: str, key: str) -> bytes | None:
+        store = self._store
+        with store.cond:
+            found = self._live_kv(store, namespace).get(key)
+            return None if found is None else found[0]
+
+    def kv_items(self, namespace: str) -> dict[str, bytes]:
+        store = self._store
+        with store.cond:
+            return {key: value for key, (value, _) in sorted(self._live_kv(store, namespace).items())}
+
+    def kv_delete(self, namespace: str, key: str) -> bool:
+        store = self._store
+        with store.cond:
+            return self._live_kv(store, namespace).pop(key, None) is not None
+
+    def log_append(self, stream: str, entries: Sequence[bytes], *, maxlen: int) -> None:
+        if not entries:
+            return
+        check_name("stream", stream)
+        now = time.time()
+        store = self._store
+        with store.cond:
+            log = store.logs.setdefault(stream, collections.deque())
+            ids = store.log_ids.setdefault(stream, itertools.count(1))
+            log.extend((next(ids), now, bytes(body)) for body in entries)
+            while len(log) > max(maxlen, 0):
+                log.popleft()
+            store.cond.notify_all()
+
+    def log_read(
+        self, stream: str, *, after: str = "0", limit: int = 1000, timeout_s: float = 0.0
+    ) -> list[tuple[str, bytes]]:
+        last = parse_log_id(after)
+        deadline = time.monotonic() + max(timeout_s, 0.0)
+        store = self._store
+        generation = self._generation
+        with store.cond:
+            while True:
+                log = store.logs.get(stream)
+                found: list[tuple[str, bytes]] = []
+                if log:
+                    start = max(0, last - log[0][0] + 1)  # ids are contiguous within a stream
+                    found = [(str(i), body) for i, _, body in itertools.islice(log, start, start + max(limit, 0))]
+                remaining = deadline - time.monotonic()
+                if found or remaining <= 0 or self._generation != generation:
+                    return found
+                store.cond.wait(remaining)
+
+    def log_tail(self, stream: str) -> str:
+        store = self._store
+        with store.cond:
+            log = store.logs.get(stream)
+            return str(log[-1][0]) if log else "0"
+
+    def log_trim(self, stream: str, *, older_than_s: float) -> int:
+        cutoff = time.time() - older_than_s
+        store = self._store
+        with store.cond:
+            log = store.logs.get(stream)
+            dropped = 0
+            while log and log[0][1] < cutoff:
+                log.popleft()
+                dropped += 1
+            return dropped

@@ -30,6 +30,7 @@ from typing import Any
 from conveyor._sqlite import SAFETY_POLL_S, Database, WakeChannel
 from conveyor.backends.sqlite import SQLiteBackend
 from conveyor.brokers.base import DeadLetter, Delivery, QueueStats
+from conveyor.brokers.sqlite_store import STORE_SCHEMA, STORE_TABLES, SQLiteStoreMixin
 from conveyor.exceptions import BrokerError
 from conveyor.message import MAX_PRIORITY, MIN_PRIORITY, Message, decode
 
@@ -181,7 +182,7 @@ def _describe(body: bytes) -> tuple[str | None, str | None, int]:
     return message.id, message.task, _priority(message)
 
 
-class SQLiteBroker:
+class SQLiteBroker(SQLiteStoreMixin):
     """Broker and BrokerAdmin on one SQLite file (``sqlite:///conveyor.sqlite3``).
 
     Safe to share between threads (one connection each) and to use on both sides of
@@ -199,9 +200,10 @@ class SQLiteBroker:
 
     def __init__(self, url: str = "sqlite:///conveyor.sqlite3") -> None:
         self.url = url
-        self._db = Database(url, schema=SCHEMA, tables=TABLES, what="broker")
+        self._db = Database(url, schema=SCHEMA + STORE_SCHEMA, tables=TABLES + STORE_TABLES, what="broker")
         self.path = self._db.path
         self._wake = WakeChannel(self.path)
+        self._init_store()
 
     def __repr__(self) -> str:
         return f"<SQLiteBroker {self.path}>"
@@ -377,6 +379,7 @@ class SQLiteBroker:
         # socket closed under it.
         self._wake.wake_local()
         self._wake.close()
+        self._close_store()
         self._db.close()
 
     # -- admin -----------------------------------------------------------------------

@@ -1,0 +1,168 @@
+"""Keyed records and append-only logs in the SQLite broker's file.
+
+Schedules, heartbeats, task events and control messages live next to the queues
+so that every process that reaches the broker sees them, with nothing more to run.
+
+- ``kv`` rows carry an optional ``expires_at``; expired rows read as absent and are
+  deleted lazily by the next write to the same namespace.
+- ``logs`` ids come from AUTOINCREMENT, so an id is never reused after a trim: a
+  reader that remembers "after 41" can never skip a new entry that took id 41.
+  Trimming to ``maxlen`` runs once per ~5% of ``maxlen`` appends, not on every one.
+- A blocked ``log_read`` waits on one wake channel per stream: task events arriving
+  hundreds of times a second must not wake every worker's control listener.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from conveyor._sqlite import SAFETY_POLL_S, Database, WakeChannel
+
+KV = "kv"
+LOGS = "logs"
+STORE_TABLES = (KV, LOGS)
+STORE_SCHEMA = (
+    f"""CREATE TABLE IF NOT EXISTS {KV} (
+        namespace TEXT NOT NULL, key TEXT NOT NULL, value BLOB NOT NULL, expires_at REAL,
+        PRIMARY KEY (namespace, key)
+    ) WITHOUT ROWID""",
+    f"""CREATE TABLE IF NOT EXISTS {LOGS} (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, stream TEXT NOT NULL, ts REAL NOT NULL, body BLOB NOT NULL
+    )""",
+    f"CREATE INDEX IF NOT EXISTS {LOGS}_stream ON {LOGS} (stream, id)",
+)
+
+_SQL_KV_SET = f"INSERT OR REPLACE INTO {KV} (namespace, key, value, expires_at) VALUES (?, ?, ?, ?)"
+_SQL_KV_GET = f"SELECT value FROM {KV} WHERE namespace = ? AND key = ? AND (expires_at IS NULL OR expires_at > ?)"
+_SQL_KV_ITEMS = (
+    f"SELECT key, value FROM {KV} WHERE namespace = ? AND (expires_at IS NULL OR expires_at > ?) ORDER BY key"
+)
+_SQL_KV_DELETE = f"DELETE FROM {KV} WHERE namespace = ? AND key = ? AND (expires_at IS NULL OR expires_at > ?)"
+_SQL_KV_EXPIRE = f"DELETE FROM {KV} WHERE namespace = ? AND expires_at <= ?"
+
+_SQL_LOG_APPEND = f"INSERT INTO {LOGS} (stream, ts, body) VALUES (?, ?, ?)"
+_SQL_LOG_READ = f"SELECT id, body FROM {LOGS} WHERE stream = ? AND id > ? ORDER BY id LIMIT ?"
+_SQL_LOG_TAIL = f"SELECT MAX(id) FROM {LOGS} WHERE stream = ?"
+_SQL_LOG_CUTOFF = f"SELECT id FROM {LOGS} WHERE stream = ? ORDER BY id DESC LIMIT 1 OFFSET ?"
+_SQL_LOG_TRIM_ID = f"DELETE FROM {LOGS} WHERE stream = ? AND id <= ?"
+_SQL_LOG_TRIM_AGE = f"DELETE FROM {LOGS} WHERE stream = ? AND ts < ?"
+
+_NAME = re.compile(r"[A-Za-z0-9_.:-]+")
+
+
+def check_name(kind: str, name: str) -> str:
+    """Stream and namespace names become file names (wake channels) and Redis keys."""
+    if not _NAME.fullmatch(name):
+        raise ValueError(f"invalid {kind} name {name!r}: use letters, digits and _ . : -")
+    return name
+
+
+def parse_log_id(entry_id: str) -> int:
+    try:
+        return int(entry_id)
+    except ValueError:
+        raise ValueError(f"invalid log id {entry_id!r}: pass an id returned by log_read or log_tail") from None
+
+
+class SQLiteStoreMixin:
+    """The kv and log half of ``BrokerAdmin`` for a broker that owns ``_db``."""
+
+    _db: Database
+    path: str
+
+    def _init_store(self) -> None:
+        self._log_wakes: dict[str, WakeChannel] = {}
+        self._log_wakes_lock = threading.Lock()
+        self._appended: dict[str, int] = {}  # stream -> appends since this process last trimmed it
+
+    def _log_wake(self, stream: str) -> WakeChannel:
+        with self._log_wakes_lock:
+            channel = self._log_wakes.get(stream)
+            if channel is None:
+                channel = self._log_wakes[stream] = WakeChannel(f"{self.path}-log-{stream.replace(':', '_')}")
+            return channel
+
+    def _close_store(self) -> None:
+        with self._log_wakes_lock:
+            channels = list(self._log_wakes.values())
+            self._log_wakes.clear()
+        for channel in channels:
+            channel.wake_local()
+            channel.close()
+
+    # -- kv ----------------------------------------------------------------------------
+    def kv_set(self, namespace: str, key: str, value: bytes, *, ttl_s: float | None = None) -> None:
+        check_name("namespace", namespace)
+        now = time.time()
+        expires_at = None if ttl_s is None else now + ttl_s
+
+        def put(conn: sqlite3.Connection) -> None:
+            conn.execute(_SQL_KV_EXPIRE, (namespace, now))
+            conn.execute(_SQL_KV_SET, (namespace, key, value, expires_at))
+
+        self._db.transaction(put)
+
+    def kv_get(self, namespace: str, key: str) -> bytes | None:
+        rows = self._db.query(_SQL_KV_GET, (namespace, key, time.time()))
+        return bytes(rows[0][0]) if rows else None
+
+    def kv_items(self, namespace: str) -> dict[str, bytes]:
+        return {key: bytes(value) for key, value in self._db.query(_SQL_KV_ITEMS, (namespace, time.time()))}
+
+    def kv_delete(self, namespace: str, key: str) -> bool:
+        return self._db.write(_SQL_KV_DELETE, (namespace, key, time.time())) > 0
+
+    # -- logs --------------------------------------------------------------------------
+    def log_append(self, stream: str, entries: Sequence[bytes], *, maxlen: int) -> None:
+        if not entries:
+            return
+        check_name("stream", stream)
+        now = time.time()
+        pending = self._appended.get(stream, 0) + len(entries)
+        trim = pending >= max(1, maxlen // 20)
+        self._appended[stream] = 0 if trim else pending
+
+        def append(conn: sqlite3.Connection) -> None:
+            conn.executemany(_SQL_LOG_APPEND, [(stream, now, body) for body in entries])
+            if trim:
+                cutoff = conn.execute(_SQL_LOG_CUTOFF, (stream, maxlen)).fetchone()
+                if cutoff is not None:
+                    conn.execute(_SQL_LOG_TRIM_ID, (stream, cutoff[0]))
+
+        self._db.transaction(append)
+        self._db.after_commit(self._log_wake(stream).notify)
+
+    def log_read(
+        self, stream: str, *, after: str = "0", limit: int = 1000, timeout_s: float = 0.0
+    ) -> list[tuple[str, bytes]]:
+        last = parse_log_id(after)
+        rows = self._read_log(stream, last, limit)
+        if rows or timeout_s <= 0:
+            return rows
+        channel = self._log_wake(stream)
+        listener = channel.listener()
+        generation = channel.generation
+        deadline = time.monotonic() + timeout_s
+        while True:
+            listener.drain()
+            rows = self._read_log(stream, last, limit)  # after the socket exists: no missed append
+            remaining = deadline - time.monotonic()
+            if rows or remaining <= 0 or channel.generation != generation:
+                return rows
+            listener.wait(min(remaining, SAFETY_POLL_S))
+
+    def _read_log(self, stream: str, last: int, limit: int) -> list[tuple[str, bytes]]:
+        rows: list[Any] = self._db.query(_SQL_LOG_READ, (stream, last, limit))
+        return [(str(entry_id), bytes(body)) for entry_id, body in rows]
+
+    def log_tail(self, stream: str) -> str:
+        newest = self._db.query(_SQL_LOG_TAIL, (stream,))[0][0]
+        return "0" if newest is None else str(newest)
+
+    def log_trim(self, stream: str, *, older_than_s: float) -> int:
+        return self._db.write(_SQL_LOG_TRIM_AGE, (stream, time.time() - older_than_s))
