@@ -15,6 +15,7 @@ from conveyor.exceptions import (
     TimeLimitExceeded,
 )
 from conveyor.result import AsyncResult, EagerResult, GroupResult
+from conveyor.schedules import crontab, schedule
 from conveyor.task import Task
 
 __version__ = "0.1.0"
@@ -33,8 +34,10 @@ __all__ = [
     "__version__",
     "chain",
     "chord",
+    "crontab",
     "current_app",
     "get_current_app",
     "group",
+    "schedule",
     "shared_task",
 ]
