@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
     from conveyor.backends.base import ResultBackend
     from conveyor.brokers.base import AdminBroker
+    from conveyor.monitor.control import Control
     from conveyor.result import AsyncResult
 
 log = logging.getLogger("conveyor")
@@ -322,6 +323,14 @@ class Conveyor:
         message = self.build_message(name, args, kwargs, **options)
         self.publish(message)
         return self.AsyncResult(message.id, task_name=name)
+
+    # -- monitoring ----------------------------------------------------------------
+    @property
+    def control(self) -> Control:
+        """Inspect and control running workers (conveyor/monitor/control.py)."""
+        from conveyor.monitor.control import Control
+
+        return Control(self)
 
     # -- results -------------------------------------------------------------------
     def AsyncResult(self, task_id: str, *, task_name: str | None = None) -> AsyncResult[Any]:  # noqa: N802

@@ -103,6 +103,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("worker_prefetch_multiplier", 4, int, "messages reserved per pool slot"),
     Setting("worker_max_tasks_per_child", None, _to_opt_int, "recycle a child process after this many tasks"),
     Setting("worker_shutdown_timeout", 60.0, float, "warm shutdown: seconds to let running tasks finish"),
+    Setting("worker_send_task_events", True, _to_bool, "workers write task events (monitoring, dashboard)"),
+    Setting("worker_heartbeat_interval", 2.0, float, "seconds between worker heartbeats; offline after 3 missed"),
+    Setting("events_max_count", 100_000, int, "task events kept in the broker (newest)"),
+    Setting("events_max_age", 7 * 86400.0, _to_opt_float, "seconds task events are kept; None = no age limit"),
     Setting("result_expires", 86400.0, _to_opt_float, "seconds results are kept"),
     Setting("beat_schedule", None, _to_json, "periodic tasks from config"),
     Setting("timezone", "UTC", str, "time zone for crontab schedules"),
@@ -145,6 +149,10 @@ class Settings:
     worker_prefetch_multiplier: int
     worker_max_tasks_per_child: int | None
     worker_shutdown_timeout: float
+    worker_send_task_events: bool
+    worker_heartbeat_interval: float
+    events_max_count: int
+    events_max_age: float | None
     result_expires: float | None
     beat_schedule: Any
     timezone: str

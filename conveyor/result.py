@@ -113,6 +113,14 @@ class AsyncResult(Generic[R]):
     def forget(self) -> None:
         self.app.backend.forget(self.id)
 
+    def revoke(self, terminate: bool = False, *, reply: bool = False, timeout: float = 1.0) -> dict[str, Any]:
+        """Never run this task; with ``terminate``, also stop it where it runs now.
+
+        Its result becomes REVOKED when a worker drops or stops it (see
+        ``app.control.revoke``); with ``reply``, returns each worker's answer.
+        """
+        return self.app.control.revoke(self.id, terminate=terminate, reply=reply, timeout=timeout)
+
 
 def _value(record: ResultRecord) -> Any:
     if record.state in states.EXCEPTION_STATES and record.exception:
@@ -183,6 +191,9 @@ class EagerResult(AsyncResult[R]):
 
     def forget(self) -> None:
         return None
+
+    def revoke(self, terminate: bool = False, *, reply: bool = False, timeout: float = 1.0) -> dict[str, Any]:
+        return {}  # it already ran, inline
 
 
 class GroupResult:

@@ -1,0 +1,256 @@
+"""Task events: what happened to each task, kept in the broker's log "events".
+
+Workers emit them; the dashboard's ``TaskIndex`` reads them back. One JSON object
+per event (orjson), with at least ``type``, ``id``, ``name``, ``worker`` and ``ts``.
+
+The hot path pays one small dict and one ``orjson.dumps`` per event and no round
+trip: events wait in the process's ``EventBuffer`` and are appended in the same
+``broker.batch()`` as the results and acks they describe (worker/settle.py). A
+task that runs for long holds its "started" event back from no settle, so a small
+flusher thread writes events that waited longer than ``FLUSH_AFTER_S``; it sleeps
+on an Event while nothing is pending, so an idle worker spends no CPU on it.
+
+Retention: ``events_max_count`` bounds the log on every append (trimming lags a
+little); ``events_max_age`` is applied by each worker's heartbeat thread
+(``trim_events``).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from conveyor import states
+from conveyor.exceptions import BrokerError
+from conveyor.monitor import EVENTS_STREAM
+
+if TYPE_CHECKING:
+    from conveyor.app import Conveyor
+    from conveyor.message import Message
+    from conveyor.worker.runner import Outcome
+
+log = logging.getLogger("conveyor.events")
+
+RECEIVED = "task-received"
+STARTED = "task-started"
+SUCCEEDED = "task-succeeded"
+FAILED = "task-failed"
+RETRIED = "task-retried"
+REVOKED = "task-revoked"
+DEAD_LETTERED = "task-dead-lettered"
+TYPES = (RECEIVED, STARTED, SUCCEEDED, FAILED, RETRIED, REVOKED, DEAD_LETTERED)
+
+# The state a task is in after each event (dead-lettering keeps FAILURE: it says
+# where the message went, not how the task ended).
+STATE_OF = {
+    RECEIVED: states.RECEIVED,
+    STARTED: states.STARTED,
+    SUCCEEDED: states.SUCCESS,
+    FAILED: states.FAILURE,
+    RETRIED: states.RETRY,
+    REVOKED: states.REVOKED,
+    DEAD_LETTERED: states.FAILURE,
+}
+
+FLUSH_AFTER_S = 0.5
+REPR_LIMIT = 1024
+TRACEBACK_LIMIT = 16_384
+
+
+def short_repr(value: Any, limit: int = REPR_LIMIT) -> str:
+    """repr() for display: bounded, because an event log entry must stay small
+    whatever the task was given (a 10 MB argument must not become a 10 MB event)."""
+    try:
+        text = repr(value)
+    except Exception as exc:  # noqa: BLE001 - a broken __repr__ must not break the worker
+        text = f"<unrepresentable {type(value).__name__}: {exc}>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def exception_text(exception: dict[str, Any] | None) -> str:
+    if not exception:
+        return ""
+    name = str(exception.get("type") or "Exception")
+    message = str(exception.get("message") or "")
+    return f"{name}: {message}" if message else name
+
+
+def received_event(message: Message, worker: str, now: float) -> dict[str, Any]:
+    return {
+        "type": RECEIVED,
+        "id": message.id,
+        "name": message.task,
+        "queue": message.queue,
+        "worker": worker,
+        "ts": now,
+        "args": short_repr(message.args),
+        "kwargs": short_repr(message.kwargs),
+        "retries": message.retries,
+        "eta": message.eta,
+        "parent_id": message.parent_id,
+        "root_id": message.root_id,
+    }
+
+
+def started_event(task_id: str, name: str, queue: str, worker: str, now: float) -> dict[str, Any]:
+    return {"type": STARTED, "id": task_id, "name": name, "queue": queue, "worker": worker, "ts": now}
+
+
+def outcome_events(outcome: Outcome, worker: str, queue: str | None = None) -> list[dict[str, Any]]:
+    """The events one settled outcome stands for (none for a requeue: the task did not end)."""
+    from conveyor.worker.runner import DEAD
+
+    task_id = outcome.task_id
+    if not task_id:
+        return []  # an undecodable message: no task to attach it to (the DLQ keeps it)
+    base: dict[str, Any] = {
+        "id": task_id,
+        "name": outcome.task_name,
+        "queue": outcome.queue or queue,
+        "worker": worker,
+        "ts": outcome.finished_at or time.time(),
+        "retries": outcome.retries,
+    }
+    if outcome.started_at is not None and outcome.finished_at is not None:
+        base["runtime"] = outcome.finished_at - outcome.started_at
+    state = outcome.state
+    events: list[dict[str, Any]] = []
+    if state == states.SUCCESS or (state is None and outcome.action == "ack"):
+        events.append({"type": SUCCEEDED, **base, "result": short_repr(outcome.result)})
+    elif state == states.FAILURE:
+        events.append(
+            {
+                "type": FAILED,
+                **base,
+                "exception": exception_text(outcome.exception),
+                "traceback": (outcome.traceback or "")[-TRACEBACK_LIMIT:],
+            }
+        )
+    elif state == states.RETRY:
+        events.append(
+            {
+                "type": RETRIED,
+                **base,
+                "exception": exception_text(outcome.exception),
+                "traceback": (outcome.traceback or "")[-TRACEBACK_LIMIT:],
+                "eta": outcome.retry_at,
+            }
+        )
+    elif state == states.REVOKED:
+        events.append(
+            {"type": REVOKED, **base, "reason": outcome.reason or exception_text(outcome.exception)}
+        )
+    if outcome.action == DEAD:
+        events.append({"type": DEAD_LETTERED, **base, "reason": outcome.reason or ""})
+    return events
+
+
+class EventBuffer:
+    """One process's pending events, written with the next settle batch or by the flusher."""
+
+    def __init__(self, app: Conveyor, *, max_count: int, flush_after_s: float = FLUSH_AFTER_S) -> None:
+        self.app = app
+        self.max_count = max(1, int(max_count))
+        self.flush_after_s = flush_after_s
+        self._lock = threading.Lock()
+        self._pending: list[bytes] = []
+        self._dirty = threading.Event()
+        self._closed = False
+        self._thread: threading.Thread | None = None
+
+    @classmethod
+    def for_app(cls, app: Conveyor) -> EventBuffer | None:
+        """The buffer a worker process uses, or None when task events are switched off."""
+        if not app.conf.worker_send_task_events:
+            return None
+        return cls(app, max_count=int(app.conf.events_max_count))
+
+    def emit(self, event: dict[str, Any]) -> None:
+        data = orjson.dumps(event, default=str)
+        with self._lock:
+            self._pending.append(data)
+            first = len(self._pending) == 1
+        if first:
+            if self._thread is None:
+                self._start_flusher()
+            self._dirty.set()
+
+    def emit_many(self, events: Sequence[dict[str, Any]]) -> None:
+        for event in events:
+            self.emit(event)
+
+    def take(self) -> list[bytes]:
+        with self._lock:
+            pending, self._pending = self._pending, []
+        return pending
+
+    def put_back(self, entries: list[bytes]) -> None:
+        """A write failed: keep the entries, ahead of newer ones, for the next write."""
+        if not entries:
+            return
+        with self._lock:
+            self._pending[:0] = entries
+        self._dirty.set()
+
+    def append(self, entries: Sequence[bytes]) -> None:
+        """Write entries to the log (inside the caller's ``broker.batch()`` when it has one)."""
+        if entries:
+            self.app.broker.log_append(EVENTS_STREAM, entries, maxlen=self.max_count)
+
+    def flush(self) -> None:
+        entries = self.take()
+        if not entries:
+            return
+        try:
+            self.append(entries)
+        except BrokerError as exc:
+            log.warning("Could not write %d task event(s): %s; will retry", len(entries), exc)
+            self.put_back(entries)
+
+    def _start_flusher(self) -> None:
+        with self._lock:
+            if self._thread is not None:
+                return
+            self._thread = threading.Thread(target=self._flush_loop, name="event-flusher", daemon=True)
+        self._thread.start()
+
+    def _flush_loop(self) -> None:
+        while not self._closed:
+            self._dirty.wait()
+            if self._closed:
+                return
+            # Most events leave with a settle batch well before this; the flusher only
+            # writes those held back by a long-running task or an idle moment.
+            time.sleep(self.flush_after_s)
+            self._dirty.clear()
+            self.flush()
+
+    def close(self) -> None:
+        """Write what is left; called at worker shutdown."""
+        self._closed = True
+        self._dirty.set()
+        self.flush()
+
+
+def trim_events(app: Conveyor) -> int:
+    """Drop events older than ``events_max_age``; returns how many went."""
+    max_age = app.conf.events_max_age
+    if not max_age:
+        return 0
+    return app.broker.log_trim(EVENTS_STREAM, older_than_s=float(max_age))
+
+
+def decode_event(body: bytes) -> dict[str, Any] | None:
+    """One log entry as an event, or None for an entry that is not one (never raises)."""
+    try:
+        event = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(event, dict) or not isinstance(event.get("type"), str):
+        return None
+    return event
