@@ -1,0 +1,630 @@
+"""Conveyor against its peers: the same workloads, the same private Redis, one run, one table.
+
+Systems: Conveyor on SQLite, Conveyor on Redis, Celery, RQ, Dramatiq, Huey and arq. Each
+framework is one small module under bench/peers/ (``<name>_peer.py``): its no-op and add
+tasks, and an adapter with the same few methods (send one, send in bulk, count queued,
+worker command, round trip). This script starts ONE private ``redis-server`` on a free
+port (never the shared 127.0.0.1:6379), then, for each system in turn:
+
+1. enqueue: N ``noop(i)`` sends from this process, one framework call per task (Celery
+   ``delay``, RQ ``Queue.enqueue``, Dramatiq ``send``, Huey calling the task, arq
+   ``enqueue_job``, Conveyor ``delay``), and N sends with the framework's bulk API where it
+   has one (Conveyor ``Task.map``, RQ ``enqueue_many`` (one pipeline), Celery ``group``
+   and Dramatiq ``group``, which send one message after another; Huey and arq have none);
+2. drain: N tasks queued first, then two worker processes started; "wall" is N / (workers
+   spawned .. last task done), "busy" is N / (first task done .. last task done);
+   "start" is workers spawned .. first task done. Every no-op task calls
+   ``common.mark_done()``: one Lua call on the same Redis (INCR and the first/latest
+   time), the same cost for every system, so completion is read the same way for all;
+3. worker RSS: the resident memory of every process of the workers (parents, pool
+   children) summed, right after the drain;
+4. round trip: with two worker processes running, ``--round-trips`` (300) sequential
+   ``add(i, i)`` sends each waited on with the framework's own result API (results on),
+   after 20 unmeasured ones; p50 and p99.
+
+Results are off for the no-op task everywhere (Celery ``ignore_result``, RQ
+``result_ttl=0``, Dramatiq no ``store_results``, Huey stores no None, arq ``keep_result=0``,
+Conveyor ``ignore_result``). Rates and drain figures are medians of ``--repeat`` runs.
+The store is emptied (FLUSHALL) between phases. A system that fails shows its error in its
+column and the table still prints. Each system's worker logs stay in the work directory
+(printed at the end with ``--keep``).
+
+The peers live in their own venv, never in the package's dependencies: on first use this
+script creates ``bench/.venv-peers`` (``python3 -m venv``, then ``pip install -r
+bench/peers-requirements.txt -e '.[redis]'`` and arq with ``--no-deps``) and re-runs itself
+with that venv's Python, so one interpreter drives every framework and Conveyor (installed
+editable from this checkout).
+
+    python3 bench/peers.py                 # N=10,000, 3 repeats: several minutes
+    python3 bench/peers.py --quick         # N=2,000, 1 repeat
+    python3 bench/peers.py --systems conveyor-redis,huey --json out.json
+
+Exit status 0 when the table printed (even with failed systems), 2 for bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import importlib.metadata
+import json
+import os
+import platform
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+PEERS_DIR = HERE / "peers"
+VENV = HERE / ".venv-peers"
+REQUIREMENTS = HERE / "peers-requirements.txt"
+NO_DEPS = ["arq==0.28.0"]  # see peers-requirements.txt: arq pins an older redis-py than kombu needs
+PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024
+START_TIMEOUT_S = 60.0
+
+SYSTEMS = ["conveyor-sqlite", "conveyor-redis", "celery", "rq", "dramatiq", "huey", "arq"]
+CONVEYOR = {"conveyor-sqlite", "conveyor-redis"}
+
+
+class BenchError(Exception):
+    """One measurement could not be made (worker died, timeout, lost or missing tasks)."""
+
+
+# -- the benchmark venv ------------------------------------------------------------------------
+
+
+def in_peers_venv() -> bool:
+    return Path(sys.prefix).resolve() == VENV.resolve()
+
+
+def ensure_venv() -> Path:
+    """The venv's Python, creating the venv and installing the peers on first use."""
+    python = VENV / "bin" / "python"
+    marker = VENV / ".installed"
+    wanted = REQUIREMENTS.read_text() + "\n".join(NO_DEPS)
+    if python.exists() and marker.exists() and marker.read_text() == wanted:
+        return python
+    print(f"peers: setting up {VENV.relative_to(REPO)} (one-time) ...", file=sys.stderr, flush=True)
+    if not python.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
+    pip = [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
+    subprocess.run([*pip, "-r", str(REQUIREMENTS), "-e", f"{REPO}[redis]"], check=True)
+    subprocess.run([*pip, "--no-deps", *NO_DEPS], check=True)
+    marker.write_text(wanted)
+    return python
+
+
+# -- the private Redis -------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def private_redis(workdir: Path) -> Iterator[tuple[str, Any]]:
+    """A redis-server of our own on a free port, stopped on exit; yields (url, client)."""
+    import redis
+
+    port = free_port()
+    if port == 6379:  # never the shared server's port, even by chance
+        port = free_port()
+    proc = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--dir", str(workdir), "--logfile", str(workdir / "redis.log")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    client = redis.Redis(port=port)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError as exc:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise BenchError(
+                        f"redis-server on port {port} did not start (see {workdir}/redis.log)"
+                    ) from exc
+                time.sleep(0.05)
+        yield f"redis://127.0.0.1:{port}/0", client
+    finally:
+        client.close()
+        proc.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(5)
+        if proc.poll() is None:
+            proc.kill()
+
+
+# -- worker processes --------------------------------------------------------------------------
+
+
+def group_pids(pgid: int) -> list[int]:
+    pids = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                stat = Path(f"/proc/{entry.name}/stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[2]) == pgid:
+                pids.append(int(entry.name))
+    return pids
+
+
+def rss_mib(pid: int) -> float:
+    try:
+        pages = int(Path(f"/proc/{pid}/statm").read_text().split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0.0
+    return pages * PAGE_KIB / 1024
+
+
+class Workers:
+    """The system's worker command(s), each in its own process group; leaving stops them all."""
+
+    def __init__(self, commands: list[list[str]], env: dict[str, str], log: Path) -> None:
+        self.commands = commands
+        self.env = env
+        self.log_path = log
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.spawned_at = 0.0
+
+    def __enter__(self) -> Workers:
+        log = self.log_path.open("ab")
+        self.spawned_at = time.time()
+        try:
+            for command in self.commands:
+                self.procs.append(
+                    subprocess.Popen(command, cwd=PEERS_DIR, env=self.env, stdin=subprocess.DEVNULL,
+                                     stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                )  # fmt: skip
+        finally:
+            log.close()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for proc in self.procs:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        for proc in self.procs:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(max(0.1, deadline - time.monotonic()))
+        for proc in self.procs:  # whatever did not stop, and any orphaned pool child
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(5)
+
+    def check(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is not None:
+                tail = "\n".join(self.log_path.read_text(errors="replace").splitlines()[-8:])
+                raise BenchError(f"worker exited with code {proc.returncode}: {tail}")
+
+    def rss_mib(self) -> float:
+        return sum(rss_mib(pid) for proc in self.procs for pid in group_pids(proc.pid))
+
+
+# -- measurements ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Row:
+    key: str
+    title: str
+    unit: str  # "/s", "ms", "s", "MiB"
+    higher_is_better: bool
+    target: float | None = None  # the issue's target for Conveyor on Redis
+
+    def shown(self, value: float) -> str:
+        if self.unit == "/s":
+            return f"{value:,.0f}"
+        if self.unit == "ms":
+            return f"{value:.2f}"
+        if self.unit == "s":
+            return f"{value:.2f}"
+        return f"{value:.0f}"
+
+    def better(self, a: float, b: float) -> bool:
+        return a > b if self.higher_is_better else a < b
+
+
+ROWS = [
+    Row("enqueue", "enqueue, one call/task", "/s", True, 12_000),
+    Row("enqueue_bulk", "enqueue, bulk API", "/s", True, 60_000),
+    Row("drain_busy", "drain, first..last task", "/s", True, 8_000),
+    Row("drain_wall", "drain, start..last task", "/s", True, None),
+    Row("start", "start to first task", "s", False, 0.3),
+    Row("rss", "worker RSS, all procs", "MiB", False, 60),
+    Row("rt_p50", "round trip p50", "ms", False, 0.4),
+    Row("rt_p99", "round trip p99", "ms", False, 1.0),
+]
+ROW = {row.key: row for row in ROWS}
+
+
+@dataclass
+class Outcome:
+    """One system's figures: medians per row, every run's value, and errors per row."""
+
+    system: str
+    values: dict[str, float] = field(default_factory=dict)
+    runs: dict[str, list[float]] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+    notes: str = ""
+    bulk_api: str = ""
+
+
+@dataclass
+class Context:
+    redis_url: str
+    redis: Any
+    workdir: Path
+    n: int
+    repeat: int
+    round_trips: int
+    timeout_s: float
+    verbose: bool
+
+
+class Runner:
+    """Runs every phase for one system's adapter and fills its Outcome."""
+
+    def __init__(self, ctx: Context, system: str, peer: Any) -> None:
+        self.ctx = ctx
+        self.system = system
+        self.peer = peer
+        self.out = Outcome(system, notes=peer.notes, bulk_api=peer.bulk_api)
+        self.env = dict(
+            os.environ, PYTHONPATH=str(PEERS_DIR), PEERS_REDIS_URL=ctx.redis_url, **peer.worker_env()
+        )
+        self.env.pop("PYTHONSTARTUP", None)
+
+    def log(self, message: str) -> None:
+        if self.ctx.verbose:
+            print(f"  [{self.system}] {message}", file=sys.stderr, flush=True)
+
+    def empty(self) -> None:
+        self.ctx.redis.flushall()
+        self.peer.reset()
+
+    def record(self, key: str, measure: Callable[[], float | dict[str, float]], runs: int) -> None:
+        """Median of ``runs`` calls; a failure marks the row (and the rows it also fills)."""
+        values: dict[str, list[float]] = {}
+        try:
+            for _ in range(runs):
+                got = measure()
+                for k, v in (got if isinstance(got, dict) else {key: got}).items():
+                    values.setdefault(k, []).append(v)
+        except Exception as exc:  # one system's failure must not stop the others
+            self.out.errors[key] = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
+            self.log(f"{key}: FAILED {self.out.errors[key]}")
+            return
+        for k, vs in values.items():
+            self.out.runs[k] = [round(v, 4) for v in vs]
+            self.out.values[k] = statistics.median(vs)
+            self.log(f"{k}: {ROW[k].shown(self.out.values[k])} {ROW[k].unit}  runs={self.out.runs[k]}")
+
+    def check_queued(self, what: str) -> None:
+        queued = self.peer.queued()
+        if queued != self.ctx.n:
+            raise BenchError(f"{what}: {self.ctx.n} sent but {queued} queued")
+
+    def timed_send(self, send: Callable[[int], None], what: str) -> float:
+        self.empty()
+        send(100)  # warm-up: connections, scripts, code paths
+        self.empty()
+        started = time.perf_counter()
+        send(self.ctx.n)
+        elapsed = time.perf_counter() - started
+        self.check_queued(what)
+        self.empty()
+        return self.ctx.n / elapsed
+
+    def drain(self) -> dict[str, float]:
+        n = self.ctx.n
+        self.empty()
+        (self.peer.enqueue_bulk if self.peer.bulk_api else self.peer.enqueue)(n)
+        self.check_queued("drain set-up")
+        redis = self.ctx.redis
+        with Workers(
+            self.peer.worker_commands(), self.env, self.ctx.workdir / f"{self.system}.log"
+        ) as workers:
+            deadline = time.monotonic() + START_TIMEOUT_S + self.ctx.timeout_s
+            while int(redis.get("peers:done") or 0) < n:
+                workers.check()
+                if time.monotonic() > deadline:
+                    done = int(redis.get("peers:done") or 0)
+                    raise BenchError(f"drain: {done} of {n} tasks done within {self.ctx.timeout_s:g}s")
+                time.sleep(0.02)
+            time.sleep(0.3)  # let a straggler (a duplicate delivery) show up, and RQ's horse exit
+            done = int(redis.get("peers:done") or 0)
+            if done != n:
+                raise BenchError(f"drain: {done} task runs for {n} tasks (duplicates)")
+            rss = workers.rss_mib()
+            spawned = workers.spawned_at
+        first, last = float(redis.get("peers:first")), float(redis.get("peers:last"))
+        self.empty()
+        return {
+            "drain_busy": (n - 1) / max(last - first, 1e-9),
+            "drain_wall": n / (last - spawned),
+            "start": first - spawned,
+            "rss": rss,
+        }
+
+    def round_trip(self) -> dict[str, float]:
+        self.empty()
+        samples = []
+        with Workers(
+            self.peer.worker_commands(), self.env, self.ctx.workdir / f"{self.system}.log"
+        ) as workers:
+            for i in range(20):
+                try:
+                    value = self.peer.round_trip(i, START_TIMEOUT_S if i == 0 else 10.0)
+                except Exception:
+                    workers.check()
+                    raise
+                if value != 2 * i:
+                    raise BenchError(f"add({i}, {i}) returned {value!r}")
+            for i in range(self.ctx.round_trips):
+                started = time.perf_counter()
+                value = self.peer.round_trip(i, 10.0)
+                samples.append((time.perf_counter() - started) * 1000)
+                if value != 2 * i:
+                    raise BenchError(f"add({i}, {i}) returned {value!r}")
+        self.empty()
+        samples.sort()
+        return {"rt_p50": percentile(samples, 50), "rt_p99": percentile(samples, 99)}
+
+    def run(self) -> Outcome:
+        repeat = self.ctx.repeat
+        self.record("enqueue", lambda: self.timed_send(self.peer.enqueue, "enqueue"), repeat)
+        if self.peer.bulk_api:
+            self.record(
+                "enqueue_bulk", lambda: self.timed_send(self.peer.enqueue_bulk, "bulk enqueue"), repeat
+            )
+        self.record("drain_busy", self.drain, repeat)
+        self.record("rt_p50", self.round_trip, 1)
+        return self.out
+
+
+def percentile(sorted_values: list[float], pct: float) -> float:
+    """Nearest-rank percentile."""
+    rank = max(1, round(pct / 100 * len(sorted_values)))
+    return sorted_values[min(rank, len(sorted_values)) - 1]
+
+
+def make_peer(system: str, redis_url: str, workdir: Path) -> Any:
+    """Import the system's module only now: a framework that fails to import fails its column."""
+    if str(PEERS_DIR) not in sys.path:
+        sys.path.insert(0, str(PEERS_DIR))
+    os.environ["PEERS_REDIS_URL"] = redis_url  # read by common.py when first imported
+    if system in CONVEYOR:
+        from conveyor_peer import ConveyorPeer
+
+        if system == "conveyor-sqlite":
+            return ConveyorPeer("Conveyor SQLite", f"sqlite:///{workdir}/conveyor.sqlite3")
+        importlib.import_module("conveyor.brokers.redis")  # a clear error while it does not exist
+        return ConveyorPeer("Conveyor Redis", redis_url)
+    module = importlib.import_module(f"{system}_peer")
+    cls = {
+        "celery": "CeleryPeer",
+        "rq": "RQPeer",
+        "dramatiq": "DramatiqPeer",
+        "huey": "HueyPeer",
+        "arq": "ArqPeer",
+    }
+    return getattr(module, cls[system])()
+
+
+# -- the table ---------------------------------------------------------------------------------
+
+
+def ratio(row: Row, conveyor: float | None, best: float | None) -> str:
+    """How many times better Conveyor is than the best peer (below 1: worse)."""
+    if conveyor is None or best is None or conveyor <= 0 or best <= 0:
+        return "-"
+    times = conveyor / best if row.higher_is_better else best / conveyor
+    return f"{times:.2f}x"
+
+
+def best_peer(row: Row, outcomes: list[Outcome]) -> tuple[str, float] | None:
+    best: tuple[str, float] | None = None
+    for o in outcomes:
+        if o.system not in CONVEYOR and row.key in o.values:
+            if best is None or row.better(o.values[row.key], best[1]):
+                best = (o.system, o.values[row.key])
+    return best
+
+
+def table(outcomes: list[Outcome]) -> str:
+    names = {o.system: o.system for o in outcomes}
+    header = ["", *names.values(), "best peer", *(f"{c} vs best" for c in names if c in CONVEYOR), "target"]
+    lines = [header]
+    footnotes: list[str] = []
+    for row in ROWS:
+        cells = [f"{row.title} ({row.unit})"]
+        for o in outcomes:
+            if row.key in o.values:
+                cells.append(row.shown(o.values[row.key]))
+            else:
+                source = next((k for k in o.errors if k == row.key or (k, row.key) in FILLS), None)
+                if source is None:
+                    cells.append("n/a" if row.key == "enqueue_bulk" else "-")
+                else:
+                    footnotes.append(f"{o.system} {row.key}: {o.errors[source]}")
+                    cells.append(f"ERR[{len(footnotes)}]")
+        best = best_peer(row, outcomes)
+        cells.append(f"{row.shown(best[1])} {best[0]}" if best else "-")
+        for o in outcomes:
+            if o.system in CONVEYOR:
+                cells.append(ratio(row, o.values.get(row.key), best[1] if best else None))
+        target = (
+            "-" if row.target is None else ("≥ " if row.higher_is_better else "≤ ") + row.shown(row.target)
+        )
+        cells.append(target)
+        lines.append(cells)
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    out = []
+    for k, line in enumerate(lines):
+        out.append(
+            "  ".join(
+                c.ljust(w) if i == 0 else c.rjust(w)
+                for i, (c, w) in enumerate(zip(line, widths, strict=True))
+            )
+        )
+        if k == 0:
+            out.append("-" * len(out[0]))
+    out.append("")
+    out.append("x = times better than the best peer (rates: Conveyor/best; times and sizes: best/Conveyor);")
+    out.append("below 1.00x Conveyor is behind. Target: the issue's target for Conveyor on Redis.")
+    for i, note in enumerate(dict.fromkeys(footnotes), 1):
+        out.append(f"[{i}] {note}")
+    return "\n".join(out)
+
+
+# The drain fills four rows and the round trip two: an error in one marks all of them.
+FILLS = {("drain_busy", k) for k in ("drain_wall", "start", "rss")} | {("rt_p50", "rt_p99")}
+
+
+def versions() -> dict[str, str]:
+    found = {}
+    for dist in ("conveyor-tasks", "celery", "kombu", "rq", "dramatiq", "huey", "arq", "redis", "hiredis"):
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            found[dist] = importlib.metadata.version(dist)
+    server = subprocess.run(["redis-server", "--version"], capture_output=True, text=True).stdout.split()
+    found["redis-server"] = next((w.split("=")[1] for w in server if w.startswith("v=")), "?")
+    return found
+
+
+# -- main --------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("-n", type=int, default=None, help="tasks per workload (default 10,000; --quick: 2,000)")
+    p.add_argument(
+        "--repeat", type=int, default=None, help="runs per rate, median shown (default 3; --quick: 1)"
+    )
+    p.add_argument("--quick", action="store_true", help="N=2,000 and 1 repeat, for a quick look")
+    p.add_argument("--round-trips", type=int, default=300, help="sequential round trips (default 300)")
+    p.add_argument(
+        "--systems", default=",".join(SYSTEMS), help=f"comma-separated subset of {','.join(SYSTEMS)}"
+    )
+    p.add_argument("--timeout", type=float, default=300.0, help="seconds allowed for one drain (default 300)")
+    p.add_argument("--json", metavar="FILE", help="also write every figure as JSON to FILE ('-' for stdout)")
+    p.add_argument("--keep", action="store_true", help="keep the work directory (worker logs, redis.log)")
+    p.add_argument("-q", "--quiet", action="store_true", help="print only the table")
+    p.add_argument("--no-venv", action="store_true", help="run with this Python, not bench/.venv-peers")
+    args = p.parse_args(argv)
+    args.n = args.n or (2_000 if args.quick else 10_000)
+    args.repeat = args.repeat or (1 if args.quick else 3)
+    chosen = [s.strip() for s in args.systems.split(",") if s.strip()]
+    unknown = [s for s in chosen if s not in SYSTEMS]
+    if unknown or not chosen or args.n < 2 or args.repeat < 1 or args.round_trips < 1:
+        p.error(f"unknown system(s) {', '.join(unknown)}" if unknown else "nothing to measure")
+    args.systems = chosen
+    return args
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    if not args.no_venv and not in_peers_venv():
+        python = ensure_venv()
+        os.execv(str(python), [str(python), str(Path(__file__).resolve()), *argv])
+    workdir = Path(tempfile.mkdtemp(prefix="conveyor-peers-"))
+    started = time.time()
+    outcomes: list[Outcome] = []
+    with private_redis(workdir) as (url, client):
+        if not args.quiet:
+            print(f"peers: N={args.n:,} repeat={args.repeat} round trips={args.round_trips}, "
+                  f"private Redis {url}, work dir {workdir}", file=sys.stderr, flush=True)  # fmt: skip
+        ctx = Context(
+            url, client, workdir, args.n, args.repeat, args.round_trips, args.timeout, not args.quiet
+        )
+        for system in args.systems:
+            t0 = time.monotonic()
+            try:
+                peer = make_peer(system, url, workdir)
+            except Exception as exc:
+                failed = Outcome(system, errors={"enqueue": f"{type(exc).__name__}: {exc}"[:200]})
+                failed.errors.update(
+                    {k: failed.errors["enqueue"] for k in ("enqueue_bulk", "drain_busy", "rt_p50")}
+                )
+                outcomes.append(failed)
+                print(f"  [{system}] cannot run: {failed.errors['enqueue']}", file=sys.stderr, flush=True)
+                continue
+            try:
+                outcomes.append(Runner(ctx, system, peer).run())
+            finally:
+                with contextlib.suppress(Exception):
+                    peer.close()
+            if not args.quiet:
+                print(f"  [{system}] done in {time.monotonic() - t0:.0f}s", file=sys.stderr, flush=True)
+    print()
+    print(f"Conveyor vs peers, N={args.n:,} no-op tasks, 2 worker processes, median of {args.repeat}, "
+          f"{args.round_trips} round trips; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(started))}, "
+          f"{os.cpu_count()} CPUs, Redis {versions()['redis-server']} on loopback")  # fmt: skip
+    print(table(outcomes))
+    print()
+    for o in outcomes:
+        if o.notes:
+            bulk = f"; bulk: {o.bulk_api}" if o.bulk_api else "; bulk: none"
+            print(f"{o.system}: {o.notes}{bulk}")
+    if args.json:
+        report = {
+            "started_at": started,
+            "argv": argv,
+            "n": args.n,
+            "repeat": args.repeat,
+            "round_trips": args.round_trips,
+            "machine": {
+                "cpus": os.cpu_count(),
+                "python": platform.python_version(),
+                "platform": platform.platform(),
+            },
+            "versions": versions(),
+            "rows": [
+                {
+                    "key": r.key,
+                    "title": r.title,
+                    "unit": r.unit,
+                    "higher_is_better": r.higher_is_better,
+                    "target": r.target,
+                }
+                for r in ROWS
+            ],  # fmt: skip
+            "systems": [o.__dict__ for o in outcomes],
+        }
+        text = json.dumps(report, indent=2)
+        if args.json == "-":
+            print(text)
+        else:
+            Path(args.json).write_text(text + "\n")
+    if args.keep:
+        print(f"work directory kept: {workdir}", file=sys.stderr)
+    else:
+        import shutil
+
+        shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

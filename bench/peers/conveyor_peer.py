@@ -1,0 +1,69 @@
+"""Conveyor, on the broker named by ``CONVEYOR_BROKER_URL`` (SQLite file or the private Redis);
+results live in the broker's store. Worker: ``conveyor worker -c 2 --pool prefork``."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+from common import Peer, mark_done
+
+from conveyor import Conveyor
+
+
+def build(broker_url: str) -> tuple[Any, Any, Any]:
+    """An app with the two benchmark tasks; the driver builds one per broker it measures."""
+    app = Conveyor("conveyor_peer", broker=broker_url)
+
+    @app.task(name="noop", ignore_result=True)
+    def noop(i: int) -> None:
+        mark_done()
+
+    @app.task(name="add")
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    return app, noop, add
+
+
+app, noop, add = build(os.environ.get("CONVEYOR_BROKER_URL", "memory://"))
+
+
+class ConveyorPeer(Peer):
+    bulk_api = "Task.map()"
+    notes = "conveyor worker -c 2 --pool prefork (defaults: prefetch 4)"
+
+    def __init__(self, name: str, broker_url: str) -> None:
+        self.name = name
+        self.broker_url = broker_url
+        self.app, self.noop, self.add = build(broker_url)
+
+    def enqueue(self, n: int) -> None:
+        delay = self.noop.delay
+        for i in range(n):
+            delay(i)
+
+    def enqueue_bulk(self, n: int) -> None:
+        self.noop.map([(i,) for i in range(n)])
+
+    def queued(self) -> int:
+        return int(self.app.broker.queue_stats([self.app.conf.task_default_queue])[0].ready)
+
+    def reset(self) -> None:
+        self.app.broker.purge(self.app.conf.task_default_queue)
+
+    def worker_env(self) -> dict[str, str]:
+        return {"CONVEYOR_BROKER_URL": self.broker_url}
+
+    def worker_commands(self) -> list[list[str]]:
+        return [
+            [sys.executable, "-m", "conveyor.cli.main", "-A", "conveyor_peer", "worker"]
+            + ["-c", "2", "--pool", "prefork", "-l", "warning"]
+        ]
+
+    def round_trip(self, i: int, timeout: float) -> Any:
+        return self.add.delay(i, i).get(timeout=timeout)
+
+    def close(self) -> None:
+        self.app.close()

@@ -1,0 +1,57 @@
+"""RQ on Redis: two ``rq worker`` processes (RQ has no pool: one job at a time per worker,
+each job in a forked work horse, RQ's default)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from common import REDIS_URL, Peer, mark_done
+from redis import Redis
+from rq import Queue
+
+
+def noop(i: int) -> None:
+    mark_done()
+
+
+def add(x: int, y: int) -> int:
+    return x + y
+
+
+class RQPeer(Peer):
+    name = "RQ"
+    bulk_api = "Queue.enqueue_many()"
+    notes = "2 x rq worker (default Worker: a forked work horse per job); result_ttl=0 for noop"
+
+    def __init__(self) -> None:
+        self.redis = Redis.from_url(REDIS_URL)
+        self.queue = Queue("default", connection=self.redis)
+
+    def enqueue(self, n: int) -> None:
+        enqueue = self.queue.enqueue
+        for i in range(n):
+            enqueue(noop, i, result_ttl=0)
+
+    def enqueue_bulk(self, n: int) -> None:
+        prepare = Queue.prepare_data
+        self.queue.enqueue_many([prepare(noop, (i,), result_ttl=0) for i in range(n)])
+
+    def queued(self) -> int:
+        return int(self.queue.count)
+
+    def worker_commands(self) -> list[list[str]]:
+        rq = str(Path(sys.executable).parent / "rq")
+        one = [rq, "worker", "-u", REDIS_URL, "--logging_level", "WARNING", "default"]
+        return [one, one]
+
+    def round_trip(self, i: int, timeout: float) -> Any:
+        job = self.queue.enqueue(add, i, i)
+        result = job.latest_result(timeout=int(max(timeout, 1)))
+        if result is None:
+            raise TimeoutError(f"rq: no result for add({i}, {i}) within {timeout}s")
+        return result.return_value
+
+    def close(self) -> None:
+        self.redis.close()
