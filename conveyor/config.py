@@ -110,6 +110,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("result_expires", 86400.0, _to_opt_float, "seconds results are kept"),
     Setting("beat_schedule", None, _to_json, "periodic tasks from config"),
     Setting("timezone", "UTC", str, "time zone for crontab schedules"),
+    Setting("dashboard_auth", None, _to_opt_str, "dashboard admins: user:password, comma-separated for several"),
+    Setting("dashboard_viewer_auth", None, _to_opt_str, "dashboard read-only users: user:password, comma-separated"),
+    Setting("dashboard_secret_key", None, _to_opt_str, "signs dashboard logins; None = random per process"),
+    Setting("dashboard_session_max_age", 43200.0, float, "seconds a dashboard login lasts"),
 )
 _BY_NAME = {s.name: s for s in SETTINGS}
 # Celery's old upper-case names and aliases that Django projects still carry.
@@ -156,6 +160,10 @@ class Settings:
     result_expires: float | None
     beat_schedule: Any
     timezone: str
+    dashboard_auth: str | None
+    dashboard_viewer_auth: str | None
+    dashboard_secret_key: str | None
+    dashboard_session_max_age: float
 
     def __init__(self, environ: Mapping[str, str] | None = None) -> None:
         for setting in SETTINGS:

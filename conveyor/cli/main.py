@@ -14,6 +14,7 @@ import click
 
 from conveyor import __version__
 from conveyor.cli.context import CliState, one_line, shared_options
+from conveyor.cli.dashboard import dashboard
 from conveyor.cli.dlq import dlq
 from conveyor.cli.queues import purge, queues
 from conveyor.cli.tasks import call, result
@@ -67,6 +68,7 @@ cli.add_command(result)
 cli.add_command(queues)
 cli.add_command(purge)
 cli.add_command(dlq)
+cli.add_command(dashboard)
 
 
 def main() -> None:

@@ -1,0 +1,69 @@
+"""``conveyor dashboard``: serve the web dashboard for the app's broker.
+
+It needs no task code (it reads the broker's queues, dead letters, events and
+heartbeats), so ``-A`` is optional, as for ``conveyor queues``; with ``-A`` it uses
+the project's broker and settings (``dashboard_auth`` and friends).
+"""
+
+from __future__ import annotations
+
+import click
+
+from conveyor.cli.context import CliState, pass_state, shared_options
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option(
+    "--port", type=click.IntRange(0, 65535), default=5555, show_default=True, help="Port to listen on."
+)
+@click.option(
+    "--auth",
+    "admins",
+    multiple=True,
+    metavar="USER:PASSWORD",
+    help="An admin (may act); comma-separated or repeated for several. "
+    "Default: the dashboard_auth setting (env CONVEYOR_DASHBOARD_AUTH).",
+)
+@click.option(
+    "--viewer-auth",
+    "viewers",
+    multiple=True,
+    metavar="USER:PASSWORD",
+    help="A read-only user; comma-separated or repeated. "
+    "Default: the dashboard_viewer_auth setting (env CONVEYOR_DASHBOARD_VIEWER_AUTH).",
+)
+@click.option(
+    "-l",
+    "--loglevel",
+    type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
+    default="info",
+    show_default=True,
+    help="Access and server log level.",
+)
+@shared_options(envvars=False)
+@pass_state
+def dashboard(
+    state: CliState, host: str, port: int, admins: tuple[str, ...], viewers: tuple[str, ...], loglevel: str
+) -> None:
+    """Serve the web dashboard: workers, tasks, queues, dead letters, periodic tasks, /metrics.
+
+    Without users anyone who can reach the port is an admin, so the dashboard
+    refuses to listen beyond loopback then: give --auth (or CONVEYOR_DASHBOARD_AUTH).
+    """
+    try:
+        from conveyor.dashboard import serve
+    except ImportError as exc:
+        raise click.ClickException(
+            f"the dashboard needs its extra ({exc.name or exc}): pip install 'conveyor-tasks[dashboard]'"
+        ) from None
+    app = state.get_app()
+    click.echo(f"Conveyor dashboard on http://{host}:{port}/ (Ctrl+C to stop)", err=True)
+    serve(
+        app,
+        host=host,
+        port=port,
+        auth=list(admins) or None,
+        viewer_auth=list(viewers) or None,
+        log_level=loglevel.lower(),
+    )

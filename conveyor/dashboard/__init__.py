@@ -1,0 +1,100 @@
+"""The web dashboard: ``create_app`` builds it, ``serve`` runs it (``conveyor dashboard``).
+
+Needs the ``dashboard`` extra (``pip install conveyor-tasks[dashboard]``): Starlette,
+uvicorn, Jinja2 and prometheus-client. Every template, stylesheet and script it
+serves ships in this package; nothing is loaded from a CDN.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from conveyor.dashboard.auth import Auth
+from conveyor.exceptions import ConfigurationError
+
+if TYPE_CHECKING:
+    from starlette.applications import Starlette
+
+    from conveyor.app import Conveyor
+
+__all__ = ["Auth", "create_app", "is_loopback", "make_auth", "serve"]
+log = logging.getLogger("conveyor.dashboard")
+
+
+def make_auth(
+    conveyor_app: Conveyor,
+    auth: str | Iterable[str] | Auth | None = None,
+    viewer_auth: str | Iterable[str] | None = None,
+) -> Auth:
+    """The dashboard's users: the arguments, else the ``dashboard_*`` settings.
+
+    ``auth`` holds admins and ``viewer_auth`` read-only users, each ``user:password``,
+    comma-separated for several.
+    """
+    if isinstance(auth, Auth):
+        return auth
+    conf = conveyor_app.conf
+    admins = auth if auth is not None else conf.dashboard_auth
+    viewers = viewer_auth if viewer_auth is not None else conf.dashboard_viewer_auth
+    if viewers and not admins:
+        raise ConfigurationError("dashboard viewers need at least one admin (--auth user:password) too")
+    return Auth(
+        admins,
+        viewers,
+        secret_key=conf.dashboard_secret_key,
+        session_max_age=float(conf.dashboard_session_max_age),
+    )
+
+
+def create_app(
+    conveyor_app: Conveyor,
+    *,
+    auth: str | Iterable[str] | Auth | None = None,
+    viewer_auth: str | Iterable[str] | None = None,
+    refresh_ms: int = 2000,
+) -> Starlette:
+    """The dashboard as an ASGI app, to serve with any ASGI server or mount in another app."""
+    from conveyor.dashboard.web import build_starlette
+
+    return build_starlette(conveyor_app, make_auth(conveyor_app, auth, viewer_auth), refresh_ms=refresh_ms)
+
+
+def is_loopback(host: str) -> bool:
+    if host.lower() in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def serve(
+    conveyor_app: Conveyor,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 5555,
+    auth: str | Iterable[str] | Auth | None = None,
+    viewer_auth: str | Iterable[str] | None = None,
+    log_level: str = "warning",
+    **uvicorn_options: Any,
+) -> None:
+    """Run the dashboard until interrupted (blocking).
+
+    Raises:
+        ConfigurationError: ``host`` is reachable from other machines and no user is
+            configured; an open dashboard can purge queues and revoke tasks.
+    """
+    users = make_auth(conveyor_app, auth, viewer_auth)
+    if not users.enabled and not is_loopback(host):
+        raise ConfigurationError(
+            f"refusing to serve the dashboard on {host} without a login: "
+            "pass --auth user:password (or set CONVEYOR_DASHBOARD_AUTH), or bind to 127.0.0.1"
+        )
+    import uvicorn
+
+    app = create_app(conveyor_app, auth=users)
+    log.info("dashboard on http://%s:%d/", host, port)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, **uvicorn_options)
