@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from conveyor.backends.base import ResultBackend
     from conveyor.brokers.base import AdminBroker
     from conveyor.monitor.control import Control
+    from conveyor.periodic import Periodic
     from conveyor.result import AsyncResult
 
 log = logging.getLogger("conveyor")
@@ -337,6 +338,14 @@ class Conveyor:
         from conveyor.result import AsyncResult
 
         return AsyncResult(task_id, app=self, task_name=task_name)
+
+    # -- periodic tasks ----------------------------------------------------------------
+    @property
+    def periodic(self) -> Periodic:
+        """Periodic tasks: ``beat_schedule`` plus the run-time ones stored in the broker."""
+        from conveyor.periodic import Periodic
+
+        return Periodic(self)
 
     # -- connections ---------------------------------------------------------------
     @property

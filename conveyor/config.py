@@ -110,6 +110,18 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("result_expires", 86400.0, _to_opt_float, "seconds results are kept"),
     Setting("beat_schedule", None, _to_json, "periodic tasks from config"),
     Setting("timezone", "UTC", str, "time zone for crontab schedules"),
+    Setting(
+        "beat_lease_seconds",
+        10.0,
+        float,
+        "scheduler leader lease; a follower takes over this long (plus up to 2 s) after the leader dies",
+    ),
+    Setting(
+        "beat_max_loop_interval",
+        5.0,
+        float,
+        "longest the scheduler sleeps; run-time schedule changes are seen within this",
+    ),
     Setting("dashboard_auth", None, _to_opt_str, "dashboard admins: user:password, comma-separated for several"),
     Setting("dashboard_viewer_auth", None, _to_opt_str, "dashboard read-only users: user:password, comma-separated"),
     Setting("dashboard_secret_key", None, _to_opt_str, "signs dashboard logins; None = random per process"),
@@ -160,6 +172,8 @@ class Settings:
     result_expires: float | None
     beat_schedule: Any
     timezone: str
+    beat_lease_seconds: float
+    beat_max_loop_interval: float
     dashboard_auth: str | None
     dashboard_viewer_auth: str | None
     dashboard_secret_key: str | None
