@@ -147,7 +147,8 @@ class DashboardData:
         record = self._result_record(task_id)
         if detail is None and record is None:
             return None
-        out: dict[str, Any] = summary_dict(detail) if detail is not None else {"id": task_id}
+        out: dict[str, Any] = summary_dict(detail)
+        out["id"] = task_id
         out["events"] = [jsonable(e) for e in (field(detail, "events") or [])]
         for key in ("exception", "traceback", "result", "parent_id", "root_id", "eta"):
             out[key] = jsonable(field(detail, key))
@@ -165,7 +166,6 @@ class DashboardData:
                 "worker": record.worker,
                 "finished_at": record.finished_at,
             }
-            out.setdefault("name", record.task)
             out["name"] = out.get("name") or record.task
             out["queue"] = out.get("queue") or record.queue
             out["worker"] = out.get("worker") or record.worker
@@ -318,7 +318,7 @@ class DashboardData:
     # -- periodic tasks ---------------------------------------------------------------
     def periodic_api(self) -> Any:
         try:
-            return self.app.periodic  # type: ignore[attr-defined]
+            return self.app.periodic
         except (AttributeError, ImportError):
             return None
 
