@@ -16,6 +16,7 @@ from conveyor import __version__
 from conveyor.cli.context import CliState, one_line, shared_options
 from conveyor.cli.dashboard import dashboard
 from conveyor.cli.dlq import dlq
+from conveyor.cli.inspect import inspect, revoke, status
 from conveyor.cli.queues import purge, queues
 from conveyor.cli.tasks import call, result
 from conveyor.cli.worker import worker
@@ -68,6 +69,9 @@ cli.add_command(result)
 cli.add_command(queues)
 cli.add_command(purge)
 cli.add_command(dlq)
+cli.add_command(inspect)
+cli.add_command(status)
+cli.add_command(revoke)
 cli.add_command(dashboard)
 
 

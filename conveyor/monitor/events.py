@@ -170,19 +170,23 @@ class EventBuffer:
             return None
         return cls(app, max_count=int(app.conf.events_max_count))
 
+    @staticmethod
+    def encode(events: Sequence[dict[str, Any]]) -> list[bytes]:
+        return [orjson.dumps(event, default=str) for event in events]
+
     def emit(self, event: dict[str, Any]) -> None:
-        data = orjson.dumps(event, default=str)
+        self.emit_many((event,))
+
+    def emit_many(self, events: Sequence[dict[str, Any]]) -> None:
+        """Queue events for the next settle batch (or the flusher); no I/O here."""
+        encoded = self.encode(events)
         with self._lock:
-            self._pending.append(data)
-            first = len(self._pending) == 1
-        if first:
+            first = not self._pending
+            self._pending.extend(encoded)
+        if first and encoded:
             if self._thread is None:
                 self._start_flusher()
             self._dirty.set()
-
-    def emit_many(self, events: Sequence[dict[str, Any]]) -> None:
-        for event in events:
-            self.emit(event)
 
     def take(self) -> list[bytes]:
         with self._lock:

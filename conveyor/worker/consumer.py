@@ -26,7 +26,8 @@ from conveyor import states
 from conveyor.backends.base import ResultRecord
 from conveyor.brokers.base import Delivery
 from conveyor.exceptions import BrokerError, SerializationError
-from conveyor.message import decode
+from conveyor.message import Message, decode
+from conveyor.monitor.events import received_event, started_event
 from conveyor.retry import parse_rate
 from conveyor.worker.limits import RateGate
 from conveyor.worker.pools import LOST, Completion, Job, Pool
@@ -35,6 +36,7 @@ from conveyor.worker.runner import (
     expired,
     label,
     not_registered,
+    revoked,
     undecodable,
 )
 from conveyor.worker.settle import Settler
@@ -95,6 +97,10 @@ class Consumer:
         self._warm_deadline = 0.0
         self._threads: list[threading.Thread] = []
         self._rates: dict[str, float | None] = {}
+        self.events = self.settler.events
+        # Task ids revoked by app.control.revoke: dropped (REVOKED) when fetched.
+        # Updated from another thread (set.add is atomic), read here per message.
+        self.revoked: set[str] = set()
 
     # -- control -----------------------------------------------------------------
     def request_stop(self, *, cold: bool = False) -> None:
@@ -310,14 +316,30 @@ class Consumer:
             return None
         task = self.app.tasks.get(message.task)
         if task is None:
+            self._emit_received(message, now, started=False)
             self._settle_one(delivery, not_registered(message))
             return None
+        if message.id in self.revoked:
+            self._emit_received(message, now, started=False)
+            self._settle_one(
+                delivery,
+                revoked(
+                    message.id,
+                    message.task,
+                    queue=message.queue,
+                    message=message,
+                    reason="revoked before it started",
+                ),
+            )
+            return None
         if message.expires is not None and now > message.expires:
+            self._emit_received(message, now, started=False)
             self._settle_one(delivery, expired(message, now))
             return None
         if not self._rate_allows(task, delivery, now):
             return None
         log.info("%s received", label(message.task, message.id))
+        self._emit_received(message, now, started=True)
         if task.track_started:
             self._pending_records.append(
                 ResultRecord(
@@ -341,6 +363,38 @@ class Consumer:
             soft_time_limit=task.soft_time_limit,
             meta={"args": message.args, "kwargs": message.kwargs, "retries": message.retries},
         )
+
+    def _emit_received(self, message: Message, now: float, *, started: bool) -> None:
+        events = self.events
+        if events is None:
+            return
+        received = received_event(message, self.hostname, now)
+        if started:
+            events.emit_many(
+                (received, started_event(message.id, message.task, message.queue, self.hostname, now))
+            )
+        else:
+            events.emit(received)
+
+    # -- control (called from the worker's control thread) ---------------------------
+    def set_rate_limit(self, task_name: str, rate: str | float | None) -> None:
+        """Change a task's rate limit in this process until it exits (app.control.rate_limit)."""
+        self._rates[task_name] = parse_rate(rate)
+
+    def terminate(self, task_id: str) -> bool:
+        return self.pool.terminate(task_id)
+
+    def active_jobs(self) -> list[Job]:
+        return list(self.pool.active())
+
+    def reserved_deliveries(self) -> list[Delivery]:
+        with self._cond:
+            return list(self._incoming)
+
+    def held_deliveries(self) -> list[Delivery]:
+        """Messages waiting here for their rate-limit slot (inspect's "scheduled")."""
+        with self._cond:
+            return self.rate_gate.items()
 
     def rate_interval(self, task: Task[Any, Any]) -> float | None:
         if task.name not in self._rates:
@@ -455,6 +509,8 @@ class Consumer:
                 self._flush()
             except BrokerError as exc:
                 log.error("Could not flush at shutdown: %s", exc)
+            if self.events is not None:
+                self.events.close()
 
     def _abandon(self, jobs: Sequence[Job]) -> None:
         """Cold shutdown: running tasks stop unfinished; acks_late ones go back now."""

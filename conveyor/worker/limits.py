@@ -17,6 +17,14 @@ if TYPE_CHECKING:
     from conveyor.brokers.base import Delivery
 
 
+class TaskTerminated(BaseException):  # noqa: N818 - not an error of the task's: an order
+    """Raised inside a running task by ``revoke(terminate=True)``.
+
+    A BaseException, like KeyboardInterrupt, so ``except Exception`` in task code
+    does not swallow it; the task's ``finally`` blocks and context managers run.
+    """
+
+
 def _raise_soft_limit(signum: int, frame: object) -> None:
     raise SoftTimeLimitExceeded()
 

@@ -23,6 +23,7 @@ from conveyor.worker.prefork import ChildOptions, PreforkSupervisor
 
 if TYPE_CHECKING:
     from conveyor.app import Conveyor
+    from conveyor.beat import BeatThread
 
 log = logging.getLogger("conveyor.worker")
 
@@ -65,6 +66,7 @@ class Worker:
         hostname: str | None = None,
         prefetch_multiplier: int | None = None,
         max_tasks_per_child: int | None = None,
+        beat: bool = False,
     ) -> None:
         conf = app.conf
         self.app = app
@@ -77,6 +79,12 @@ class Worker:
         )
         self.hostname = hostname or default_hostname()
         self._stopping = False
+        # worker --beat: the scheduler runs in this process, as a thread (conveyor/beat.py).
+        self._beat: BeatThread | None = None
+        if beat:
+            from conveyor.beat import BeatThread
+
+            self._beat = BeatThread(app)
         prefetch = int(prefetch_multiplier or conf.worker_prefetch_multiplier)
         lease_s = float(conf.broker_visibility_timeout)
         shutdown_s = float(conf.worker_shutdown_timeout)
@@ -128,6 +136,14 @@ class Worker:
             log.warning("%s: warm shutdown, finishing running tasks (again for cold shutdown)", name)
         self._stopping = True
         self.runner.request_stop(cold=cold)
+        if self._beat is not None:
+            self._beat.beat.stop()  # hand the leader lease over now, not after the drain
+
+    def request_warm_shutdown(self) -> None:
+        """A warm shutdown from a thread (app.control.shutdown); no-op when already stopping."""
+        if not self._stopping:
+            self._stopping = True
+            self.runner.request_stop()
 
     def _wait_for_broker(self) -> bool:
         """Reach the broker before announcing "ready"; while it cannot be reached, say
@@ -154,12 +170,21 @@ class Worker:
             return 0
         log.info("%s", self.banner())
         self._stopping = False
+        if self._beat is not None:
+            self._beat.start()
+        from conveyor.monitor.agent import WorkerAgent
+
+        agent = WorkerAgent(self)  # heartbeats and app.control
+        agent.start()
         try:
             if isinstance(self.runner, Consumer) and self.runner.pool.inline:
                 self.runner.run_inline()
             else:
                 self.runner.run()
         finally:
+            agent.stop()
+            if self._beat is not None:
+                self._beat.stop()
             self.app.close()
         log.info(
             "%s stopped: %d task(s) processed, %d failed",

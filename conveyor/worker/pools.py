@@ -15,6 +15,7 @@ import contextlib
 import logging
 import os
 import queue
+import signal
 import threading
 import time
 from dataclasses import dataclass, field
@@ -24,7 +25,8 @@ from conveyor import states
 from conveyor.brokers.base import Delivery
 from conveyor.exceptions import TimeLimitExceeded
 from conveyor.serialization import exception_to_dict
-from conveyor.worker.runner import ACK, Outcome, label, run_one
+from conveyor.worker.limits import TaskTerminated
+from conveyor.worker.runner import ACK, Outcome, label, revoked, run_one
 
 if TYPE_CHECKING:
     from conveyor.app import Conveyor
@@ -83,6 +85,9 @@ class Pool(Protocol):
     def kill(self) -> None:
         """Stop every slot now (cold shutdown); running jobs are abandoned."""
 
+    def terminate(self, task_id: str) -> bool:
+        """Interrupt the running task ``task_id`` (revoke with terminate); True when it runs here."""
+
 
 def failed_job(
     job: Job, exc: BaseException, log: str, *, action: str = ACK, reason: str | None = None
@@ -99,6 +104,13 @@ def failed_job(
         reason=reason,
         log_level="error",
         log=log,
+    )
+
+
+def terminated_outcome(job: Job) -> Outcome:
+    started = time.time() - (time.monotonic() - job.started_at) if job.started_at else None
+    return revoked(
+        job.task_id, job.task_name, queue=job.delivery.queue, started_at=started, reason="terminated"
     )
 
 
@@ -176,6 +188,8 @@ class ThreadPool:
                 outcome = run_one(
                     self.app, job.delivery.body, attempt=job.delivery.attempt, hostname=self.hostname
                 )
+            except TaskTerminated:
+                outcome = terminated_outcome(job)
             except BaseException as exc:  # noqa: BLE001 - the async time-limit exception lands here
                 outcome = Outcome(LOST, task_id=job.task_id, task_name=job.task_name, reason=repr(exc))
             with self._lock:
@@ -258,6 +272,21 @@ class ThreadPool:
         for _ in self._workers:
             self._jobs.put(None)
 
+    def terminate(self, task_id: str) -> bool:
+        """A thread cannot be killed: TaskTerminated is raised in it asynchronously,
+        which takes effect at its next Python bytecode (not inside a blocking C call)."""
+        import ctypes
+
+        with self._lock:
+            for key, job in self._running.items():
+                thread = self._threads.get(key)
+                if job.task_id == task_id and thread is not None and thread.ident is not None:
+                    ctypes.pythonapi.PyThreadState_SetAsyncExc(
+                        ctypes.c_ulong(thread.ident), ctypes.py_object(TaskTerminated)
+                    )
+                    return True
+        return False
+
 
 # --------------------------------------------------------------------------- solo
 class SoloPool:
@@ -275,7 +304,14 @@ class SoloPool:
         self._current: Job | None = None
 
     def start(self) -> None:
-        return None
+        # revoke(terminate=True) interrupts the running task with SIGUSR2 (sent by the
+        # control thread, or by the prefork supervisor to its child).
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGUSR2, self._on_terminate)
+
+    def _on_terminate(self, signum: int, frame: object) -> None:
+        if self._current is not None:
+            raise TaskTerminated()
 
     def idle_slots(self) -> int:
         return 0 if self._done else 1
@@ -287,9 +323,19 @@ class SoloPool:
             outcome = run_one(
                 self.app, job.delivery.body, attempt=job.delivery.attempt, hostname=self.hostname
             )
+        except TaskTerminated:
+            self._current = None
+            outcome = terminated_outcome(job)
         finally:
             self._current = None
         self._done.append(Completion(job, outcome))
+
+    def terminate(self, task_id: str) -> bool:
+        job = self._current
+        if job is None or job.task_id != task_id:
+            return False
+        signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGUSR2)
+        return True
 
     def active(self) -> list[Job]:
         return [self._current] if self._current else []
@@ -325,4 +371,4 @@ def make_pool(kind: str, app: Conveyor, *, concurrency: int, hostname: str) -> T
     raise ConfigurationError(f"unknown pool {kind!r}: use prefork, threads or solo")
 
 
-__all__ = ["LOST", "Completion", "Job", "Pool", "SoloPool", "ThreadPool", "make_pool"]
+__all__ = ["LOST", "Completion", "Job", "Pool", "SoloPool", "ThreadPool", "make_pool", "terminated_outcome"]

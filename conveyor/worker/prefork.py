@@ -23,21 +23,33 @@ import logging
 import multiprocessing
 import multiprocessing.connection as mpc
 import os
+import queue
 import selectors
 import signal
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from conveyor import states
 from conveyor.brokers.base import Delivery
-from conveyor.worker.pools import LOST, Completion, Job, SoloPool, _WakePipe, time_limit_outcome
+from conveyor.worker.pools import (
+    LOST,
+    Completion,
+    Job,
+    SoloPool,
+    _WakePipe,
+    terminated_outcome,
+    time_limit_outcome,
+)
 from conveyor.worker.runner import Outcome
 from conveyor.worker.settle import Settler
 
 if TYPE_CHECKING:
     from conveyor.app import Conveyor
+    from conveyor.worker.consumer import Consumer
 
 log = logging.getLogger("conveyor.worker")
 
@@ -78,8 +90,9 @@ class _ReportingPool(SoloPool):
                 )
             )
         super().submit(job)
+        failed = bool(self._done) and self._done[-1].outcome.state == states.FAILURE
         with contextlib.suppress(OSError):
-            self.events.send(("end", d.receipt))
+            self.events.send(("end", d.receipt, failed))
 
 
 def _die_with_parent() -> None:
@@ -91,7 +104,30 @@ def _die_with_parent() -> None:
             ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
-def _child_main(app: Conveyor, options: ChildOptions, events: mpc.Connection) -> None:
+def _read_commands(commands: mpc.Connection, consumer: Consumer) -> None:
+    """The child's end of control: revokes and rate limits forwarded by the supervisor.
+
+    A thread blocked in recv() costs nothing while no command comes.
+    """
+    while True:
+        try:
+            command = commands.recv()
+        except (EOFError, OSError):
+            return
+        if command[0] == "revoke":
+            consumer.revoked.update(command[1])
+        elif command[0] == "rate_limit":
+            consumer.set_rate_limit(command[1], command[2])
+
+
+def _child_main(
+    app: Conveyor,
+    options: ChildOptions,
+    events: mpc.Connection,
+    commands: mpc.Connection,
+    revoked: set[str],
+    rates: dict[str, str | float | None],
+) -> None:
     from conveyor.worker.consumer import Consumer
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
@@ -110,6 +146,10 @@ def _child_main(app: Conveyor, options: ChildOptions, events: mpc.Connection) ->
         max_tasks=options.max_tasks,
     )
     signal.signal(signal.SIGUSR1, lambda *_: consumer.request_stop())
+    consumer.revoked.update(revoked)
+    for name, rate in rates.items():
+        consumer.set_rate_limit(name, rate)
+    threading.Thread(target=_read_commands, args=(commands, consumer), name="commands", daemon=True).start()
     try:
         consumer.run_inline()
     finally:
@@ -122,8 +162,10 @@ def _child_main(app: Conveyor, options: ChildOptions, events: mpc.Connection) ->
 class _Child:
     process: multiprocessing.process.BaseProcess
     events: mpc.Connection
+    commands: mpc.Connection | None = None  # supervisor -> child (revokes, rate limits)
     job: Job | None = None
     killed: bool = False  # we ended it (time limit, cold shutdown); its death is expected
+    terminate_at: float | None = None  # revoke(terminate=True): SIGKILL if still running then
     processed: int = 0
     failed: int = 0
 
@@ -148,14 +190,79 @@ class PreforkSupervisor:
         self._warm_deadline = 0.0
         self._finished_processed = 0
         self._finished_failed = 0
+        # Control (app.control): remembered for children started later, and commands
+        # from the control thread, carried out by the supervisor's own loop.
+        self.revoked: set[str] = set()
+        self.rates: dict[str, str | float | None] = {}
+        self._commands: queue.SimpleQueue[tuple[str, object, object]] = queue.SimpleQueue()
 
     @property
     def processed(self) -> int:
-        return self._finished_processed + self.settler.processed
+        live = sum(c.processed for c in list(self._children))
+        return self._finished_processed + live + self.settler.processed
 
     @property
     def failed(self) -> int:
-        return self._finished_failed + self.settler.failed
+        live = sum(c.failed for c in list(self._children))
+        return self._finished_failed + live + self.settler.failed
+
+    # -- control (called from the worker's control thread) ---------------------------
+    def revoke(self, ids: list[str], terminate: bool) -> list[str]:
+        """Forward revokes to every child; with ``terminate``, stop those running them.
+
+        Returns the ids running now (being terminated). The supervisor's loop does
+        the work: children and pipes are only touched from that thread.
+        """
+        running = [c.job.task_id for c in list(self._children) if c.job is not None and c.job.task_id in ids]
+        self._commands.put(("revoke", list(ids), terminate))
+        self._wake.wake()
+        return running if terminate else []
+
+    def set_rate_limit(self, task_name: str, rate: str | float | None) -> None:
+        self._commands.put(("rate_limit", task_name, rate))
+        self._wake.wake()
+
+    def active_jobs(self) -> list[tuple[Job, int]]:
+        return [(c.job, c.process.pid or 0) for c in list(self._children) if c.job is not None]
+
+    def _run_commands(self) -> None:
+        while True:
+            try:
+                kind, first, second = self._commands.get_nowait()
+            except queue.Empty:
+                return
+            if kind == "revoke":
+                assert isinstance(first, list)
+                self.revoked.update(first)
+                self._send_children(("revoke", first))
+                if second:
+                    self._terminate(set(first))
+            elif kind == "rate_limit":
+                assert isinstance(first, str)
+                rate = second if isinstance(second, (str, float, int)) or second is None else None
+                self.rates[first] = rate
+                self._send_children(("rate_limit", first, rate))
+
+    def _send_children(self, command: tuple[object, ...]) -> None:
+        for child in self._children:
+            if child.commands is not None:
+                with contextlib.suppress(OSError, ValueError):
+                    child.commands.send(command)
+
+    def _terminate(self, ids: set[str]) -> None:
+        """Interrupt (SIGUSR2: TaskTerminated inside the task, whose cleanup runs and
+        whose result the child records REVOKED); a child still running the task after
+        TERMINATE_GRACE_S is SIGKILLed, the task recorded REVOKED here, the child replaced."""
+        from conveyor.monitor.control import TERMINATE_GRACE_S
+
+        for child in self._children:
+            job = child.job
+            if job is None or job.task_id not in ids or child.killed or child.terminate_at is not None:
+                continue
+            log.warning("Terminating %s in process %s", job.task_id, child.process.pid)
+            child.terminate_at = time.monotonic() + TERMINATE_GRACE_S
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child.process.pid or 0, signal.SIGUSR2)
 
     def request_stop(self, *, cold: bool = False) -> None:
         """Signal-safe: the first call starts a warm shutdown, a later one a cold one."""
@@ -191,15 +298,17 @@ class PreforkSupervisor:
 
     def _spawn(self) -> _Child:
         parent_end, child_end = self._ctx.Pipe(duplex=False)
+        commands_in, commands_out = self._ctx.Pipe(duplex=False)
         process = self._ctx.Process(
             target=_child_main,
-            args=(self.app, self.options, child_end),
+            args=(self.app, self.options, child_end, commands_in, set(self.revoked), dict(self.rates)),
             name=f"ForkPoolWorker-{len(self._children) + 1}",
             daemon=True,
         )
         process.start()
         child_end.close()
-        child = _Child(process, parent_end)
+        commands_in.close()
+        child = _Child(process, parent_end, commands_out)
         self._selector.register(parent_end.fileno(), selectors.EVENT_READ, (id(child), "events"))
         self._selector.register(process.sentinel, selectors.EVENT_READ, (id(child), "exit"))
         return child
@@ -209,6 +318,8 @@ class PreforkSupervisor:
             with contextlib.suppress(KeyError, ValueError, OSError):
                 self._selector.unregister(fd)
         child.events.close()
+        if child.commands is not None:
+            child.commands.close()
 
     def _timeout(self) -> float:
         timeout = 1.0
@@ -217,6 +328,8 @@ class PreforkSupervisor:
         for child in self._children:
             if child.job is not None and not child.killed and child.job.deadline is not None:
                 timeout = min(timeout, max(0.0, child.job.deadline - time.monotonic()))
+            if child.terminate_at is not None:
+                timeout = min(timeout, max(0.0, child.terminate_at - time.monotonic()))
         return timeout
 
     def poll(self, timeout_s: float) -> None:
@@ -225,6 +338,7 @@ class PreforkSupervisor:
         ready = {key.data for key, _ in self._selector.select(timeout_s)}
         if None in ready:
             self._wake.drain()
+            self._run_commands()
         for child in list(self._children):
             if (id(child), "events") in ready:
                 self._read_events(child)
@@ -252,6 +366,9 @@ class PreforkSupervisor:
                 elif kind == "end":
                     if child.job is not None and child.job.delivery.receipt == event[1]:
                         child.job = None
+                        child.terminate_at = None
+                    child.processed += 1
+                    child.failed += int(bool(event[2]))
                 elif kind == "counts":
                     child.processed, child.failed = event[1], event[2]
 
@@ -287,6 +404,16 @@ class PreforkSupervisor:
         now = time.monotonic()
         for child in self._children:
             job = child.job
+            if job is not None and child.terminate_at is not None and now >= child.terminate_at:
+                # The interrupt did not end the task (stuck in C code, or it caught
+                # the exception): end the process, as for a hard time limit.
+                child.killed = True
+                child.terminate_at = None
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(child.process.pid or 0, signal.SIGKILL)
+                self.settler.settle([Completion(job, terminated_outcome(job))])
+                child.job = None
+                continue
             if job is None or child.killed or job.deadline is None or now < job.deadline:
                 continue
             child.killed = True

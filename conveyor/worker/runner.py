@@ -24,7 +24,7 @@ from conveyor.message import Message, decode
 from conveyor.retry import backoff_countdown
 from conveyor.serialization import dumps, exception_to_dict, format_traceback
 from conveyor.task import Request, pop_request, push_request
-from conveyor.worker.limits import soft_time_limit
+from conveyor.worker.limits import TaskTerminated, soft_time_limit
 
 if TYPE_CHECKING:
     from conveyor.app import Conveyor
@@ -121,6 +121,35 @@ def expired(message: Message, now: float) -> Outcome:
     )
 
 
+def revoked(
+    task_id: str,
+    task_name: str | None,
+    *,
+    queue: str | None,
+    message: Message | None = None,
+    started_at: float | None = None,
+    reason: str,
+) -> Outcome:
+    """A task revoked before it ran, or stopped by ``revoke(terminate=True)``."""
+    exc = Revoked(f"task {task_id} was revoked ({reason})")
+    return Outcome(
+        ACK,
+        task_id=task_id,
+        task_name=task_name,
+        state=states.REVOKED,
+        exception=exception_to_dict(exc),
+        queue=queue,
+        args=message.args if message else [],
+        kwargs=message.kwargs if message else {},
+        retries=message.retries if message else 0,
+        started_at=started_at,
+        finished_at=time.time(),
+        reason=reason,
+        log_level="warning",
+        log=f"{label(task_name, task_id)} revoked: {reason}",
+    )
+
+
 def run_one(
     app: Conveyor, body: bytes, *, attempt: int, hostname: str, use_soft_limit: bool = True
 ) -> Outcome:
@@ -161,7 +190,7 @@ def execute(
     except Reject as reject:
         return _rejected(message, reject, started)
     except BaseException as exc:  # noqa: BLE001 - SystemExit in a task must not end the child silently
-        if isinstance(exc, KeyboardInterrupt):
+        if isinstance(exc, (KeyboardInterrupt, TaskTerminated)):
             raise
         return _failed(task, message, request, exc, started)
     finally:

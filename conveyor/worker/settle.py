@@ -18,6 +18,7 @@ from conveyor.brokers.base import Delivery
 from conveyor.canvas import complete_chord
 from conveyor.exceptions import BrokerError, WorkerLostError
 from conveyor.message import Message, decode
+from conveyor.monitor.events import EventBuffer, outcome_events
 from conveyor.worker.pools import LOST, Completion, Job, failed_job
 from conveyor.worker.runner import DEAD, REQUEUE, RETRY, Outcome, label
 
@@ -42,6 +43,8 @@ class Settler:
         self.processed = 0
         self.failed = 0
         self.give_up = False  # set at cold shutdown: stop retrying failed writes
+        # Task events leave with the batch that settles what they describe.
+        self.events = EventBuffer.for_app(app)
 
     def settle(
         self,
@@ -51,6 +54,8 @@ class Settler:
         records: Sequence[ResultRecord] = (),
     ) -> None:
         batch = _Settlement(records=list(records), acks=list(acks))
+        events = self.events
+        finished = []
         for completion in completions:
             outcome = completion.outcome
             if outcome.action == LOST:
@@ -60,7 +65,17 @@ class Settler:
             if outcome.state is not None:
                 batch.records.append(self.record(outcome))
             batch.add(completion.job, outcome)
-        self.retrying(lambda: self._write(batch))
+            if events is not None:
+                finished.extend(outcome_events(outcome, self.hostname, completion.job.delivery.queue))
+        if events is not None:
+            batch.events = events.take()
+            batch.events.extend(events.encode(finished))
+        try:
+            self.retrying(lambda: self._write(batch))
+        except BrokerError:
+            if events is not None:
+                events.put_back(batch.events)
+            raise
 
     def _write(self, batch: _Settlement) -> None:
         # One transaction where the store allows it (SQLite). Where it does not, the
@@ -79,6 +94,8 @@ class Settler:
                 complete_chord(self.app, outcome.chord or {}, self.hostname)
             if batch.acks:
                 self.broker.ack(batch.acks)
+            if batch.events and self.events is not None:
+                self.events.append(batch.events)
 
     def lost(self, job: Job, outcome: Outcome) -> Outcome:
         """The process running ``job`` died (OOM killer, segfault, os._exit, SIGKILL)."""
@@ -156,6 +173,7 @@ class _Settlement:
     dead: list[tuple[Delivery, str]] = field(default_factory=list)
     requeue: list[Delivery] = field(default_factory=list)
     chords: list[Outcome] = field(default_factory=list)
+    events: list[bytes] = field(default_factory=list)  # encoded task events
 
     def add(self, job: Job, outcome: Outcome) -> None:
         delivery = job.delivery
