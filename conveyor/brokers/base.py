@@ -215,9 +215,9 @@ def broker_from_url(url: str) -> AdminBroker:
 
         return MemoryBroker(url)
     if scheme in ("redis", "rediss", "redis+sentinel"):
-        raise ConfigurationError(
-            f"the Redis broker is not available in this version ({mask_url(url)}); use sqlite:///path.sqlite3"
-        )
+        from conveyor.brokers.redis import RedisBroker
+
+        return RedisBroker(url)
     raise ConfigurationError(
-        f"unknown broker URL scheme {scheme!r} in {mask_url(url)}: use sqlite:///path.sqlite3 or memory://"
+        f"unknown broker URL scheme {scheme!r} in {mask_url(url)}: use sqlite:///path.sqlite3, redis://host:6379/0 or memory://"
     )

@@ -1,7 +1,9 @@
 """The only broker-specific part of the contract suite: how to make each broker.
 
-Adding a broker (Redis) means adding one param here and one ``_make_*`` function;
-every test in ``test_contract.py`` then runs against it unchanged.
+Adding a broker means adding one param here and one ``_*_case`` function; every
+test in ``test_contract.py`` then runs against it unchanged. Redis cases use one
+private redis-server per session (``tests/redis_server.py``) and a fresh key prefix
+per test; without ``redis-server`` they skip, or fail when ``CI=true``.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from conveyor.brokers import memory as memory_broker
 from conveyor.brokers.base import AdminBroker
 from conveyor.brokers.memory import MemoryBroker
 from conveyor.brokers.sqlite import MESSAGES, SQLiteBroker
+
+from ..redis_server import fresh_url, redis_server_or_skip
 
 
 @dataclass
@@ -63,7 +67,20 @@ def _sqlite_case(tmp_path: Path) -> BrokerCase:
     return BrokerCase("sqlite", url, lambda: SQLiteBroker(url), cross_process=True, inject_raw=inject)
 
 
-_BROKER_CASES = {"memory": _memory_case, "sqlite": _sqlite_case}
+def _redis_case(tmp_path: Path) -> BrokerCase:
+    from conveyor.brokers.redis import RedisBroker
+
+    url = fresh_url(redis_server_or_skip())  # a fresh key prefix: tests share the server, not keys
+
+    def inject(queue: str, body: bytes) -> None:
+        creator = RedisBroker(url)
+        creator.publish_raw(queue, body)
+        creator.close()
+
+    return BrokerCase("redis", url, lambda: RedisBroker(url), cross_process=True, inject_raw=inject)
+
+
+_BROKER_CASES = {"memory": _memory_case, "sqlite": _sqlite_case, "redis": _redis_case}
 
 
 @pytest.fixture(params=sorted(_BROKER_CASES))
@@ -96,7 +113,18 @@ def _sqlite_backend_case(tmp_path: Path) -> BackendCase:
     return BackendCase("sqlite", url, lambda expires: SQLiteBackend(url, result_expires_s=expires))
 
 
-_BACKEND_CASES = {"memory": _memory_backend_case, "sqlite": _sqlite_backend_case}
+def _redis_backend_case(tmp_path: Path) -> BackendCase:
+    from conveyor.backends.redis import RedisBackend
+
+    url = fresh_url(redis_server_or_skip())
+    return BackendCase("redis", url, lambda expires: RedisBackend(url, result_expires_s=expires))
+
+
+_BACKEND_CASES = {
+    "memory": _memory_backend_case,
+    "sqlite": _sqlite_backend_case,
+    "redis": _redis_backend_case,
+}
 
 
 @pytest.fixture(params=sorted(_BACKEND_CASES))

@@ -1,0 +1,375 @@
+"""What the Redis broker and the Redis result backend share: the URL, the client,
+error translation, Lua scripts, and the per-thread write batch.
+
+Both sides talk to Redis through one ``RedisLink``: a broker's
+``result_backend()`` hands its link to the backend, so the worker's settle
+(results, follow-up messages, acks) goes out as one MULTI/EXEC on one connection.
+
+Errors: every redis-py exception leaves here as a ``BrokerError`` (a
+``BrokerConnectionError`` when Redis cannot be reached), with the URL's password
+masked, so the worker's retry-with-backoff logic and the CLI's one-line errors work
+unchanged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
+
+from conveyor.exceptions import BrokerConnectionError, BrokerError, ConfigurationError
+
+T = TypeVar("T")
+
+DEFAULT_PREFIX = "conveyor"
+DEFAULT_PUBLISH_RETRY_S = 10.0
+# Longest single blocking command; a longer wait is several of them, so a blocked
+# read never outlives the socket timeout and a dead server is noticed.
+MAX_BLOCK_S = 2.0
+_OUR_OPTIONS = ("prefix", "publish_retry")
+
+try:  # the redis extra
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.exceptions import ConnectionError as _RedisConnectionError
+    from redis.exceptions import NoScriptError, RedisError, ResponseError
+    from redis.exceptions import TimeoutError as _RedisTimeoutError
+    from redis.retry import Retry
+except ImportError:  # pragma: no cover - exercised only without the extra
+    redis = None  # type: ignore[assignment]
+
+
+@dataclass(frozen=True)
+class RedisURL:
+    """A parsed ``redis://``, ``rediss://`` or ``redis+sentinel://`` URL.
+
+    ``client_url`` is what redis-py is given (our own options removed);
+    ``sentinels`` is set for Sentinel URLs.
+    """
+
+    url: str
+    client_url: str
+    prefix: str
+    publish_retry_s: float
+    sentinels: tuple[tuple[str, int], ...] = ()
+    service: str = ""
+    db: int = 0
+    password: str | None = None
+    username: str | None = None
+    options: tuple[tuple[str, str], ...] = ()
+
+
+def mask(url: str) -> str:
+    from conveyor.brokers.base import mask_url
+
+    if url.lower().startswith("redis+sentinel://"):
+        # urlsplit cannot read a host list; hide anything between :// and @.
+        head, sep, rest = url.partition("://")
+        auth, at, hosts = rest.rpartition("@")
+        if at and ":" in auth:
+            return f"{head}{sep}{auth.split(':', 1)[0]}:***@{hosts}"
+        return url
+    return mask_url(url)
+
+
+def parse_url(url: str) -> RedisURL:
+    """Split our options (``prefix``, ``publish_retry``) from the URL redis-py reads.
+
+    Raises:
+        ConfigurationError: the URL is malformed, with the reason.
+    """
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:
+        raise ConfigurationError(f"malformed Redis URL {mask(url)}: {exc}") from None
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    ours = {k: v for k, v in query if k in _OUR_OPTIONS}
+    theirs = tuple((k, v) for k, v in query if k not in _OUR_OPTIONS)
+    prefix = ours.get("prefix", DEFAULT_PREFIX)
+    if not prefix or any(c in prefix for c in " {}\n"):
+        raise ConfigurationError(f"bad prefix {prefix!r} in {mask(url)}: use letters, digits, '-', '_', ':'")
+    try:
+        publish_retry = float(ours.get("publish_retry", DEFAULT_PUBLISH_RETRY_S))
+    except ValueError:
+        raise ConfigurationError(f"publish_retry must be a number of seconds in {mask(url)}") from None
+    scheme = parts.scheme.lower()
+    if scheme == "redis+sentinel":
+        return _parse_sentinel(url, parts.netloc, parts.path, prefix, publish_retry, theirs)
+    if scheme not in ("redis", "rediss", "unix"):
+        raise ConfigurationError(f"not a Redis URL: {mask(url)}")
+    client_url = urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(theirs), ""))
+    try:
+        parts.port  # noqa: B018 - validates the port
+    except ValueError as exc:
+        raise ConfigurationError(f"malformed Redis URL {mask(url)}: {exc}") from None
+    return RedisURL(url, client_url, prefix, publish_retry)
+
+
+def _parse_sentinel(
+    url: str, netloc: str, path: str, prefix: str, publish_retry: float, options: tuple[tuple[str, str], ...]
+) -> RedisURL:
+    """``redis+sentinel://[[user]:password@]host:port[,host:port...]/service_name[/db]``."""
+    auth, at, hosts = netloc.rpartition("@")
+    username = password = None
+    if at:
+        user, colon, secret = auth.partition(":")
+        username = unquote(user) or None
+        password = unquote(secret) if colon else None
+    sentinels = []
+    for item in hosts.split(","):
+        host, _, port = item.strip().rpartition(":")
+        if not host:
+            host, port = port, "26379"
+        if not port.isdigit():
+            raise ConfigurationError(f"bad Sentinel address {item!r} in {mask(url)}: use host:port")
+        sentinels.append((host.strip("[]"), int(port)))
+    segments = [s for s in path.split("/") if s]
+    if not segments:
+        raise ConfigurationError(
+            f"{mask(url)} names no service: use redis+sentinel://host:26379,host2:26379/mymaster/0"
+        )
+    db = segments[1] if len(segments) > 1 else "0"
+    if not db.isdigit():
+        raise ConfigurationError(f"bad database number {db!r} in {mask(url)}")
+    return RedisURL(
+        url,
+        "",
+        prefix,
+        publish_retry,
+        sentinels=tuple(sentinels),
+        service=unquote(segments[0]),
+        db=int(db),
+        password=password,
+        username=username,
+        options=options,
+    )
+
+
+def _require_redis() -> None:
+    if redis is None:
+        raise ConfigurationError(
+            "the Redis broker needs the redis package: pip install 'conveyor-tasks[redis]'"
+        )
+
+
+def _client_kwargs() -> dict[str, Any]:
+    # Our own retry logic decides what is retried (and logs it); redis-py's silent
+    # retries would also re-run non-idempotent scripts inside a MULTI.
+    return {"retry": Retry(NoBackoff(), 0), "socket_keepalive": True}
+
+
+def make_client(parsed: RedisURL) -> redis.Redis:
+    """A client with a connection pool; redis-py resets the pool in a forked child."""
+    _require_redis()
+    try:
+        if parsed.sentinels:
+            from redis import sentinel as sentinel_module
+
+            Sentinel: Any = sentinel_module.Sentinel  # noqa: N806 - untyped in redis-py
+            extra = dict(parsed.options)
+            sentinel_password = extra.pop("sentinel_password", None)
+            timeout = float(extra.pop("socket_timeout", "5"))
+            sentinel = Sentinel(
+                list(parsed.sentinels),
+                socket_timeout=timeout,
+                sentinel_kwargs={"password": sentinel_password, "socket_timeout": timeout},
+            )
+            master: redis.Redis = sentinel.master_for(
+                parsed.service,
+                db=parsed.db,
+                password=parsed.password,
+                username=parsed.username,
+                socket_timeout=timeout,
+                **_client_kwargs(),
+            )
+            return master
+        return redis.Redis.from_url(parsed.client_url, **_client_kwargs())
+    except ValueError as exc:
+        raise ConfigurationError(f"malformed Redis URL {mask(parsed.url)}: {exc}") from None
+
+
+def translate(exc: Exception, url: str) -> BrokerError:
+    """One clear line for any redis-py error."""
+    where = mask(url)
+    text = str(exc) or type(exc).__name__
+    if redis is not None and isinstance(exc, redis.AuthenticationError):
+        return BrokerConnectionError(f"Redis at {where} refused the credentials: {text}")
+    if redis is not None and isinstance(exc, (_RedisConnectionError, _RedisTimeoutError, OSError)):
+        return BrokerConnectionError(f"cannot reach Redis at {where}: {text}")
+    if isinstance(exc, OSError):
+        return BrokerConnectionError(f"cannot reach Redis at {where}: {text}")
+    return BrokerError(f"Redis at {where} failed: {text}")
+
+
+class Script:
+    """A Lua script run by SHA, loaded again when Redis lost it (restart, SCRIPT FLUSH)."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.sha = hashlib.sha1(source.encode()).hexdigest()
+
+
+class RedisLink:
+    """One Redis client plus the per-thread write batch, shared by broker and backend.
+
+    Args:
+        url: the broker or backend URL (``redis://``, ``rediss://``, ``redis+sentinel://``).
+    """
+
+    def __init__(self, url: str) -> None:
+        self.parsed = parse_url(url)
+        self.url = url
+        self.prefix = self.parsed.prefix
+        self._client: redis.Redis | None = None
+        self._lock = threading.Lock()
+        self._local = threading.local()
+
+    @property
+    def client(self) -> redis.Redis:
+        client = self._client
+        if client is None:
+            with self._lock:
+                if self._client is None:
+                    self._client = make_client(self.parsed)
+                client = self._client
+        return client
+
+    def key(self, *parts: str) -> str:
+        return ":".join((self.prefix, *parts))
+
+    # -- calls --------------------------------------------------------------------
+    def call(self, operation: Callable[[redis.Redis], T], *, retry_s: float = 0.0) -> T:
+        """Run ``operation(client)`` and translate errors.
+
+        A pooled connection that died with a Redis restart fails the first try; one
+        immediate retry on a fresh connection hides that. ``retry_s`` allows further
+        tries with capped backoff for that long (producers: ``publish_retry``).
+        """
+        self.flush()  # a read inside a batch sees the batch's earlier writes
+        deadline = None
+        delay = 0.05
+        attempt = 0
+        while True:
+            try:
+                return operation(self.client)
+            except RedisError as exc:
+                if not isinstance(exc, (_RedisConnectionError, _RedisTimeoutError)) or isinstance(
+                    exc, redis.AuthenticationError
+                ):
+                    raise translate(exc, self.url) from None
+                attempt += 1
+                if attempt == 1:
+                    deadline = time.monotonic() + retry_s
+                    continue
+                if deadline is None or time.monotonic() + delay > deadline:
+                    raise translate(exc, self.url) from None
+                time.sleep(delay)
+                delay = min(delay * 2, 1.0)
+            except OSError as exc:
+                raise translate(exc, self.url) from None
+
+    def run(self, script: Script, args: Sequence[Any], *, retry_s: float = 0.0) -> Any:
+        """Run a script now, or queue it in this thread's batch (returns None then)."""
+        pending = self._pending()
+        if pending is not None:
+            pending.append(("EVAL", script.source, 0, *args))
+            return None
+        return self.call(lambda client: _evalsha(client, script, args), retry_s=retry_s)
+
+    def command(self, *args: Any, retry_s: float = 0.0) -> Any:
+        """Run a write command now, or queue it in this thread's batch."""
+        pending = self._pending()
+        if pending is not None:
+            pending.append(args)
+            return None
+        return self.call(lambda client: execute(client, *args), retry_s=retry_s)
+
+    def read(self, script: Script, args: Sequence[Any]) -> Any:
+        """Run a script whose answer is needed now (flushing this thread's batch first)."""
+        return self.call(lambda client: _evalsha(client, script, args))
+
+    # -- batching -----------------------------------------------------------------
+    def _pending(self) -> list[tuple[Any, ...]] | None:
+        return getattr(self._local, "pending", None)
+
+    def batch(self) -> _Batch:
+        return _Batch(self)
+
+    def flush(self) -> None:
+        """Send this thread's queued writes as one MULTI/EXEC (one round trip).
+
+        Scripts in a batch go as EVAL, not EVALSHA: a NOSCRIPT inside MULTI would fail
+        that one command after the others were applied. Redis caches the compiled
+        script by its hash, so EVAL costs only the bytes of the source.
+        """
+        pending = self._pending()
+        if not pending:
+            return
+        commands = list(pending)
+        pending.clear()
+        self._local.pending = None
+        try:
+            self.call(lambda client: _multi(client, commands))
+        finally:
+            self._local.pending = pending if getattr(self._local, "depth", 0) else None
+
+    def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            try:
+                client.connection_pool.disconnect()
+            except RedisError:
+                pass
+
+
+def execute(client: Any, *args: Any) -> Any:
+    """One raw command on a client or pipeline (redis-py's method is untyped)."""
+    return client.execute_command(*args)
+
+
+def _evalsha(client: redis.Redis, script: Script, args: Sequence[Any]) -> Any:
+    try:
+        return execute(client, "EVALSHA", script.sha, 0, *args)
+    except NoScriptError:
+        return execute(client, "EVAL", script.source, 0, *args)
+
+
+def _multi(client: redis.Redis, commands: Sequence[tuple[Any, ...]]) -> None:
+    pipe = client.pipeline(transaction=len(commands) > 1)
+    for args in commands:
+        execute(pipe, *args)
+    results = pipe.execute(raise_on_error=False)
+    for result in results:
+        if isinstance(result, ResponseError):
+            raise result
+
+
+class _Batch:
+    """Context manager: this thread's writes are queued and sent together at exit."""
+
+    def __init__(self, link: RedisLink) -> None:
+        self.link = link
+
+    def __enter__(self) -> None:
+        local = self.link._local
+        depth = getattr(local, "depth", 0)
+        local.depth = depth + 1
+        if depth == 0:
+            local.pending = []
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        local = self.link._local
+        local.depth -= 1
+        if local.depth:
+            return
+        if exc_type is not None:  # the caller failed midway: send nothing of it
+            local.pending = None
+            return
+        try:
+            self.link.flush()
+        finally:
+            local.pending = None

@@ -1,0 +1,249 @@
+"""The Redis result store: one key per task, expiring after ``result_expires``.
+
+Keys (``P`` is the URL's ``?prefix=``, ``conveyor`` by default):
+
+- ``P:r:<task id>``  the record, JSON, with a TTL of ``result_expires`` (none when 0);
+- ``P:rw:<task id>`` how many ``wait()`` calls are waiting for it;
+- ``P:rn:<task id>`` a list the storing script pushes one copy of the finished
+  record onto per waiter; each waiter BLPOPs its copy, so it wakes the moment the
+  result is stored and needs no second read. Nobody waiting: nothing is pushed.
+
+Storing is one Lua script for the whole batch; inside a broker ``batch()`` it joins
+the worker's MULTI/EXEC with the acks.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from conveyor._redis import MAX_BLOCK_S, RedisLink, Script, execute
+from conveyor.backends.base import ResultRecord
+from conveyor.serialization import dumps, loads
+from conveyor.states import READY_STATES
+
+if TYPE_CHECKING:
+    import redis
+
+NOTIFY_TTL_MS = 60_000  # a waiter's copy outlives the wait that asked for it by this much (as in _STORE)
+
+# ARGV: prefix, ttl ms ("0": none), then (task id, ready "1"/"0", record) per record.
+_STORE = Script(
+    """
+local P, ttl = ARGV[1], tonumber(ARGV[2])
+for i = 3, #ARGV, 3 do
+  local id, data = ARGV[i], ARGV[i + 2]
+  if ttl > 0 then
+    redis.call('SET', P .. ':r:' .. id, data, 'PX', ttl)
+  else
+    redis.call('SET', P .. ':r:' .. id, data)
+  end
+  if ARGV[i + 1] == '1' then
+    local wk = P .. ':rw:' .. id
+    local waiting = tonumber(redis.call('GET', wk))
+    if waiting and waiting > 0 then
+      local nk = P .. ':rn:' .. id
+      for _ = 1, waiting do redis.call('RPUSH', nk, data) end
+      redis.call('PEXPIRE', nk, 60000)
+      redis.call('DEL', wk)
+    end
+  end
+end
+return 1
+"""
+)
+
+_READY = tuple(sorted(READY_STATES))
+
+
+class RedisBackend:
+    """ResultBackend on Redis.
+
+    Args:
+        url: a Redis URL (see ``RedisBroker``), e.g. ``redis://localhost:6379/1``.
+        result_expires_s: seconds a record is kept after its last update; 0 keeps it.
+        link: share a broker's connections and write batches (``RedisBroker.result_backend``).
+    """
+
+    def __init__(
+        self,
+        url: str = "redis://localhost:6379/0",
+        *,
+        result_expires_s: float = 86400.0,
+        link: RedisLink | None = None,
+    ) -> None:
+        self.url = url
+        self.result_expires_s = result_expires_s
+        self._owns_link = link is None
+        self.link = link or RedisLink(url)
+        self.prefix = self.link.prefix
+
+    def __repr__(self) -> str:
+        from conveyor._redis import mask
+
+        return f"<RedisBackend {mask(self.url)}>"
+
+    def _key(self, task_id: str) -> str:
+        return self.link.key("r", task_id)
+
+    def store(self, records: Sequence[ResultRecord]) -> None:
+        if not records:
+            return
+        ttl_ms = int(self.result_expires_s * 1000) if self.result_expires_s > 0 else 0
+        args: list[Any] = [self.prefix, ttl_ms]
+        for record in records:  # encode before any I/O: a bad value stores nothing
+            args += (record.task_id, "1" if record.state in READY_STATES else "0", _encode(record))
+        self.link.run(_STORE, args)
+
+    def get(self, task_id: str) -> ResultRecord | None:
+        key = self._key(task_id)
+        data = self.link.call(lambda client: execute(client, "GET", key))
+        return None if data is None else _decode(task_id, data)
+
+    def get_many(self, task_ids: Sequence[str]) -> dict[str, ResultRecord]:
+        if not task_ids:
+            return {}
+        ids = list(dict.fromkeys(task_ids))
+        keys = [self._key(i) for i in ids]
+        values = self.link.call(lambda client: execute(client, "MGET", *keys))
+        return {i: _decode(i, v) for i, v in zip(ids, values, strict=True) if v is not None}
+
+    def wait(self, task_id: str, *, timeout_s: float | None, interval_s: float) -> ResultRecord | None:
+        """Register as a waiter, read, then block on this task's notify list.
+
+        Registering and reading go in one round trip, registration first, so a result
+        stored in between is either seen by the read or pushed for this waiter.
+        ``interval_s`` is not used: nothing polls (each BLPOP lasts up to a couple of
+        seconds only so a dead server is noticed).
+        """
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        key, waiters, notify = self._key(task_id), self.link.key("rw", task_id), self.link.key("rn", task_id)
+        registered = False
+        try:
+            while True:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                register = not registered
+                expire_ms = int(((remaining or MAX_BLOCK_S) + MAX_BLOCK_S) * 1000) + NOTIFY_TTL_MS
+
+                def check(client: redis.Redis, register: bool = register, expire_ms: int = expire_ms) -> Any:
+                    pipe = client.pipeline(transaction=False)
+                    if register:
+                        execute(pipe, "INCR", waiters)
+                    execute(pipe, "PEXPIRE", waiters, expire_ms)
+                    execute(pipe, "GET", key)
+                    return pipe.execute()[-1]
+
+                data = self.link.call(check)
+                registered = True
+                record = None if data is None else _decode(task_id, data)
+                if record is not None and record.ready:
+                    return record
+                if remaining is not None and remaining <= 0:
+                    return record
+                block = MAX_BLOCK_S if remaining is None else min(remaining, MAX_BLOCK_S)
+                got = self.link.call(
+                    lambda client, b=block: execute(client, "BLPOP", notify, max(b, 0.001))  # type: ignore[misc]
+                )
+                if got:
+                    registered = False  # our copy was consumed with our registration
+                    pushed = _decode(task_id, got[1])
+                    if pushed.ready:
+                        return pushed
+        finally:
+            if registered:
+                self._unregister(waiters)
+
+    def _unregister(self, waiters: str) -> None:
+        def decrement(client: redis.Redis) -> None:
+            execute(client, "DECR", waiters)
+
+        try:
+            self.link.call(decrement)
+        except Exception:  # best effort: the counter expires anyway
+            return
+
+    def forget(self, task_id: str) -> None:
+        self.link.command("DEL", self._key(task_id))
+
+    def cleanup(self, *, now: float | None = None) -> int:
+        """Delete records whose expiry falls before ``now``.
+
+        Redis expires records by itself, so this is only needed to remove them early
+        (``now`` in the future); it walks this prefix's records with SCAN.
+        """
+        pattern = self.link.key("r", "*")
+
+        def sweep(client: redis.Redis) -> int:
+            server_now = float(client.time()[0]) + client.time()[1] / 1e6
+            limit = time.time() if now is None else now
+            removed = 0
+            for chunk in _chunks(client.scan_iter(match=pattern, count=1000), 500):
+                pipe = client.pipeline(transaction=False)
+                for key in chunk:
+                    pipe.pttl(key)
+                expired = [
+                    key
+                    for key, ttl in zip(chunk, pipe.execute(), strict=True)
+                    if ttl >= 0 and server_now + ttl / 1000 <= limit
+                ]
+                if expired:
+                    removed += int(client.delete(*expired))
+            return removed
+
+        return self.link.call(sweep)
+
+    def close(self) -> None:
+        if self._owns_link:
+            self.link.close()
+
+
+def _chunks(items: Any, size: int) -> Any:
+    chunk: list[Any] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _encode(record: ResultRecord) -> bytes:
+    return dumps(
+        [
+            record.state,
+            record.task,
+            record.result,
+            record.exception,
+            record.traceback,
+            record.retries,
+            record.worker,
+            record.queue,
+            list(record.args),
+            dict(record.kwargs),
+            record.started_at,
+            record.finished_at,
+        ]
+    )
+
+
+def _decode(task_id: str, data: bytes) -> ResultRecord:
+    state, task, result, exception, traceback, retries, worker, queue, args, kwargs, started, finished = (
+        loads(data)
+    )
+    return ResultRecord(
+        task_id=task_id,
+        state=state,
+        task=task,
+        result=result,
+        exception=exception,
+        traceback=traceback,
+        retries=retries,
+        worker=worker,
+        queue=queue,
+        args=args,
+        kwargs=kwargs,
+        started_at=started,
+        finished_at=finished,
+    )

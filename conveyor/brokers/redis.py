@@ -1,0 +1,781 @@
+"""The Redis broker: many workers on many hosts, one Redis (``redis://``).
+
+Layout (``P`` is the key prefix, ``conveyor`` unless the URL says ``?prefix=``):
+
+- ``P:q:<queue>:<0-9>``   list per priority: ready entries, FIFO (RPUSH, LPOP)
+- ``P:lz:<queue>``        sorted set: receipt -> lease end (epoch s, Redis clock)
+- ``P:lh:<queue>``        hash: receipt -> leased entry
+- ``P:d:<queue>``         sorted set: "<seq>|<entry>" -> eta (delays, retries)
+- ``P:w:<queue>``         stream of one entry, appended on every publish: the wake-up
+                          signal blocked consumers wait on with XREAD BLOCK
+- ``P:queues``            set of queue names
+- ``P:dlq:<id>``          hash per dead letter; ``P:dlq:all`` and ``P:dlq:q:<queue>``
+                          sorted sets of ids (score = id)
+- ``P:rl:<key>``, ``P:lease:<name>``, ``P:kv:<ns>`` (+ ``P:kvx:<ns>``), ``P:log:<stream>``
+
+An entry is ``b"<attempts>|<priority>|<task id>\\n" + body``. Every state change
+(lease, reclaim, promote, ack, nack, dead-letter) is one Lua script, so it is atomic
+across every client; times inside scripts come from Redis's clock (``TIME``), so hosts
+with skewed clocks still agree on when a lease runs out.
+
+Why lists and not Streams with consumer groups: docs/brokers.md, "Redis".
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING, Any
+
+from conveyor._redis import MAX_BLOCK_S, RedisLink, Script, execute
+from conveyor.brokers.base import DeadLetter, Delivery, QueueStats
+from conveyor.brokers.sqlite_store import check_name
+from conveyor.message import MAX_PRIORITY, MIN_PRIORITY, Message, decode
+
+if TYPE_CHECKING:
+    import redis
+
+    from conveyor.backends.redis import RedisBackend
+
+_LOG_ID = re.compile(r"\d+(-\d+)?")
+PUBLISH_CHUNK = 1000  # messages per script call in publish_many (all sent in one round trip)
+
+_NOW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+"""
+
+# ARGV: prefix, then (queue, priority, eta or "", entry) per message.
+_PUBLISH = Script(
+    _NOW
+    + """
+local P = ARGV[1]
+local lists, order, woke = {}, {}, {}
+for i = 2, #ARGV, 4 do
+  local q, eta, e = ARGV[i], ARGV[i + 2], ARGV[i + 3]
+  if eta ~= '' and tonumber(eta) > now then
+    local s = redis.call('INCR', P .. ':seq')
+    redis.call('ZADD', P .. ':d:' .. q, eta, s .. '|' .. e)
+  else
+    local k = P .. ':q:' .. q .. ':' .. ARGV[i + 1]
+    local l = lists[k]
+    if not l then l = {}; lists[k] = l; order[#order + 1] = k end
+    l[#l + 1] = e
+  end
+  if not woke[q] then
+    woke[q] = true
+    redis.call('SADD', P .. ':queues', q)
+  end
+end
+for _, k in ipairs(order) do redis.call('RPUSH', k, unpack(lists[k])) end
+for q in pairs(woke) do redis.call('XADD', P .. ':w:' .. q, 'MAXLEN', 1, '*', 'w', '') end
+return 1
+"""
+)
+
+# Moves ran-out leases and due delays back to the ready lists of the given queues.
+_SETTLE_TIME = """
+local function settle_time(P, q, now)
+  local qk = P .. ':q:' .. q .. ':'
+  local lz, lh = P .. ':lz:' .. q, P .. ':lh:' .. q
+  local gone = redis.call('ZRANGEBYSCORE', lz, '-inf', now, 'LIMIT', 0, 1000)
+  for j = #gone, 1, -1 do
+    local e = redis.call('HGET', lh, gone[j])
+    if e then
+      redis.call('LPUSH', qk .. string.match(e, '^%d+|(%d+)|'), e)
+    end
+  end
+  if #gone > 0 then
+    redis.call('ZREM', lz, unpack(gone))
+    redis.call('HDEL', lh, unpack(gone))
+  end
+  local dz = P .. ':d:' .. q
+  local due = redis.call('ZRANGEBYSCORE', dz, '-inf', now, 'LIMIT', 0, 1000)
+  for _, m in ipairs(due) do
+    local e = string.sub(m, string.find(m, '|', 1, true) + 1)
+    redis.call('RPUSH', qk .. string.match(e, '^%d+|(%d+)|'), e)
+  end
+  if #due > 0 then redis.call('ZREM', dz, unpack(due)) end
+end
+"""
+
+# ARGV: prefix, lease seconds, limit, token, queues... Returns {"D", qi, entry, ...}
+# or {"W", seconds until something is due or "", last wake id per queue...}.
+_FETCH = Script(
+    _NOW
+    + _SETTLE_TIME
+    + """
+local P, lease, limit, token = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
+local untl = now + lease
+local out = {'D'}
+local n = 0
+for i = 5, #ARGV do
+  local q = ARGV[i]
+  settle_time(P, q, now)
+  if n < limit then
+    local qk = P .. ':q:' .. q .. ':'
+    local hargs, zargs = {}, {}
+    for p = 9, 0, -1 do
+      local got = redis.call('LPOP', qk .. p, limit - n)
+      if got then
+        for _, e in ipairs(got) do
+          n = n + 1
+          local sep = string.find(e, '|', 1, true)
+          local e2 = (tonumber(string.sub(e, 1, sep - 1)) + 1) .. string.sub(e, sep)
+          local r = token .. ':' .. n
+          hargs[#hargs + 1] = r
+          hargs[#hargs + 1] = e2
+          zargs[#zargs + 1] = untl
+          zargs[#zargs + 1] = r
+          out[#out + 1] = i - 4
+          out[#out + 1] = e2
+        end
+        if n >= limit then break end
+      end
+    end
+    if #hargs > 0 then
+      redis.call('HSET', P .. ':lh:' .. q, unpack(hargs))
+      redis.call('ZADD', P .. ':lz:' .. q, unpack(zargs))
+    end
+  end
+end
+if n > 0 then return out end
+local nextdue = nil
+local wait = {'W', ''}
+for i = 5, #ARGV do
+  local q = ARGV[i]
+  for _, k in ipairs({P .. ':d:' .. q, P .. ':lz:' .. q}) do
+    local first = redis.call('ZRANGE', k, 0, 0, 'WITHSCORES')
+    if first[2] then
+      local at = tonumber(first[2])
+      if nextdue == nil or at < nextdue then nextdue = at end
+    end
+  end
+  local last = redis.call('XREVRANGE', P .. ':w:' .. q, '+', '-', 'COUNT', 1)
+  wait[#wait + 1] = last[1] and last[1][1] or '0-0'
+end
+if nextdue then wait[2] = tostring(math.max(nextdue - now, 0.001)) end
+return wait
+"""
+)
+
+# ARGV: prefix, queue, receipts...
+_ACK = Script(
+    """
+local P, q = ARGV[1], ARGV[2]
+local rs = {unpack(ARGV, 3)}
+redis.call('ZREM', P .. ':lz:' .. q, unpack(rs))
+redis.call('HDEL', P .. ':lh:' .. q, unpack(rs))
+return 1
+"""
+)
+
+# ARGV: prefix, lease seconds, then (queue, receipt) pairs.
+_EXTEND = Script(
+    _NOW
+    + """
+local P, untl = ARGV[1], now + tonumber(ARGV[2])
+for i = 3, #ARGV, 2 do
+  redis.call('ZADD', P .. ':lz:' .. ARGV[i], 'XX', untl, ARGV[i + 1])
+end
+return 1
+"""
+)
+
+# ARGV: prefix, queue, receipt, retry_at or "".
+_NACK = Script(
+    _NOW
+    + """
+local P, q, r, at = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local lh = P .. ':lh:' .. q
+local e = redis.call('HGET', lh, r)
+if not e then return 0 end
+redis.call('HDEL', lh, r)
+redis.call('ZREM', P .. ':lz:' .. q, r)
+if at ~= '' and tonumber(at) > now then
+  local s = redis.call('INCR', P .. ':seq')
+  redis.call('ZADD', P .. ':d:' .. q, at, s .. '|' .. e)
+else
+  redis.call('LPUSH', P .. ':q:' .. q .. ':' .. string.match(e, '^%d+|(%d+)|'), e)
+end
+redis.call('XADD', P .. ':w:' .. q, 'MAXLEN', 1, '*', 'w', '')
+return 1
+"""
+)
+
+# ARGV: prefix, queue, receipt, priority, task id, task name, reason, failed_at, body.
+_DEAD = Script(
+    """
+local P, q, r = ARGV[1], ARGV[2], ARGV[3]
+local id = redis.call('INCR', P .. ':dlq:seq')
+redis.call('HSET', P .. ':dlq:' .. id, 'q', q, 'p', ARGV[4], 't', ARGV[5], 'n', ARGV[6],
+  'r', ARGV[7], 'f', ARGV[8], 'b', ARGV[9])
+redis.call('ZADD', P .. ':dlq:all', id, id)
+redis.call('ZADD', P .. ':dlq:q:' .. q, id, id)
+redis.call('SADD', P .. ':queues', q)
+redis.call('ZREM', P .. ':lz:' .. q, r)
+redis.call('HDEL', P .. ':lh:' .. q, r)
+return id
+"""
+)
+
+# ARGV: prefix, "all" or "ids", ids... Returns how many were replayed.
+_REPLAY = Script(
+    """
+local P = ARGV[1]
+local ids
+if ARGV[2] == 'all' then ids = redis.call('ZRANGE', P .. ':dlq:all', 0, -1) else ids = {unpack(ARGV, 3)} end
+local count = 0
+for _, id in ipairs(ids) do
+  local k = P .. ':dlq:' .. id
+  local f = redis.call('HMGET', k, 'q', 'p', 't', 'b')
+  if f[1] then
+    redis.call('RPUSH', P .. ':q:' .. f[1] .. ':' .. f[2], '0|' .. f[2] .. '|' .. f[3] .. '\\n' .. f[4])
+    redis.call('SADD', P .. ':queues', f[1])
+    redis.call('XADD', P .. ':w:' .. f[1], 'MAXLEN', 1, '*', 'w', '')
+    redis.call('DEL', k)
+    redis.call('ZREM', P .. ':dlq:all', id)
+    redis.call('ZREM', P .. ':dlq:q:' .. f[1], id)
+    count = count + 1
+  end
+end
+return count
+"""
+)
+
+_PURGE_DEAD = Script(
+    """
+local P = ARGV[1]
+local ids
+if ARGV[2] == 'all' then ids = redis.call('ZRANGE', P .. ':dlq:all', 0, -1) else ids = {unpack(ARGV, 3)} end
+local count = 0
+for _, id in ipairs(ids) do
+  local k = P .. ':dlq:' .. id
+  local q = redis.call('HGET', k, 'q')
+  if q then
+    redis.call('DEL', k)
+    redis.call('ZREM', P .. ':dlq:all', id)
+    redis.call('ZREM', P .. ':dlq:q:' .. q, id)
+    count = count + 1
+  end
+end
+return count
+"""
+)
+
+# ARGV: prefix, "all" or "given", queues... Returns {name, ready, in_flight, delayed, dead, ...}.
+_STATS = Script(
+    _NOW
+    + """
+local P = ARGV[1]
+local queues
+if ARGV[2] == 'all' then queues = redis.call('SMEMBERS', P .. ':queues') else queues = {unpack(ARGV, 3)} end
+local out = {}
+for _, q in ipairs(queues) do
+  local ready = 0
+  for p = 0, 9 do ready = ready + redis.call('LLEN', P .. ':q:' .. q .. ':' .. p) end
+  local lz, dz = P .. ':lz:' .. q, P .. ':d:' .. q
+  local leased = redis.call('ZCOUNT', lz, '(' .. now, '+inf')
+  local ran_out = redis.call('ZCOUNT', lz, '-inf', now)
+  local delayed = redis.call('ZCOUNT', dz, '(' .. now, '+inf')
+  local due = redis.call('ZCOUNT', dz, '-inf', now)
+  local dead = redis.call('ZCARD', P .. ':dlq:q:' .. q)
+  ready = ready + ran_out + due
+  if ARGV[2] == 'all' and ready + leased + delayed + dead == 0 then
+    redis.call('SREM', P .. ':queues', q)
+  else
+    out[#out + 1] = q
+    out[#out + 1] = ready
+    out[#out + 1] = leased
+    out[#out + 1] = delayed
+    out[#out + 1] = dead
+  end
+end
+return out
+"""
+)
+
+# ARGV: prefix, "all" or "one", queue. Waiting, delayed and ran-out leases; not live leases.
+_PURGE = Script(
+    _NOW
+    + """
+local P = ARGV[1]
+local queues
+if ARGV[2] == 'all' then queues = redis.call('SMEMBERS', P .. ':queues') else queues = {ARGV[3]} end
+local count = 0
+for _, q in ipairs(queues) do
+  for p = 0, 9 do
+    local k = P .. ':q:' .. q .. ':' .. p
+    count = count + redis.call('LLEN', k)
+    redis.call('DEL', k)
+  end
+  local dz = P .. ':d:' .. q
+  count = count + redis.call('ZCARD', dz)
+  redis.call('DEL', dz)
+  local lz, lh = P .. ':lz:' .. q, P .. ':lh:' .. q
+  local gone = redis.call('ZRANGEBYSCORE', lz, '-inf', now)
+  for _, r in ipairs(gone) do
+    redis.call('ZREM', lz, r)
+    count = count + redis.call('HDEL', lh, r)
+  end
+end
+return count
+"""
+)
+
+# GCRA with no burst. ARGV: key, interval, now or "" (Redis's clock). Returns "0" or the wait.
+_RATE = Script(
+    """
+local k, interval = KEYS[1], tonumber(ARGV[1])
+local now
+if ARGV[2] == '' then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+else
+  now = tonumber(ARGV[2])
+end
+local tat = tonumber(redis.call('GET', k))
+if tat and tat > now then return tostring(math.max(tat - now, 0.000001)) end
+redis.call('SET', k, string.format('%.6f', now + interval), 'PX', math.ceil(interval * 1000) + 1000)
+return '0'
+"""
+)
+
+_LEASE = Script(
+    """
+local owner = redis.call('GET', KEYS[1])
+if owner and owner ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+)
+
+# kv: KEYS = hash, expiry zset. Expired records are dropped when seen.
+_KV_SET = Script(
+    _NOW
+    + """
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+if ARGV[3] == '' then
+  redis.call('ZREM', KEYS[2], ARGV[1])
+else
+  redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), ARGV[1])
+end
+return 1
+"""
+)
+
+_KV_EXPIRE = """
+local gone = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)
+if #gone > 0 then
+  redis.call('HDEL', KEYS[1], unpack(gone))
+  redis.call('ZREM', KEYS[2], unpack(gone))
+end
+"""
+
+_KV_GET = Script(_NOW + _KV_EXPIRE + "return redis.call('HGET', KEYS[1], ARGV[1])")
+_KV_ITEMS = Script(_NOW + _KV_EXPIRE + "return redis.call('HGETALL', KEYS[1])")
+_KV_DELETE = Script("redis.call('ZREM', KEYS[2], ARGV[1])\nreturn redis.call('HDEL', KEYS[1], ARGV[1])")
+
+
+def _priority(message: Message) -> int:
+    return min(MAX_PRIORITY, max(MIN_PRIORITY, int(message.priority)))
+
+
+def _entry(body: bytes, priority: int, task_id: str) -> bytes:
+    if "\n" in task_id:  # the id ends the header; it is informational only
+        task_id = task_id.replace("\n", " ")
+    return f"0|{priority}|{task_id}\n".encode() + body
+
+
+def _describe(body: bytes) -> tuple[str, str, int]:
+    """Task id, name and priority for a dead letter ("" when undecodable)."""
+    try:
+        message = decode(body)
+    except Exception:  # often the very reason it is dead-lettered
+        return "", "", 0
+    return message.id, message.task, _priority(message)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class RedisBroker:
+    """Broker and BrokerAdmin on Redis.
+
+    Safe to share between threads and across ``fork()`` (redis-py gives a forked
+    child fresh connections).
+
+    Args:
+        url: ``redis://[[user]:password@]host[:port][/db]``, ``rediss://...`` (TLS),
+            ``unix:///path/redis.sock``, or
+            ``redis+sentinel://[[user]:password@]host:port[,host:port...]/service_name[/db]``;
+            options ``?prefix=NAME`` (key prefix, default ``conveyor``) and
+            ``?publish_retry=SECONDS`` (how long a publish keeps retrying while Redis
+            cannot be reached before it raises, default 10), plus any redis-py
+            option (``socket_timeout``, ``ssl_cert_reqs``...).
+
+    Raises:
+        ConfigurationError: malformed URL, or the ``redis`` package is missing.
+        BrokerConnectionError: (on use) Redis cannot be reached.
+    """
+
+    def __init__(self, url: str = "redis://localhost:6379/0", *, link: RedisLink | None = None) -> None:
+        self.url = url
+        self.link = link or RedisLink(url)
+        self.prefix = self.link.prefix
+        self._generation = 0  # bumped by wake(); a blocked fetch watching it returns
+        self._instance = uuid.uuid4().hex[:12]
+        self._wake_lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        from conveyor._redis import mask
+
+        return f"<RedisBroker {mask(self.url)}>"
+
+    # -- producing -------------------------------------------------------------------
+    def publish(self, message: Message, *, eta: float | None = None) -> None:
+        if eta is None:
+            eta = message.eta
+        entry = _entry(message.encode(), _priority(message), message.id)
+        self.link.run(
+            _PUBLISH,
+            (self.prefix, message.queue, _priority(message), "" if eta is None else repr(eta), entry),
+            retry_s=self.link.parsed.publish_retry_s,
+        )
+
+    def publish_many(self, messages: Sequence[Message]) -> None:
+        if not messages:
+            return
+        # Encode first: a message that cannot be encoded must leave none published.
+        rows: list[Any] = []
+        for m in messages:
+            priority = _priority(m)
+            rows.append(
+                (m.queue, priority, "" if m.eta is None else repr(m.eta), _entry(m.encode(), priority, m.id))
+            )
+        chunks = [rows[i : i + PUBLISH_CHUNK] for i in range(0, len(rows), PUBLISH_CHUNK)]
+        if len(chunks) == 1:
+            self.link.run(
+                _PUBLISH, (self.prefix, *_flat(chunks[0])), retry_s=self.link.parsed.publish_retry_s
+            )
+            return
+        with self.link.batch():
+            for chunk in chunks:
+                self.link.run(_PUBLISH, (self.prefix, *_flat(chunk)))
+
+    def publish_raw(self, queue: str, body: bytes, *, priority: int = 0, task_id: str = "") -> None:
+        """Store bytes as they are; lets tests queue a body no decoder accepts."""
+        self.link.run(_PUBLISH, (self.prefix, queue, priority, "", _entry(body, priority, task_id)))
+
+    # -- consuming -------------------------------------------------------------------
+    def fetch(self, queues: Sequence[str], *, limit: int, lease_s: float, timeout_s: float) -> list[Delivery]:
+        if limit <= 0 or not queues:
+            return []
+        queues = list(dict.fromkeys(queues))
+        deadline = time.monotonic() + max(timeout_s, 0.0)
+        generation = self._generation
+        while True:
+            token = secrets.token_hex(6)
+            reply = self.link.read(_FETCH, (self.prefix, lease_s, limit, token, *queues))
+            if reply[0] == b"D":
+                return _deliveries(reply, queues, token)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or self._generation != generation:
+                return []
+            if reply[1]:
+                remaining = min(remaining, float(reply[1]))
+            self._block(queues, [_text(i) for i in reply[2:]], generation, remaining)
+            if self._generation != generation:
+                return []
+
+    def _wake_key(self) -> str:
+        # Per process (a forked child gets its own) and per broker object.
+        return self.link.key("wk", f"{os.getpid()}-{self._instance}")
+
+    def _block(self, queues: list[str], last_ids: list[str], generation: int, seconds: float) -> None:
+        """Wait for a publish to any of ``queues`` or a local wake(), without polling.
+
+        XREAD BLOCK returns as soon as a wake stream has an entry newer than the id the
+        fetch script saw, so a publish between that script and this call is not missed.
+        """
+        keys = [self.link.key("w", q) for q in queues] + [self._wake_key()]
+        ids = [*last_ids, f"{generation}-1"]
+        block_ms = max(1, int(min(seconds, MAX_BLOCK_S) * 1000))
+
+        def xread(client: redis.Redis) -> Any:
+            return execute(client, "XREAD", "BLOCK", block_ms, "STREAMS", *keys, *ids)
+
+        self.link.call(xread)
+
+    def ack(self, deliveries: Sequence[Delivery]) -> None:
+        for queue, receipts in _by_queue(deliveries).items():
+            self.link.run(_ACK, (self.prefix, queue, *receipts))
+
+    def nack(self, delivery: Delivery, *, retry_at: float | None = None, reason: str = "") -> None:
+        at = "" if retry_at is None else repr(retry_at)
+        self.link.run(_NACK, (self.prefix, delivery.queue, delivery.receipt, at))
+
+    def dead_letter(self, delivery: Delivery, *, reason: str) -> None:
+        task_id, task_name, priority = _describe(delivery.body)
+        self.link.run(
+            _DEAD,
+            (
+                self.prefix,
+                delivery.queue,
+                delivery.receipt,
+                priority,
+                task_id,
+                task_name,
+                reason,
+                repr(time.time()),
+                delivery.body,
+            ),
+        )
+
+    def extend(self, deliveries: Sequence[Delivery], *, lease_s: float) -> None:
+        if not deliveries:
+            return
+        args: list[Any] = [self.prefix, lease_s]
+        for d in deliveries:
+            args += (d.queue, d.receipt)
+        self.link.run(_EXTEND, args)
+
+    def wake(self) -> None:
+        with self._wake_lock:
+            self._generation += 1
+            generation = self._generation
+        key = self._wake_key()
+
+        def signal(client: redis.Redis) -> None:
+            pipe = client.pipeline(transaction=False)
+            execute(pipe, "XADD", key, "MAXLEN", 1, f"{generation}-1", "w", "")
+            execute(pipe, "PEXPIRE", key, 60_000)
+            pipe.execute(raise_on_error=False)  # an id not above the last: already woken
+
+        self.link.call(signal)
+
+    def batch(self) -> AbstractContextManager[None]:
+        """Queue this thread's writes and send them as one MULTI/EXEC at the end
+        (results too, when the backend is this broker's: see ``result_backend``)."""
+        return self.link.batch()
+
+    def result_backend(self, *, result_expires_s: float) -> RedisBackend:
+        """Results in this broker's Redis, on the same connections and batches."""
+        from conveyor.backends.redis import RedisBackend
+
+        return RedisBackend(self.url, result_expires_s=result_expires_s, link=self.link)
+
+    def close(self) -> None:
+        self.link.close()
+
+    # -- admin -----------------------------------------------------------------------
+    def queue_stats(self, queues: Sequence[str] | None = None) -> list[QueueStats]:
+        mode = "all" if queues is None else "given"
+        reply = self.link.read(_STATS, (self.prefix, mode, *(queues or ())))
+        found = {
+            _text(reply[i]): QueueStats(_text(reply[i]), *(int(v) for v in reply[i + 1 : i + 5]))
+            for i in range(0, len(reply), 5)
+        }
+        if queues is not None:
+            return [found[name] for name in queues]
+        return [found[name] for name in sorted(found)]
+
+    def purge(self, queue: str | None = None) -> int:
+        mode = ("all", "") if queue is None else ("one", queue)
+        return int(self.link.read(_PURGE, (self.prefix, *mode)))
+
+    def dead_letters(
+        self, queue: str | None = None, *, limit: int = 100, offset: int = 0
+    ) -> list[DeadLetter]:
+        index = self.link.key("dlq", "all") if queue is None else self.link.key("dlq", "q", queue)
+        if limit <= 0:
+            return []
+
+        def read(client: redis.Redis) -> list[Any]:
+            ids = client.zrevrange(index, offset, offset + limit - 1)
+            pipe = client.pipeline(transaction=False)
+            for entry_id in ids:
+                pipe.hgetall(self.link.key("dlq", _text(entry_id)))
+            return [(_text(i), fields) for i, fields in zip(ids, pipe.execute(), strict=True)]
+
+        return [_dead_letter(i, fields) for i, fields in self.link.call(read) if fields]
+
+    def get_dead_letter(self, entry_id: str) -> DeadLetter | None:
+        if not str(entry_id).isdigit():
+            return None
+        key = self.link.key("dlq", str(int(entry_id)))
+        fields = self.link.call(lambda client: client.hgetall(key))
+        return _dead_letter(str(int(entry_id)), fields) if fields else None
+
+    def replay_dead_letters(self, entry_ids: Sequence[str] | None = None) -> int:
+        return self._dead_op(_REPLAY, entry_ids)
+
+    def purge_dead_letters(self, entry_ids: Sequence[str] | None = None) -> int:
+        return self._dead_op(_PURGE_DEAD, entry_ids)
+
+    def _dead_op(self, script: Script, entry_ids: Sequence[str] | None) -> int:
+        if entry_ids is None:
+            return int(self.link.read(script, (self.prefix, "all")))
+        ids = sorted({int(e) for e in entry_ids if str(e).isdigit()})
+        if not ids:
+            return 0
+        return int(self.link.read(script, (self.prefix, "ids", *ids)))
+
+    def rate_limit_wait(self, key: str, interval_s: float, *, now: float | None = None) -> float:
+        if interval_s <= 0:
+            return 0.0
+        args = (1, self.link.key("rl", key), repr(float(interval_s)), "" if now is None else repr(now))
+        reply = self.link.call(lambda client: _script_keys(client, _RATE, args))
+        return float(reply)
+
+    def acquire_lease(self, name: str, owner: str, ttl_s: float) -> bool:
+        args = (1, self.link.key("lease", name), owner, max(1, int(ttl_s * 1000)))
+        return bool(self.link.call(lambda client: _script_keys(client, _LEASE, args)))
+
+    # -- kv records --------------------------------------------------------------------
+    def _kv_keys(self, namespace: str) -> tuple[str, str]:
+        check_name("namespace", namespace)
+        return self.link.key("kv", namespace), self.link.key("kvx", namespace)
+
+    def kv_set(self, namespace: str, key: str, value: bytes, *, ttl_s: float | None = None) -> None:
+        args = (2, *self._kv_keys(namespace), key, value, "" if ttl_s is None else repr(float(ttl_s)))
+        self.link.call(lambda client: _script_keys(client, _KV_SET, args))
+
+    def kv_get(self, namespace: str, key: str) -> bytes | None:
+        args = (2, *self._kv_keys(namespace), key)
+        value = self.link.call(lambda client: _script_keys(client, _KV_GET, args))
+        return None if value is None else bytes(value)
+
+    def kv_items(self, namespace: str) -> dict[str, bytes]:
+        args = (2, *self._kv_keys(namespace))
+        flat = self.link.call(lambda client: _script_keys(client, _KV_ITEMS, args))
+        return {_text(flat[i]): bytes(flat[i + 1]) for i in range(0, len(flat), 2)}
+
+    def kv_delete(self, namespace: str, key: str) -> bool:
+        args = (2, *self._kv_keys(namespace), key)
+        return bool(self.link.call(lambda client: _script_keys(client, _KV_DELETE, args)))
+
+    # -- logs --------------------------------------------------------------------------
+    def _log_key(self, stream: str) -> str:
+        return self.link.key("log", check_name("stream", stream))
+
+    def log_append(self, stream: str, entries: Sequence[bytes], *, maxlen: int) -> None:
+        if not entries:
+            return
+        key = self._log_key(stream)
+
+        def append(client: redis.Redis) -> None:
+            pipe = client.pipeline(transaction=False)
+            for entry in entries:
+                execute(pipe, "XADD", key, "MAXLEN", "~", max(1, int(maxlen)), "*", "d", entry)
+            pipe.execute()
+
+        self.link.call(append)
+
+    def log_read(
+        self, stream: str, *, after: str = "0", limit: int = 1000, timeout_s: float = 0.0
+    ) -> list[tuple[str, bytes]]:
+        key = self._log_key(stream)
+        after = after or "0"
+        if not _LOG_ID.fullmatch(after):
+            raise ValueError(f"invalid log id {after!r}: pass an id returned by log_read or log_tail")
+        deadline = time.monotonic() + max(timeout_s, 0.0)
+        while True:
+            remaining = deadline - time.monotonic()
+            args: list[Any] = ["XREAD", "COUNT", max(1, limit)]
+            if remaining > 0:
+                args += ["BLOCK", max(1, int(min(remaining, MAX_BLOCK_S) * 1000))]
+            args += ["STREAMS", key, after]
+            reply = self.link.call(lambda client, a=args: execute(client, *a))  # type: ignore[misc]
+            entries = _stream_entries(reply)
+            if entries or deadline - time.monotonic() <= 0:
+                return entries
+
+    def log_tail(self, stream: str) -> str:
+        key = self._log_key(stream)
+        last = self.link.call(lambda client: execute(client, "XREVRANGE", key, "+", "-", "COUNT", 1))
+        return _text(last[0][0]) if last else "0"
+
+    def log_trim(self, stream: str, *, older_than_s: float) -> int:
+        key = self._log_key(stream)
+
+        def trim(client: redis.Redis) -> int:
+            seconds, micros = client.time()
+            cutoff_ms = int((seconds + micros / 1e6 - older_than_s) * 1000)
+            return int(execute(client, "XTRIM", key, "MINID", "=", max(cutoff_ms, 0)))
+
+        return self.link.call(trim)
+
+
+def _flat(rows: Sequence[tuple[Any, ...]]) -> list[Any]:
+    return [value for row in rows for value in row]
+
+
+def _by_queue(deliveries: Sequence[Delivery]) -> dict[str, list[str]]:
+    grouped: dict[str, list[str]] = {}
+    for d in deliveries:
+        grouped.setdefault(d.queue, []).append(d.receipt)
+    return grouped
+
+
+def _deliveries(reply: list[Any], queues: list[str], token: str) -> list[Delivery]:
+    out = []
+    for n, i in enumerate(range(1, len(reply), 2), start=1):
+        header, _, body = reply[i + 1].partition(b"\n")
+        attempts, _, rest = header.partition(b"|")
+        task_id = rest.partition(b"|")[2]
+        out.append(
+            Delivery(
+                body=body,
+                queue=queues[reply[i] - 1],
+                receipt=f"{token}:{n}",
+                attempt=int(attempts),
+                message_id=task_id.decode(errors="replace"),
+            )
+        )
+    return out
+
+
+def _script_keys(client: redis.Redis, script: Script, args: Sequence[Any]) -> Any:
+    """Scripts that take KEYS (numkeys first in ``args``), with the NOSCRIPT fallback."""
+    from redis.exceptions import NoScriptError
+
+    try:
+        return execute(client, "EVALSHA", script.sha, *args)
+    except NoScriptError:
+        return execute(client, "EVAL", script.source, *args)
+
+
+def _stream_entries(reply: Any) -> list[tuple[str, bytes]]:
+    if not reply:
+        return []
+    # redis-py parses XREAD into [[key, [(id, {field: value}), ...]]] (RESP2) or
+    # {key: [[(id, {...})]]} (RESP3); XREVRANGE into [(id, {...})].
+    if isinstance(reply, dict):
+        items = next(iter(reply.values()))[0]
+    else:
+        items = reply[0][1]
+    out = []
+    for entry_id, fields in items:
+        values = fields if isinstance(fields, dict) else dict(zip(fields[::2], fields[1::2], strict=True))
+        out.append((_text(entry_id), bytes(values.get(b"d", b""))))
+    return out
+
+
+def _dead_letter(entry_id: str, fields: dict[Any, Any]) -> DeadLetter:
+    return DeadLetter(
+        id=entry_id,
+        queue=_text(fields[b"q"]),
+        body=bytes(fields[b"b"]),
+        reason=_text(fields.get(b"r", b"")),
+        failed_at=float(fields.get(b"f", b"0")),
+        task_id=_text(fields[b"t"]) or None if fields.get(b"t") else None,
+        task_name=_text(fields[b"n"]) or None if fields.get(b"n") else None,
+    )
