@@ -13,11 +13,14 @@ from typing import Any
 import click
 
 from conveyor import __version__
+from conveyor.cli.beat import beat
 from conveyor.cli.context import CliState, one_line, shared_options
 from conveyor.cli.dashboard import dashboard
 from conveyor.cli.dlq import dlq
 from conveyor.cli.inspect import inspect, revoke, status
+from conveyor.cli.periodic import periodic
 from conveyor.cli.queues import purge, queues
+from conveyor.cli.run import run
 from conveyor.cli.tasks import call, result
 from conveyor.cli.worker import worker
 from conveyor.exceptions import ConveyorError
@@ -69,6 +72,9 @@ cli.add_command(result)
 cli.add_command(queues)
 cli.add_command(purge)
 cli.add_command(dlq)
+cli.add_command(beat)
+cli.add_command(periodic)
+cli.add_command(run)
 cli.add_command(inspect)
 cli.add_command(status)
 cli.add_command(revoke)

@@ -57,6 +57,12 @@ LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
     default=None,
     help="Messages reserved per pool slot.",
 )
+@click.option(
+    "-B",
+    "--beat",
+    is_flag=True,
+    help="Also run the scheduler in this process (one leader among all schedulers on the broker).",
+)
 @shared_options(envvars=False)
 @pass_state
 @click.pass_context
@@ -70,6 +76,7 @@ def worker(
     hostname: str | None,
     max_tasks_per_child: int | None,
     prefetch_multiplier: int | None,
+    beat: bool,
 ) -> None:
     """Consume tasks until SIGTERM (warm shutdown) or a second signal (cold).
 
@@ -93,5 +100,6 @@ def worker(
         hostname=hostname,
         prefetch_multiplier=prefetch_multiplier,
         max_tasks_per_child=max_tasks_per_child,
+        beat=beat,
     )
     ctx.exit(process.start())

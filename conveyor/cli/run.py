@@ -1,0 +1,115 @@
+"""``conveyor run``: worker, scheduler and dashboard in one process tree (the dev default).
+
+The worker runs as ``worker --beat`` does (the scheduler is a thread of its main
+process, one leader among every scheduler on the broker), and the dashboard, when
+its extra is installed, is a child process so its server's signal handling and the
+worker's never meet. Stopping the worker (SIGTERM, Ctrl+C) stops the dashboard.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import multiprocessing
+import os
+import signal
+from typing import TYPE_CHECKING
+
+import click
+
+from conveyor.cli.context import CliState, import_project, pass_state, queues_option, shared_options
+from conveyor.cli.output import split_names
+from conveyor.cli.worker import LOG_LEVELS, POOLS
+
+if TYPE_CHECKING:
+    from multiprocessing.process import BaseProcess
+
+    from conveyor.app import Conveyor
+
+log = logging.getLogger("conveyor.run")
+
+
+def dashboard_available() -> bool:
+    return all(importlib.util.find_spec(name) is not None for name in ("starlette", "uvicorn", "jinja2"))
+
+
+def _serve_dashboard(app: Conveyor, host: str, port: int) -> None:
+    """The dashboard child: Ctrl+C in the terminal reaches it too; it exits quietly."""
+    from conveyor.dashboard import serve
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        serve(app, host=host, port=port, auth=None)
+    except Exception as exc:  # one line in the shared log, not a child's traceback
+        log.error("dashboard stopped: %s", exc)
+        os._exit(1)
+
+
+@click.command()
+@queues_option("Queues to consume (default: task_default_queue).", envvar="CONVEYOR_QUEUES")
+@click.option("-c", "--concurrency", type=click.IntRange(min=1), default=None, help="Worker slots.")
+@click.option(
+    "-P", "--pool", type=click.Choice(POOLS), default=None, help="Worker pool (default: worker_pool)."
+)
+@click.option(
+    "-l",
+    "--loglevel",
+    type=click.Choice(LOG_LEVELS, case_sensitive=False),
+    default="info",
+    show_default=True,
+    envvar="CONVEYOR_LOG_LEVEL",
+    show_envvar=True,
+)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Dashboard address.")
+@click.option(
+    "--port", type=click.IntRange(0, 65535), default=5555, show_default=True, help="Dashboard port."
+)
+@click.option("--no-dashboard", is_flag=True, help="Run only the worker and the scheduler.")
+@shared_options(envvars=False)
+@pass_state
+@click.pass_context
+def run(
+    ctx: click.Context,
+    state: CliState,
+    queue_names: tuple[str, ...],
+    concurrency: int | None,
+    pool: str | None,
+    loglevel: str,
+    host: str,
+    port: int,
+    no_dashboard: bool,
+) -> None:
+    """Worker + scheduler + dashboard in one command, for development.
+
+    \b
+    conveyor -A proj run            # then open http://127.0.0.1:5555/
+    """
+    from conveyor.worker.main import Worker, setup_logging
+
+    app = state.get_app(need_project="run")
+    for module_name in app.include:
+        import_project(module_name)
+    setup_logging(loglevel)
+    process = Worker(
+        app, queues=split_names(queue_names) or None, concurrency=concurrency, pool=pool, beat=True
+    )
+    child: BaseProcess | None = None
+    if not no_dashboard and dashboard_available():
+        child = multiprocessing.get_context("fork").Process(
+            target=_serve_dashboard, args=(app, host, port), name="conveyor-dashboard", daemon=True
+        )
+        child.start()
+        click.echo(f"dashboard: http://{host}:{port}/", err=True)
+    elif not no_dashboard:
+        click.echo(
+            "dashboard: not installed (pip install 'conveyor-tasks[dashboard]'); running worker and beat",
+            err=True,
+        )
+    try:
+        code = process.start()
+    finally:
+        if child is not None and child.is_alive():
+            child.terminate()
+            child.join(5)
+    ctx.exit(code)
