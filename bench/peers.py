@@ -13,7 +13,8 @@ port (never the shared 127.0.0.1:6379), then, for each system in turn:
    and Dramatiq ``group``, which send one message after another; Huey and arq have none);
 2. drain: N tasks queued first, then two worker processes started; "wall" is N / (workers
    spawned .. last task done), "busy" is N / (first task done .. last task done);
-   "start" is workers spawned .. first task done. Every no-op task calls
+   "start" is workers spawned .. first task done; "results stored" is the busy rate again
+   for ``echo(i)``, the same no-op with its result stored. Every task calls
    ``common.mark_done()``: one Lua call on the same Redis (INCR and the first/latest
    time), the same cost for every system, so completion is read the same way for all;
 3. worker RSS: the resident memory of every process of the workers (parents, pool
@@ -249,6 +250,7 @@ ROWS = [
     Row("enqueue_bulk", "enqueue, bulk API", "/s", True, 60_000),
     Row("drain_busy", "drain, first..last task", "/s", True, 8_000),
     Row("drain_wall", "drain, start..last task", "/s", True, None),
+    Row("drain_results", "drain, results stored", "/s", True, 5_000),
     Row("start", "start to first task", "s", False, 0.3),
     Row("rss", "worker RSS, all procs", "MiB", False, 60),
     Row("rt_p50", "round trip p50", "ms", False, 0.4),
@@ -335,10 +337,10 @@ class Runner:
         self.empty()
         return self.ctx.n / elapsed
 
-    def drain(self) -> dict[str, float]:
+    def drain(self, results: bool = False) -> dict[str, float]:
         n = self.ctx.n
         self.empty()
-        (self.peer.enqueue_bulk if self.peer.bulk_api else self.peer.enqueue)(n)
+        (self.peer.enqueue_bulk if self.peer.bulk_api else self.peer.enqueue)(n, results)
         self.check_queued("drain set-up")
         redis = self.ctx.redis
         with Workers(
@@ -359,6 +361,8 @@ class Runner:
             spawned = workers.spawned_at
         first, last = float(redis.get("peers:first")), float(redis.get("peers:last"))
         self.empty()
+        if results:
+            return {"drain_results": (n - 1) / max(last - first, 1e-9)}
         return {
             "drain_busy": (n - 1) / max(last - first, 1e-9),
             "drain_wall": n / (last - spawned),
@@ -398,6 +402,7 @@ class Runner:
                 "enqueue_bulk", lambda: self.timed_send(self.peer.enqueue_bulk, "bulk enqueue"), repeat
             )
         self.record("drain_busy", self.drain, repeat)
+        self.record("drain_results", lambda: self.drain(results=True), repeat)
         self.record("rt_p50", self.round_trip, 1)
         return self.out
 
@@ -452,10 +457,10 @@ def best_peer(row: Row, outcomes: list[Outcome]) -> tuple[str, float] | None:
 
 
 def table(outcomes: list[Outcome]) -> str:
-    names = {o.system: o.system for o in outcomes}
-    header = ["", *names.values(), "best peer", *(f"{c} vs best" for c in names if c in CONVEYOR), "target"]
+    systems = [o.system for o in outcomes]
+    header = ["", *systems, "best peer", *(f"{s} vs best" for s in systems if s in CONVEYOR), "target"]
     lines = [header]
-    footnotes: list[str] = []
+    footnotes: dict[str, int] = {}  # error text -> its number: one note per distinct error
     for row in ROWS:
         cells = [f"{row.title} ({row.unit})"]
         for o in outcomes:
@@ -466,8 +471,8 @@ def table(outcomes: list[Outcome]) -> str:
                 if source is None:
                     cells.append("n/a" if row.key == "enqueue_bulk" else "-")
                 else:
-                    footnotes.append(f"{o.system} {row.key}: {o.errors[source]}")
-                    cells.append(f"ERR[{len(footnotes)}]")
+                    note = f"{o.system}: {o.errors[source]}"
+                    cells.append(f"ERR[{footnotes.setdefault(note, len(footnotes) + 1)}]")
         best = best_peer(row, outcomes)
         cells.append(f"{row.shown(best[1])} {best[0]}" if best else "-")
         for o in outcomes:
@@ -492,7 +497,7 @@ def table(outcomes: list[Outcome]) -> str:
     out.append("")
     out.append("x = times better than the best peer (rates: Conveyor/best; times and sizes: best/Conveyor);")
     out.append("below 1.00x Conveyor is behind. Target: the issue's target for Conveyor on Redis.")
-    for i, note in enumerate(dict.fromkeys(footnotes), 1):
+    for note, i in footnotes.items():
         out.append(f"[{i}] {note}")
     return "\n".join(out)
 
@@ -565,7 +570,10 @@ def main(argv: list[str]) -> int:
             except Exception as exc:
                 failed = Outcome(system, errors={"enqueue": f"{type(exc).__name__}: {exc}"[:200]})
                 failed.errors.update(
-                    {k: failed.errors["enqueue"] for k in ("enqueue_bulk", "drain_busy", "rt_p50")}
+                    {
+                        k: failed.errors["enqueue"]
+                        for k in ("enqueue_bulk", "drain_busy", "drain_results", "rt_p50")
+                    }
                 )
                 outcomes.append(failed)
                 print(f"  [{system}] cannot run: {failed.errors['enqueue']}", file=sys.stderr, flush=True)

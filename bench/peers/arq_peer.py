@@ -23,12 +23,17 @@ async def noop(ctx: dict[str, Any], i: int) -> None:
     mark_done()
 
 
+async def echo(ctx: dict[str, Any], i: int) -> int:
+    mark_done()
+    return i
+
+
 async def add(ctx: dict[str, Any], x: int, y: int) -> int:
     return x + y
 
 
 class WorkerSettings:
-    functions = [func(noop, name="noop", keep_result=0), func(add, name="add")]
+    functions = [func(noop, name="noop", keep_result=0), func(echo, name="echo"), func(add, name="add")]
     redis_settings = RedisSettings.from_dsn(REDIS_URL) if REDIS_URL else RedisSettings()
     poll_delay = 0.01
 
@@ -41,11 +46,13 @@ class ArqPeer(Peer):
         self.loop = asyncio.new_event_loop()
         self.pool = self.loop.run_until_complete(create_pool(WorkerSettings.redis_settings))
 
-    def enqueue(self, n: int) -> None:
+    def enqueue(self, n: int, results: bool = False) -> None:
+        name = "echo" if results else "noop"
+
         async def send() -> None:
             enqueue = self.pool.enqueue_job
             for i in range(n):
-                await enqueue("noop", i)
+                await enqueue(name, i)
 
         self.loop.run_until_complete(send())
 

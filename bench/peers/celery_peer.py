@@ -17,6 +17,12 @@ def noop(i: int) -> None:
     mark_done()
 
 
+@app.task(name="echo")
+def echo(i: int) -> int:
+    mark_done()
+    return i
+
+
 @app.task(name="add")
 def add(x: int, y: int) -> int:
     return x + y
@@ -27,13 +33,14 @@ class CeleryPeer(Peer):
     bulk_api = "group(...).apply_async()"
     notes = "celery worker -P prefork -c 2 (defaults: prefetch 4, mingle, gossip, heartbeat)"
 
-    def enqueue(self, n: int) -> None:
-        delay = noop.delay
+    def enqueue(self, n: int, results: bool = False) -> None:
+        delay = (echo if results else noop).delay
         for i in range(n):
             delay(i)
 
-    def enqueue_bulk(self, n: int) -> None:
-        group(noop.s(i) for i in range(n)).apply_async()
+    def enqueue_bulk(self, n: int, results: bool = False) -> None:
+        task = echo if results else noop
+        group(task.s(i) for i in range(n)).apply_async()
 
     def queued(self) -> int:
         with app.connection_for_write() as conn:

@@ -55,11 +55,14 @@ class Peer:
     #: How this framework's workers are run (shown under the table).
     notes = ""
 
-    def enqueue(self, n: int) -> None:
-        """Send ``noop(i)`` for i in range(n), one framework call per task."""
+    def enqueue(self, n: int, results: bool = False) -> None:
+        """Send ``noop(i)`` for i in range(n), one framework call per task.
+
+        ``results``: send ``echo(i)`` instead, the same no-op but its result is stored.
+        """
         raise NotImplementedError
 
-    def enqueue_bulk(self, n: int) -> None:
+    def enqueue_bulk(self, n: int, results: bool = False) -> None:
         """Send the same n tasks with the framework's bulk API (only when ``bulk_api``)."""
         raise NotImplementedError
 

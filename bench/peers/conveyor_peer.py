@@ -12,22 +12,27 @@ from common import Peer, mark_done
 from conveyor import Conveyor
 
 
-def build(broker_url: str) -> tuple[Any, Any, Any]:
-    """An app with the two benchmark tasks; the driver builds one per broker it measures."""
+def build(broker_url: str) -> tuple[Any, Any, Any, Any]:
+    """An app with the benchmark tasks; the driver builds one per broker it measures."""
     app = Conveyor("conveyor_peer", broker=broker_url)
 
     @app.task(name="noop", ignore_result=True)
     def noop(i: int) -> None:
         mark_done()
 
+    @app.task(name="echo")
+    def echo(i: int) -> int:
+        mark_done()
+        return i
+
     @app.task(name="add")
     def add(x: int, y: int) -> int:
         return x + y
 
-    return app, noop, add
+    return app, noop, echo, add
 
 
-app, noop, add = build(os.environ.get("CONVEYOR_BROKER_URL", "memory://"))
+app, noop, echo, add = build(os.environ.get("CONVEYOR_BROKER_URL", "memory://"))
 
 
 class ConveyorPeer(Peer):
@@ -37,15 +42,15 @@ class ConveyorPeer(Peer):
     def __init__(self, name: str, broker_url: str) -> None:
         self.name = name
         self.broker_url = broker_url
-        self.app, self.noop, self.add = build(broker_url)
+        self.app, self.noop, self.echo, self.add = build(broker_url)
 
-    def enqueue(self, n: int) -> None:
-        delay = self.noop.delay
+    def enqueue(self, n: int, results: bool = False) -> None:
+        delay = (self.echo if results else self.noop).delay
         for i in range(n):
             delay(i)
 
-    def enqueue_bulk(self, n: int) -> None:
-        self.noop.map([(i,) for i in range(n)])
+    def enqueue_bulk(self, n: int, results: bool = False) -> None:
+        (self.echo if results else self.noop).map([(i,) for i in range(n)])
 
     def queued(self) -> int:
         return int(self.app.broker.queue_stats([self.app.conf.task_default_queue])[0].ready)

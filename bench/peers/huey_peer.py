@@ -18,6 +18,12 @@ def noop(i: int) -> None:
     mark_done()  # returns None: Huey stores no result for it
 
 
+@huey.task(name="echo")
+def echo(i: int) -> int:
+    mark_done()
+    return i
+
+
 @huey.task(name="add")
 def add(x: int, y: int) -> int:
     return x + y
@@ -27,9 +33,10 @@ class HueyPeer(Peer):
     name = "Huey"
     notes = "huey_consumer -w 2 -k process; results with notify_result=True"
 
-    def enqueue(self, n: int) -> None:
+    def enqueue(self, n: int, results: bool = False) -> None:
+        task = echo if results else noop
         for i in range(n):
-            noop(i)
+            task(i)
 
     def queued(self) -> int:
         return int(huey.pending_count())

@@ -16,6 +16,11 @@ def noop(i: int) -> None:
     mark_done()
 
 
+def echo(i: int) -> int:
+    mark_done()
+    return i
+
+
 def add(x: int, y: int) -> int:
     return x + y
 
@@ -29,14 +34,21 @@ class RQPeer(Peer):
         self.redis = Redis.from_url(REDIS_URL)
         self.queue = Queue("default", connection=self.redis)
 
-    def enqueue(self, n: int) -> None:
+    def enqueue(self, n: int, results: bool = False) -> None:
         enqueue = self.queue.enqueue
-        for i in range(n):
-            enqueue(noop, i, result_ttl=0)
+        if results:
+            for i in range(n):
+                enqueue(echo, i)
+        else:
+            for i in range(n):
+                enqueue(noop, i, result_ttl=0)
 
-    def enqueue_bulk(self, n: int) -> None:
+    def enqueue_bulk(self, n: int, results: bool = False) -> None:
         prepare = Queue.prepare_data
-        self.queue.enqueue_many([prepare(noop, (i,), result_ttl=0) for i in range(n)])
+        if results:
+            self.queue.enqueue_many([prepare(echo, (i,)) for i in range(n)])
+        else:
+            self.queue.enqueue_many([prepare(noop, (i,), result_ttl=0) for i in range(n)])
 
     def queued(self) -> int:
         return int(self.queue.count)
