@@ -126,6 +126,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("dashboard_viewer_auth", None, _to_opt_str, "dashboard read-only users: user:password, comma-separated"),
     Setting("dashboard_secret_key", None, _to_opt_str, "signs dashboard logins; None = random per process"),
     Setting("dashboard_session_max_age", 43200.0, float, "seconds a dashboard login lasts"),
+    Setting("dashboard_refresh_interval", 2.0, float, "seconds between a dashboard page's live updates; 0 = off"),
 )
 _BY_NAME = {s.name: s for s in SETTINGS}
 # Celery's old upper-case names and aliases that Django projects still carry.
@@ -178,6 +179,7 @@ class Settings:
     dashboard_viewer_auth: str | None
     dashboard_secret_key: str | None
     dashboard_session_max_age: float
+    dashboard_refresh_interval: float
 
     def __init__(self, environ: Mapping[str, str] | None = None) -> None:
         for setting in SETTINGS:

@@ -54,11 +54,13 @@ def create_app(
     *,
     auth: str | Iterable[str] | Auth | None = None,
     viewer_auth: str | Iterable[str] | None = None,
-    refresh_ms: int = 2000,
+    refresh_ms: int | None = None,
 ) -> Starlette:
     """The dashboard as an ASGI app, to serve with any ASGI server or mount in another app."""
     from conveyor.dashboard.web import build_starlette
 
+    if refresh_ms is None:
+        refresh_ms = int(1000 * float(conveyor_app.conf.dashboard_refresh_interval or 0))
     return build_starlette(conveyor_app, make_auth(conveyor_app, auth, viewer_auth), refresh_ms=refresh_ms)
 
 

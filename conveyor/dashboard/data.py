@@ -179,6 +179,22 @@ class DashboardData:
         out["retriable"] = self._retry_source(task_id, out) is not None
         return out
 
+    def unknown_task(self, task_id: str) -> dict[str, Any]:
+        """The detail page's view of a task nothing is known about (yet)."""
+        out = summary_dict(None)
+        out.update(
+            id=task_id,
+            state=states.PENDING,
+            events=[],
+            children=[],
+            stored_result=None,
+            retriable=False,
+            unknown=True,
+        )
+        for key in ("exception", "traceback", "result", "parent_id", "root_id", "eta"):
+            out[key] = None
+        return out
+
     def _result_record(self, task_id: str) -> Any:
         try:
             return self.app.backend.get(task_id)

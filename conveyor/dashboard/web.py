@@ -95,6 +95,8 @@ def _fmt_seconds(value: Any) -> str:
     if value in (None, ""):
         return "—"
     seconds = float(value)
+    if seconds < 0.001:
+        return f"{seconds * 1_000_000:.0f} µs"
     if seconds < 1:
         return f"{seconds * 1000:.1f} ms"
     if seconds < 120:
@@ -315,8 +317,13 @@ class DashboardApp:
         }
 
     def task_ctx(self, request: Request) -> dict[str, Any] | None:
-        task = self.data.task(request.path_params["task_id"])
-        return None if task is None else {"task": task}
+        task_id = request.path_params["task_id"]
+        task = self.data.task(task_id)
+        if task is None:
+            # Not seen yet (events arrive within a second or so, a queued task has
+            # none until a worker takes it): the page waits for it, live.
+            task = self.data.unknown_task(task_id)
+        return {"task": task}
 
     def workers_ctx(self, request: Request) -> dict[str, Any]:
         return {"data": self.data.workers()}

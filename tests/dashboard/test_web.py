@@ -65,7 +65,8 @@ def test_every_page_and_api_renders_without_auth(app: Conveyor) -> None:
     }
     assert c.get("/static/dashboard.js").status_code == 200
     assert c.get("/static/dashboard.css").status_code == 200
-    assert c.get("/tasks/nope").status_code == 404
+    unknown = c.get("/tasks/nope")
+    assert unknown.status_code == 200 and "No event or stored result for this task yet" in unknown.text
     assert c.get("/api/tasks/nope").status_code == 404
 
 
