@@ -13,7 +13,9 @@ unchanged.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -159,7 +161,9 @@ def _require_redis() -> None:
 def _client_kwargs() -> dict[str, Any]:
     # Our own retry logic decides what is retried (and logs it); redis-py's silent
     # retries would also re-run non-idempotent scripts inside a MULTI.
-    return {"retry": Retry(NoBackoff(), 0), "socket_keepalive": True}
+    # RESP2: the hot path reads raw replies, and their shapes must not depend on
+    # the server's or redis-py's default protocol.
+    return {"retry": Retry(NoBackoff(), 0), "socket_keepalive": True, "protocol": 2}
 
 
 def make_client(parsed: RedisURL) -> redis.Redis:
@@ -227,6 +231,7 @@ class RedisLink:
         self._client: redis.Redis | None = None
         self._lock = threading.Lock()
         self._local = threading.local()
+        self._sources: dict[str, str] = {}  # sha -> Lua source, for NOSCRIPT
 
     @property
     def client(self) -> redis.Redis:
@@ -272,13 +277,72 @@ class RedisLink:
             except OSError as exc:
                 raise translate(exc, self.url) from None
 
+    def send(self, commands: Sequence[tuple[Any, ...]], *, retry_s: float = 0.0) -> list[Any]:
+        """Send commands in one write and read every reply: the hot path.
+
+        It uses this thread's own connection directly: redis-py's per-command
+        machinery (pool checkout, health check, retry wrapper, response callbacks)
+        costs more than the loopback round trip itself. Replies are raw (bytes,
+        ints, lists); an error reply raises ``BrokerError``.
+        """
+        return self.call(lambda client: self._exchange(commands), retry_s=retry_s)
+
+    def _connection(self) -> Any:
+        local = self._local
+        conn = getattr(local, "conn", None)
+        pid = os.getpid()
+        if conn is None or local.conn_pid != pid:
+            # After fork() the inherited object shares the parent's socket: drop it
+            # without closing (closing would cut the parent's connection too).
+            conn = self.client.connection_pool.get_connection()
+            local.conn, local.conn_pid = conn, pid
+        return conn
+
+    def _drop_connection(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        self._local.conn = None
+        if conn is not None and self._local.conn_pid == os.getpid():
+            with contextlib.suppress(Exception):
+                conn.disconnect()
+
+    def _exchange(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+        conn = self._connection()
+        replies: list[Any] = []
+        try:
+            conn.send_packed_command(conn.pack_commands(commands), check_health=False)
+            for _ in commands:
+                try:
+                    replies.append(conn.read_response())
+                except ResponseError as exc:  # the connection is still in step
+                    replies.append(exc)
+        except BaseException:
+            self._drop_connection()
+            raise
+        for reply in replies:
+            if isinstance(reply, NoScriptError) and len(commands) == 1:
+                return self._reload_scripts(commands)
+            if isinstance(reply, ResponseError):
+                raise reply
+        return replies
+
+    def _reload_scripts(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+        """Redis lost its script cache (restart, SCRIPT FLUSH): send the sources."""
+        retry = []
+        for args in commands:
+            if args and args[0] == "EVALSHA":
+                retry.append(("EVAL", self._sources[args[1]], *args[2:]))
+            else:
+                retry.append(args)
+        return self._exchange(retry)
+
     def run(self, script: Script, args: Sequence[Any], *, retry_s: float = 0.0) -> Any:
         """Run a script now, or queue it in this thread's batch (returns None then)."""
         pending = self._pending()
         if pending is not None:
             pending.append(("EVAL", script.source, 0, *args))
             return None
-        return self.call(lambda client: _evalsha(client, script, args), retry_s=retry_s)
+        self._sources.setdefault(script.sha, script.source)
+        return self.send([("EVALSHA", script.sha, 0, *args)], retry_s=retry_s)[0]
 
     def command(self, *args: Any, retry_s: float = 0.0) -> Any:
         """Run a write command now, or queue it in this thread's batch."""
@@ -286,11 +350,12 @@ class RedisLink:
         if pending is not None:
             pending.append(args)
             return None
-        return self.call(lambda client: execute(client, *args), retry_s=retry_s)
+        return self.send([args], retry_s=retry_s)[0]
 
-    def read(self, script: Script, args: Sequence[Any]) -> Any:
+    def read(self, script: Script, args: Sequence[Any], *, keys: Sequence[str] = ()) -> Any:
         """Run a script whose answer is needed now (flushing this thread's batch first)."""
-        return self.call(lambda client: _evalsha(client, script, args))
+        self._sources.setdefault(script.sha, script.source)
+        return self.send([("EVALSHA", script.sha, len(keys), *keys, *args)])[0]
 
     # -- batching -----------------------------------------------------------------
     def _pending(self) -> list[tuple[Any, ...]] | None:
@@ -312,12 +377,19 @@ class RedisLink:
         commands = list(pending)
         pending.clear()
         self._local.pending = None
+        if len(commands) > 1:
+            commands = [("MULTI",), *commands, ("EXEC",)]
         try:
-            self.call(lambda client: _multi(client, commands))
+            replies = self.send(commands)
         finally:
             self._local.pending = pending if getattr(self._local, "depth", 0) else None
+        if len(commands) > 1:
+            for reply in replies[-1] or ():
+                if isinstance(reply, ResponseError):
+                    raise translate(reply, self.url)
 
     def close(self) -> None:
+        self._drop_connection()
         client, self._client = self._client, None
         if client is not None:
             try:
@@ -329,23 +401,6 @@ class RedisLink:
 def execute(client: Any, *args: Any) -> Any:
     """One raw command on a client or pipeline (redis-py's method is untyped)."""
     return client.execute_command(*args)
-
-
-def _evalsha(client: redis.Redis, script: Script, args: Sequence[Any]) -> Any:
-    try:
-        return execute(client, "EVALSHA", script.sha, 0, *args)
-    except NoScriptError:
-        return execute(client, "EVAL", script.source, 0, *args)
-
-
-def _multi(client: redis.Redis, commands: Sequence[tuple[Any, ...]]) -> None:
-    pipe = client.pipeline(transaction=len(commands) > 1)
-    for args in commands:
-        execute(pipe, *args)
-    results = pipe.execute(raise_on_error=False)
-    for result in results:
-        if isinstance(result, ResponseError):
-            raise result
 
 
 class _Batch:

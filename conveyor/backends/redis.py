@@ -18,7 +18,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from conveyor._redis import MAX_BLOCK_S, RedisLink, Script, execute
+from conveyor._redis import MAX_BLOCK_S, RedisLink, Script
 from conveyor.backends.base import ResultRecord
 from conveyor.serialization import dumps, loads
 from conveyor.states import READY_STATES
@@ -98,7 +98,7 @@ class RedisBackend:
 
     def get(self, task_id: str) -> ResultRecord | None:
         key = self._key(task_id)
-        data = self.link.call(lambda client: execute(client, "GET", key))
+        data = self.link.send([("GET", key)])[0]
         return None if data is None else _decode(task_id, data)
 
     def get_many(self, task_ids: Sequence[str]) -> dict[str, ResultRecord]:
@@ -106,7 +106,7 @@ class RedisBackend:
             return {}
         ids = list(dict.fromkeys(task_ids))
         keys = [self._key(i) for i in ids]
-        values = self.link.call(lambda client: execute(client, "MGET", *keys))
+        values = self.link.send([("MGET", *keys)])[0]
         return {i: _decode(i, v) for i, v in zip(ids, values, strict=True) if v is not None}
 
     def wait(self, task_id: str, *, timeout_s: float | None, interval_s: float) -> ResultRecord | None:
@@ -126,15 +126,9 @@ class RedisBackend:
                 register = not registered
                 expire_ms = int(((remaining or MAX_BLOCK_S) + MAX_BLOCK_S) * 1000) + NOTIFY_TTL_MS
 
-                def check(client: redis.Redis, register: bool = register, expire_ms: int = expire_ms) -> Any:
-                    pipe = client.pipeline(transaction=False)
-                    if register:
-                        execute(pipe, "INCR", waiters)
-                    execute(pipe, "PEXPIRE", waiters, expire_ms)
-                    execute(pipe, "GET", key)
-                    return pipe.execute()[-1]
-
-                data = self.link.call(check)
+                commands: list[tuple[Any, ...]] = [("INCR", waiters)] if register else []
+                commands += [("PEXPIRE", waiters, expire_ms), ("GET", key)]
+                data = self.link.send(commands)[-1]
                 registered = True
                 record = None if data is None else _decode(task_id, data)
                 if record is not None and record.ready:
@@ -142,9 +136,7 @@ class RedisBackend:
                 if remaining is not None and remaining <= 0:
                     return record
                 block = MAX_BLOCK_S if remaining is None else min(remaining, MAX_BLOCK_S)
-                got = self.link.call(
-                    lambda client, b=block: execute(client, "BLPOP", notify, max(b, 0.001))  # type: ignore[misc]
-                )
+                got = self.link.send([("BLPOP", notify, max(block, 0.001))])[0]
                 if got:
                     registered = False  # our copy was consumed with our registration
                     pushed = _decode(task_id, got[1])
@@ -155,11 +147,8 @@ class RedisBackend:
                 self._unregister(waiters)
 
     def _unregister(self, waiters: str) -> None:
-        def decrement(client: redis.Redis) -> None:
-            execute(client, "DECR", waiters)
-
         try:
-            self.link.call(decrement)
+            self.link.send([("DECR", waiters)])
         except Exception:  # best effort: the counter expires anyway
             return
 

@@ -380,6 +380,15 @@ end
 
 _KV_GET = Script(_NOW + _KV_EXPIRE + "return redis.call('HGET', KEYS[1], ARGV[1])")
 _KV_ITEMS = Script(_NOW + _KV_EXPIRE + "return redis.call('HGETALL', KEYS[1])")
+# ARGV: stream key, maxlen, entries...
+_LOG_APPEND = Script(
+    """
+local k, maxlen = ARGV[1], ARGV[2]
+for i = 3, #ARGV do redis.call('XADD', k, 'MAXLEN', '~', maxlen, '*', 'd', ARGV[i]) end
+return 1
+"""
+)
+
 _KV_DELETE = Script("redis.call('ZREM', KEYS[2], ARGV[1])\nreturn redis.call('HDEL', KEYS[1], ARGV[1])")
 
 
@@ -509,10 +518,7 @@ class RedisBroker:
         ids = [*last_ids, f"{generation}-1"]
         block_ms = max(1, int(min(seconds, MAX_BLOCK_S) * 1000))
 
-        def xread(client: redis.Redis) -> Any:
-            return execute(client, "XREAD", "BLOCK", block_ms, "STREAMS", *keys, *ids)
-
-        self.link.call(xread)
+        self.link.send([("XREAD", "BLOCK", block_ms, "STREAMS", *keys, *ids)])
 
     def ack(self, deliveries: Sequence[Delivery]) -> None:
         for queue, receipts in _by_queue(deliveries).items():
@@ -552,14 +558,9 @@ class RedisBroker:
             self._generation += 1
             generation = self._generation
         key = self._wake_key()
-
-        def signal(client: redis.Redis) -> None:
-            pipe = client.pipeline(transaction=False)
-            execute(pipe, "XADD", key, "MAXLEN", 1, f"{generation}-1", "w", "")
-            execute(pipe, "PEXPIRE", key, 60_000)
-            pipe.execute(raise_on_error=False)  # an id not above the last: already woken
-
-        self.link.call(signal)
+        # Above every id this key ever had (the generation only grows), so XADD
+        # cannot be refused; the key expires once nobody could still be waiting.
+        self.link.send([("XADD", key, "MAXLEN", 1, f"{generation}-1", "w", ""), ("PEXPIRE", key, 60_000)])
 
     def batch(self) -> AbstractContextManager[None]:
         """Queue this thread's writes and send them as one MULTI/EXEC at the end
@@ -631,13 +632,12 @@ class RedisBroker:
     def rate_limit_wait(self, key: str, interval_s: float, *, now: float | None = None) -> float:
         if interval_s <= 0:
             return 0.0
-        args = (1, self.link.key("rl", key), repr(float(interval_s)), "" if now is None else repr(now))
-        reply = self.link.call(lambda client: _script_keys(client, _RATE, args))
-        return float(reply)
+        args = (repr(float(interval_s)), "" if now is None else repr(now))
+        return float(self.link.read(_RATE, args, keys=(self.link.key("rl", key),)))
 
     def acquire_lease(self, name: str, owner: str, ttl_s: float) -> bool:
-        args = (1, self.link.key("lease", name), owner, max(1, int(ttl_s * 1000)))
-        return bool(self.link.call(lambda client: _script_keys(client, _LEASE, args)))
+        args = (owner, max(1, int(ttl_s * 1000)))
+        return bool(self.link.read(_LEASE, args, keys=(self.link.key("lease", name),)))
 
     # -- kv records --------------------------------------------------------------------
     def _kv_keys(self, namespace: str) -> tuple[str, str]:
@@ -645,39 +645,30 @@ class RedisBroker:
         return self.link.key("kv", namespace), self.link.key("kvx", namespace)
 
     def kv_set(self, namespace: str, key: str, value: bytes, *, ttl_s: float | None = None) -> None:
-        args = (2, *self._kv_keys(namespace), key, value, "" if ttl_s is None else repr(float(ttl_s)))
-        self.link.call(lambda client: _script_keys(client, _KV_SET, args))
+        self.link.read(
+            _KV_SET, (key, value, "" if ttl_s is None else repr(float(ttl_s))), keys=self._kv_keys(namespace)
+        )
 
     def kv_get(self, namespace: str, key: str) -> bytes | None:
-        args = (2, *self._kv_keys(namespace), key)
-        value = self.link.call(lambda client: _script_keys(client, _KV_GET, args))
+        value = self.link.read(_KV_GET, (key,), keys=self._kv_keys(namespace))
         return None if value is None else bytes(value)
 
     def kv_items(self, namespace: str) -> dict[str, bytes]:
-        args = (2, *self._kv_keys(namespace))
-        flat = self.link.call(lambda client: _script_keys(client, _KV_ITEMS, args))
+        flat = self.link.read(_KV_ITEMS, (), keys=self._kv_keys(namespace))
         return {_text(flat[i]): bytes(flat[i + 1]) for i in range(0, len(flat), 2)}
 
     def kv_delete(self, namespace: str, key: str) -> bool:
-        args = (2, *self._kv_keys(namespace), key)
-        return bool(self.link.call(lambda client: _script_keys(client, _KV_DELETE, args)))
+        return bool(self.link.read(_KV_DELETE, (key,), keys=self._kv_keys(namespace)))
 
     # -- logs --------------------------------------------------------------------------
     def _log_key(self, stream: str) -> str:
         return self.link.key("log", check_name("stream", stream))
 
     def log_append(self, stream: str, entries: Sequence[bytes], *, maxlen: int) -> None:
-        if not entries:
-            return
-        key = self._log_key(stream)
-
-        def append(client: redis.Redis) -> None:
-            pipe = client.pipeline(transaction=False)
-            for entry in entries:
-                execute(pipe, "XADD", key, "MAXLEN", "~", max(1, int(maxlen)), "*", "d", entry)
-            pipe.execute()
-
-        self.link.call(append)
+        """One XADD per entry in one script: inside a ``batch()`` it rides with the
+        worker's settle (task events with the results they describe)."""
+        if entries:
+            self.link.run(_LOG_APPEND, (self._log_key(stream), max(1, int(maxlen)), *entries))
 
     def log_read(
         self, stream: str, *, after: str = "0", limit: int = 1000, timeout_s: float = 0.0
@@ -693,14 +684,14 @@ class RedisBroker:
             if remaining > 0:
                 args += ["BLOCK", max(1, int(min(remaining, MAX_BLOCK_S) * 1000))]
             args += ["STREAMS", key, after]
-            reply = self.link.call(lambda client, a=args: execute(client, *a))  # type: ignore[misc]
+            reply = self.link.send([tuple(args)])[0]
             entries = _stream_entries(reply)
             if entries or deadline - time.monotonic() <= 0:
                 return entries
 
     def log_tail(self, stream: str) -> str:
         key = self._log_key(stream)
-        last = self.link.call(lambda client: execute(client, "XREVRANGE", key, "+", "-", "COUNT", 1))
+        last = self.link.send([("XREVRANGE", key, "+", "-", "COUNT", 1)])[0]
         return _text(last[0][0]) if last else "0"
 
     def log_trim(self, stream: str, *, older_than_s: float) -> int:
@@ -743,28 +734,14 @@ def _deliveries(reply: list[Any], queues: list[str], token: str) -> list[Deliver
     return out
 
 
-def _script_keys(client: redis.Redis, script: Script, args: Sequence[Any]) -> Any:
-    """Scripts that take KEYS (numkeys first in ``args``), with the NOSCRIPT fallback."""
-    from redis.exceptions import NoScriptError
-
-    try:
-        return execute(client, "EVALSHA", script.sha, *args)
-    except NoScriptError:
-        return execute(client, "EVAL", script.source, *args)
-
-
 def _stream_entries(reply: Any) -> list[tuple[str, bytes]]:
     if not reply:
         return []
-    # redis-py parses XREAD into [[key, [(id, {field: value}), ...]]] (RESP2) or
-    # {key: [[(id, {...})]]} (RESP3); XREVRANGE into [(id, {...})].
-    if isinstance(reply, dict):
-        items = next(iter(reply.values()))[0]
-    else:
-        items = reply[0][1]
+    # Raw RESP2: [[key, [[id, [field, value, ...]], ...]]]
+    items = reply[0][1]
     out = []
     for entry_id, fields in items:
-        values = fields if isinstance(fields, dict) else dict(zip(fields[::2], fields[1::2], strict=True))
+        values = dict(zip(fields[::2], fields[1::2], strict=True))
         out.append((_text(entry_id), bytes(values.get(b"d", b""))))
     return out
 
