@@ -8,6 +8,7 @@ a broker without events still shows its queues and dead letters.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -20,6 +21,7 @@ from conveyor.serialization import loads
 if TYPE_CHECKING:
     from conveyor.app import Conveyor
 
+log = logging.getLogger("conveyor.dashboard")
 TASK_STATES = (
     states.RECEIVED,
     states.STARTED,
@@ -88,6 +90,13 @@ class DashboardData:
                 self._index.refresh()
                 self._refreshed_at = time.monotonic()
             return self._index
+
+    def warm_up(self) -> None:
+        """Build the task index now (at start-up) instead of on the first page view."""
+        try:
+            self.index()
+        except Exception:  # the broker may be down at start-up; pages will say so then
+            log.warning("dashboard: could not load task events at start-up", exc_info=True)
 
     @property
     def events_note(self) -> str | None:

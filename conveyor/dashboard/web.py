@@ -13,10 +13,12 @@ send JSON with basic auth and get JSON back.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
+import threading
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -521,7 +523,15 @@ def _parse_schedule(cron: str, every: str) -> Any:
 
 def build_starlette(conveyor_app: Conveyor, auth: Auth, *, refresh_ms: int = 2000) -> Starlette:
     dash = DashboardApp(conveyor_app, auth, refresh_ms=refresh_ms)
-    app = Starlette(routes=dash.routes())
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        # Load the retained event history (up to events_max_count) before the first
+        # visitor asks, so nobody waits the second it takes on a full log.
+        threading.Thread(target=dash.data.warm_up, name="conveyor-dashboard-warm-up", daemon=True).start()
+        yield
+
+    app = Starlette(routes=dash.routes(), lifespan=lifespan)
     app.state.dashboard = dash
     app.state.started_at = time.time()
     return app
