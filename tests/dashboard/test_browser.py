@@ -172,8 +172,21 @@ class Shots:
             pass  # the copy is a convenience for people; the test's own dir is the record
 
 
+BROWSER_ERRORS: list[str] = []
+
+
+def watch(page: Page) -> Page:
+    """Record script errors and console errors (a CSP violation is one) for the final check."""
+    page.on("pageerror", lambda exc: BROWSER_ERRORS.append(f"{page.url}: {exc}"))
+    page.on(
+        "console",
+        lambda msg: BROWSER_ERRORS.append(f"{page.url}: {msg.text}") if msg.type == "error" else None,
+    )
+    return page
+
+
 def login(browser: Browser, base: str, user: tuple[str, str]) -> Page:
-    page = browser.new_context(viewport={"width": 1400, "height": 900}).new_page()
+    page = watch(browser.new_context(viewport={"width": 1400, "height": 900}).new_page())
     page.goto(base + "/queues")
     expect(page).to_have_url(re.compile(r"/login\?next=%2Fqueues$"))
     page.fill("input[name=username]", user[0])
@@ -185,6 +198,7 @@ def login(browser: Browser, base: str, user: tuple[str, str]) -> Page:
 
 def test_dashboard_in_a_real_browser(setup: tuple[Project, Any, Dashboard, Browser], tmp_path: Path) -> None:
     project, proj, dash, browser = setup
+    BROWSER_ERRORS.clear()
     app = proj.app
     shots = Shots(tmp_path)
     base = dash.url
@@ -199,7 +213,7 @@ def test_dashboard_in_a_real_browser(setup: tuple[Project, Any, Dashboard, Brows
     wait_for(lambda: app.broker.dead_letters(), timeout=30, message="gated task was not dead-lettered")
 
     # Login is required; a wrong password is refused.
-    anon = browser.new_context().new_page()
+    anon = watch(browser.new_context().new_page())
     anon.goto(base + "/")
     expect(anon).to_have_url(re.compile(r"/login"))
     expect(anon.locator("form.login")).to_be_visible()
@@ -324,4 +338,7 @@ def test_dashboard_in_a_real_browser(setup: tuple[Project, Any, Dashboard, Brows
     assert app.periodic.get("browser-every-hour").enabled
 
     assert dash.proc.poll() is None, dash.log()
+    # The only console errors allowed are the refused requests this test made on purpose.
+    unexpected = [e for e in BROWSER_ERRORS if "401" not in e and "403" not in e]
+    assert not unexpected, unexpected
     assert len(shots.taken) == 9
