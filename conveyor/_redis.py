@@ -199,7 +199,7 @@ def make_client(parsed: RedisURL) -> redis.Redis:
 def translate(exc: Exception, url: str) -> BrokerError:
     """One clear line for any redis-py error."""
     where = mask(url)
-    text = str(exc) or type(exc).__name__
+    text = (str(exc) or type(exc).__name__).rstrip(".")
     if redis is not None and isinstance(exc, redis.AuthenticationError):
         return BrokerConnectionError(f"Redis at {where} refused the credentials: {text}")
     if redis is not None and isinstance(exc, (_RedisConnectionError, _RedisTimeoutError, OSError)):

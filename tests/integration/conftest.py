@@ -25,7 +25,8 @@ import os, time
 from conveyor import Conveyor, SoftTimeLimitExceeded
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-app = Conveyor("proj", broker="sqlite:///" + os.path.join(HERE, "broker.sqlite3"))
+# TEST_BROKER_URL (set before the project fixture) runs the same project on another broker.
+app = Conveyor("proj", broker=os.environ.get("TEST_BROKER_URL") or "sqlite:///" + os.path.join(HERE, "broker.sqlite3"))
 app.conf.update(broker_visibility_timeout=float(os.environ.get("TEST_VISIBILITY", "30")), worker_shutdown_timeout=20)
 
 
