@@ -13,6 +13,7 @@ send JSON with basic auth and get JSON back.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime as dt
 import json
@@ -51,6 +52,7 @@ if TYPE_CHECKING:
     from conveyor.app import Conveyor
 
 HERE = Path(__file__).parent
+FAILED_LOGIN_DELAY_S = 0.5
 SECURITY_HEADERS = {
     "content-security-policy": (
         "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
@@ -214,7 +216,10 @@ class DashboardApp:
 
         async def endpoint(request: Request) -> Response:
             is_form = request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded")
-            body = await _read_body(request, is_form)
+            try:
+                body = await _read_body(request, is_form)
+            except HTTPError as exc:
+                return JSONResponse({"error": exc.message}, status_code=exc.status)
             ident = self.identify(request, allow_basic=True)
             back = _safe_next(body.get("next"))
 
@@ -268,6 +273,8 @@ class DashboardApp:
         target = _safe_next(body.get("next"))
         user = self.auth.check(name, password)
         if user is None:
+            # A pause per failed attempt slows password guessing without blocking others.
+            await asyncio.sleep(FAILED_LOGIN_DELAY_S)
             html = self.env.get_template("login.html").render(
                 next=target, error="Wrong user name or password.", username=name
             )

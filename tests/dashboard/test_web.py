@@ -186,6 +186,12 @@ def test_scripts_act_with_basic_auth_and_no_token(app: Conveyor) -> None:
     assert app.broker.dead_letters() == []
     resp = c.post("/api/dlq/delete", json={"ids": []}, headers=basic("admin", "s3cret"))
     assert resp.status_code == 400
+    garbage = c.post(
+        "/api/dlq/delete",
+        content=b"{not json",
+        headers={**basic("admin", "s3cret"), "content-type": "application/json"},
+    )
+    assert garbage.status_code == 400 and "not JSON" in garbage.json()["error"]
 
 
 def test_a_tampered_or_expired_session_is_refused() -> None:
