@@ -81,3 +81,11 @@ def dead_letter(app: Conveyor, name: str = "dash.broken", args: list[Any] | None
 
 def decode_message(body: bytes) -> Message:
     return decode(body)
+
+
+@pytest.fixture(autouse=True)
+def _fast_failed_logins(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pause after a failed login guards real dashboards; tests fail logins on purpose."""
+    from conveyor.dashboard import web
+
+    monkeypatch.setattr(web, "FAILED_LOGIN_DELAY_S", 0.0)

@@ -465,3 +465,21 @@ def test_a_viewer_cannot_change_periodic_tasks(app: Conveyor) -> None:
     resp = c.post("/api/periodic/nightly/disable", headers={"X-CSRF-Token": token})
     assert resp.status_code == 403
     assert app.periodic.get("nightly").enabled  # type: ignore[union-attr]
+
+
+def test_users_from_the_environment(tmp_path: object, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CONVEYOR_DASHBOARD_AUTH", "ops:pw1,lead:pw2")
+    monkeypatch.setenv("CONVEYOR_DASHBOARD_VIEWER_AUTH", "support:pw3")
+    env_app = Conveyor("dash-env", broker=f"sqlite:///{tmp_path}/b.sqlite3", set_as_current=False)
+    try:
+        c = client(env_app)
+        assert c.get("/").status_code == 303
+        assert c.get("/api/queues", headers=basic("lead", "pw2")).status_code == 200
+        viewer = c.post("/api/queues/default/purge", headers=basic("support", "pw3"))
+        assert viewer.status_code == 403
+        # An explicit argument (the CLI's --auth) replaces the setting.
+        only_cli = client(env_app, auth="cli:pw")
+        assert only_cli.get("/api/queues", headers=basic("ops", "pw1")).status_code == 401
+        assert only_cli.get("/api/queues", headers=basic("cli", "pw")).status_code == 200
+    finally:
+        env_app.close()
