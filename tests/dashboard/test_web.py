@@ -7,7 +7,13 @@ import re
 import time
 
 import pytest
-from click.testing import CliRunner
+
+pytest.importorskip(
+    "starlette", reason="the dashboard extra is not installed (pip install -e '.[dashboard]')"
+)
+pytest.importorskip("httpx", reason="starlette's TestClient needs httpx (the dev extra)")
+
+from click.testing import CliRunner  # noqa: E402
 
 from conveyor import Conveyor
 from conveyor.backends.base import ResultRecord
