@@ -188,7 +188,10 @@ class DashboardApp:
                 return self.render(request, "error.html", ident, status=exc.status, message=exc.message)
             if ctx is None:
                 return self.render(request, "error.html", ident, status=404, message="Not found.")
-            return self.render(request, template, ident, active=template.split(".")[0], **ctx)
+            section = template.split(".")[0]
+            return self.render(
+                request, template, ident, active="tasks" if section == "task" else section, **ctx
+            )
 
         return endpoint
 
