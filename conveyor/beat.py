@@ -280,13 +280,18 @@ class Beat:
                 if len(slots) >= MAX_CATCH_UP:
                     break
             if len(slots) > 1:
-                log.info("beat: %r missed %d run(s); sending each (catch_up=True)", entry.name, len(slots))
+                log.info(
+                    "beat: %r has %d runs due since %s (no scheduler was leading); sending each (catch_up=True)",
+                    entry.name,
+                    len(slots),
+                    _show(slots[0], self.zone),
+                )
             return slots
         latest, missed = self._latest_slot(entry, cursor, now)
         if missed > 1:
             log.warning(
-                "beat: %r missed %s run(s) between %s and %s (no scheduler was leading); "
-                "sending the latest once (catch_up=False)",
+                "beat: %r had %s runs due between %s and %s (no scheduler was leading); "
+                "sending the latest once, skipping the others (catch_up=False)",
                 entry.name,
                 f"{missed}" if missed < MAX_SCAN else f"over {MAX_SCAN}",
                 _show(first, self.zone),
