@@ -289,12 +289,16 @@ class RedisLink:
 
     def _connection(self) -> Any:
         local = self._local
-        conn = getattr(local, "conn", None)
+        conn: Any = getattr(local, "conn", None)
         pid = os.getpid()
         if conn is None or local.conn_pid != pid:
             # After fork() the inherited object shares the parent's socket: drop it
             # without closing (closing would cut the parent's connection too).
             conn = self.client.connection_pool.get_connection()
+            if not hasattr(conn, "_conveyor_loaded"):
+                tracker = _LoadedScripts()
+                conn.register_connect_callback(tracker.reset)
+                conn._conveyor_loaded = tracker  # keeps the weakly-held callback alive
             local.conn, local.conn_pid = conn, pid
         return conn
 
@@ -337,11 +341,11 @@ class RedisLink:
 
     def run(self, script: Script, args: Sequence[Any], *, retry_s: float = 0.0) -> Any:
         """Run a script now, or queue it in this thread's batch (returns None then)."""
+        self._sources.setdefault(script.sha, script.source)
         pending = self._pending()
         if pending is not None:
-            pending.append(("EVAL", script.source, 0, *args))
+            pending.append(("EVALSHA", script.sha, 0, *args))
             return None
-        self._sources.setdefault(script.sha, script.source)
         return self.send([("EVALSHA", script.sha, 0, *args)], retry_s=retry_s)[0]
 
     def command(self, *args: Any, retry_s: float = 0.0) -> Any:
@@ -365,28 +369,44 @@ class RedisLink:
         return _Batch(self)
 
     def flush(self) -> None:
-        """Send this thread's queued writes as one MULTI/EXEC (one round trip).
-
-        Scripts in a batch go as EVAL, not EVALSHA: a NOSCRIPT inside MULTI would fail
-        that one command after the others were applied. Redis caches the compiled
-        script by its hash, so EVAL costs only the bytes of the source.
-        """
+        """Send this thread's queued writes as one MULTI/EXEC (one round trip)."""
         pending = self._pending()
         if not pending:
             return
         commands = list(pending)
         pending.clear()
         self._local.pending = None
-        if len(commands) > 1:
-            commands = [("MULTI",), *commands, ("EXEC",)]
         try:
-            replies = self.send(commands)
+            self.call(lambda client: self._transact(commands))
         finally:
             self._local.pending = pending if getattr(self._local, "depth", 0) else None
-        if len(commands) > 1:
-            for reply in replies[-1] or ():
-                if isinstance(reply, ResponseError):
-                    raise translate(reply, self.url)
+
+    def _transact(self, commands: list[tuple[Any, ...]]) -> None:
+        """MULTI/EXEC with scripts by SHA, loaded first on a connection that lacks them.
+
+        A NOSCRIPT inside MULTI fails only that command while the others apply, so
+        each connection loads the batch's scripts (SCRIPT LOAD, in the same write as
+        the batch) after every (re)connect; were the cache flushed under a live
+        connection anyway, the refused commands are sent again with their source.
+        """
+        conn = self._connection()
+        conn.connect()  # no-op when connected; a reconnect empties the loaded set
+        loaded: set[str] = conn._conveyor_loaded.shas
+        missing = {args[1] for args in commands if args[0] == "EVALSHA" and args[1] not in loaded}
+        prelude = [("SCRIPT", "LOAD", self._sources[sha]) for sha in sorted(missing)]
+        replies = self._exchange([*prelude, ("MULTI",), *commands, ("EXEC",)])
+        loaded |= missing
+        results = replies[-1] or []
+        refused = [
+            args for args, reply in zip(commands, results, strict=False) if isinstance(reply, NoScriptError)
+        ]
+        for reply in results:
+            if isinstance(reply, ResponseError) and not isinstance(reply, NoScriptError):
+                raise reply
+        if refused:
+            loaded.clear()
+            again = [("EVAL", self._sources[a[1]], *a[2:]) if a[0] == "EVALSHA" else a for a in refused]
+            self._exchange([("MULTI",), *again, ("EXEC",)])
 
     def close(self) -> None:
         self._drop_connection()
@@ -401,6 +421,17 @@ class RedisLink:
 def execute(client: Any, *args: Any) -> Any:
     """One raw command on a client or pipeline (redis-py's method is untyped)."""
     return client.execute_command(*args)
+
+
+class _LoadedScripts:
+    """The script SHAs one connection's server is known to hold."""
+
+    def __init__(self) -> None:
+        self.shas: set[str] = set()
+
+    def reset(self, connection: Any) -> None:
+        """Connect callback: a new connection may reach a restarted, empty server."""
+        self.shas.clear()
 
 
 class _Batch:

@@ -1,0 +1,182 @@
+"""What only the Redis broker has: its URL forms, error translation, script cache
+loss, reconnects, and the write batch that carries a worker's settle."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from conveyor import states
+from conveyor._redis import parse_url
+from conveyor.backends.base import ResultRecord, backend_from_url
+from conveyor.brokers.base import broker_from_url
+from conveyor.exceptions import BrokerConnectionError, ConfigurationError
+from conveyor.message import Message, new_id
+
+from ..redis_server import RedisServer, free_port, fresh_url, redis_server_or_skip
+
+pytest.importorskip("redis")
+
+from conveyor.backends.redis import RedisBackend  # noqa: E402
+from conveyor.brokers.redis import RedisBroker  # noqa: E402
+
+
+@pytest.fixture
+def url() -> str:
+    return fresh_url(redis_server_or_skip())
+
+
+@pytest.fixture
+def broker(url: str) -> Iterator[RedisBroker]:
+    made = RedisBroker(url)
+    yield made
+    made.close()
+
+
+def msg(queue: str = "default") -> Message:
+    return Message(id=new_id(), task="tests.add", args=[1, 2], queue=queue, created_at=time.time())
+
+
+def test_url_forms() -> None:
+    plain = parse_url("redis://:s3cret@host:6380/2?prefix=app&socket_timeout=3")
+    assert plain.prefix == "app" and plain.client_url == "redis://:s3cret@host:6380/2?socket_timeout=3"
+    assert parse_url("rediss://host/0").prefix == "conveyor"
+    sentinel = parse_url("redis+sentinel://user:pw@s1:26379,s2:26380/mymaster/3?publish_retry=1")
+    assert sentinel.sentinels == (("s1", 26379), ("s2", 26380))
+    assert (sentinel.service, sentinel.db, sentinel.username, sentinel.password) == (
+        "mymaster",
+        3,
+        "user",
+        "pw",
+    )
+    assert sentinel.publish_retry_s == 1.0
+    with pytest.raises(ConfigurationError, match="names no service"):
+        parse_url("redis+sentinel://s1:26379")
+    with pytest.raises(ConfigurationError, match="publish_retry"):
+        parse_url("redis://host/0?publish_retry=soon")
+    with pytest.raises(ConfigurationError, match="prefix"):
+        parse_url("redis://host/0?prefix=")
+
+
+def test_factories_make_redis_objects(url: str) -> None:
+    broker = broker_from_url(url)
+    backend = backend_from_url(url, result_expires_s=60)
+    assert isinstance(broker, RedisBroker) and isinstance(backend, RedisBackend)
+    shared = broker.result_backend(result_expires_s=60)
+    assert isinstance(shared, RedisBackend) and shared.link is broker.link  # one pool, one batch
+    broker.close()
+    backend.close()
+
+
+def test_unreachable_redis_is_one_clear_line_without_the_password() -> None:
+    broker = RedisBroker(f"redis://:hunter2@127.0.0.1:{free_port()}/0?publish_retry=0.3")
+    started = time.monotonic()
+    with pytest.raises(BrokerConnectionError) as caught:
+        broker.publish(msg())
+    assert time.monotonic() - started < 5
+    text = str(caught.value)
+    assert "cannot reach Redis at redis://:***@127.0.0.1:" in text
+    assert "hunter2" not in text and "\n" not in text
+    with pytest.raises(BrokerConnectionError):
+        broker.queue_stats()
+
+
+def test_batch_is_one_transaction_with_results(broker: RedisBroker) -> None:
+    backend = broker.result_backend(result_expires_s=60)
+    broker.publish(msg())
+    [d] = broker.fetch(["default"], limit=1, lease_s=30, timeout_s=0)
+    follow_up = msg("next")
+    done = ResultRecord(d.message_id, states.SUCCESS, result=3)
+    with broker.batch():
+        backend.store([done])
+        broker.publish_many([follow_up])
+        broker.ack([d])
+        # Nothing is sent before the batch ends...
+        assert RedisBackend(broker.url).get(done.task_id) is None
+    # ...then everything is there.
+    assert backend.get(done.task_id) == done
+    assert [s.in_flight for s in broker.queue_stats(["default"])] == [0]
+    assert [x.message_id for x in broker.fetch(["next"], limit=5, lease_s=30, timeout_s=0)] == [follow_up.id]
+
+
+def test_failed_batch_sends_nothing(broker: RedisBroker) -> None:
+    with pytest.raises(RuntimeError), broker.batch():
+        broker.publish(msg())
+        raise RuntimeError("settle failed midway")
+    assert broker.queue_stats(["default"])[0].ready == 0
+
+
+def test_script_cache_flushed_under_live_connections(broker: RedisBroker) -> None:
+    broker.publish(msg())  # scripts loaded, connection open
+    [d] = broker.fetch(["default"], limit=1, lease_s=30, timeout_s=0)
+    broker.link.send([("SCRIPT", "FLUSH")])
+    with broker.batch():  # EVALSHA inside MULTI meets NOSCRIPT: sent again with the source
+        broker.publish(msg("after"))
+        broker.ack([d])
+    assert [(s.ready, s.in_flight) for s in broker.queue_stats(["default", "after"])] == [(0, 0), (1, 0)]
+    broker.link.send([("SCRIPT", "FLUSH")])
+    assert len(broker.fetch(["after"], limit=5, lease_s=30, timeout_s=0)) == 1  # outside a batch too
+
+
+def test_reconnects_after_a_restart(tmp_path: Path) -> None:
+    redis_server_or_skip()
+    server = RedisServer(tmp_path, durable=True)
+    server.start()
+    try:
+        broker = RedisBroker(server.url + "?publish_retry=5")
+        backend = broker.result_backend(result_expires_s=60)
+        broker.publish(msg())
+        server.stop()
+        with pytest.raises(BrokerConnectionError):
+            broker.queue_stats()
+        server.start()
+        # Pooled connections died with the server: the next calls reconnect by themselves.
+        [d] = broker.fetch(["default"], limit=1, lease_s=30, timeout_s=0)
+        with broker.batch():
+            backend.store([ResultRecord(d.message_id, states.SUCCESS, result=1)])
+            broker.ack([d])
+        assert backend.get(d.message_id) is not None
+        assert broker.queue_stats(["default"])[0].in_flight == 0
+        broker.close()
+    finally:
+        server.stop()
+
+
+def test_keys_stay_under_the_prefix(url: str, broker: RedisBroker) -> None:
+    broker.publish(msg())
+    [d] = broker.fetch(["default"], limit=1, lease_s=30, timeout_s=0)
+    broker.dead_letter(d, reason="x")
+    broker.kv_set("workers", "w", b"1")
+    broker.log_append("events", [b"e"], maxlen=10)
+    broker.result_backend(result_expires_s=60).store([ResultRecord("t", states.SUCCESS)])
+    keys = [k.decode() for k in broker.link.send([("KEYS", broker.prefix + "*")])[0]]
+    assert keys and all(k.startswith(broker.prefix + ":") for k in keys)
+    other = RedisBroker(fresh_url(redis_server_or_skip()))
+    assert other.queue_stats() == []  # another prefix sees nothing of it
+    other.close()
+
+
+def test_result_wait_wakes_several_waiters(url: str) -> None:
+    import threading
+
+    backend = RedisBackend(url, result_expires_s=60)
+    task_id = new_id()
+    got: list[ResultRecord | None] = []
+    waiters = [
+        threading.Thread(
+            target=lambda: got.append(RedisBackend(url).wait(task_id, timeout_s=10, interval_s=1))
+        )
+        for _ in range(3)
+    ]
+    for thread in waiters:
+        thread.start()
+    time.sleep(0.3)
+    stored_at = time.monotonic()
+    backend.store([ResultRecord(task_id, states.SUCCESS, result="ok")])
+    for thread in waiters:
+        thread.join(10)
+    assert time.monotonic() - stored_at < 2
+    assert [r.result if r else None for r in got] == ["ok", "ok", "ok"]
