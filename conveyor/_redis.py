@@ -348,6 +348,14 @@ class RedisLink:
             return None
         return self.send([("EVALSHA", script.sha, 0, *args)], retry_s=retry_s)[0]
 
+    def write(self, commands: Sequence[tuple[Any, ...]], *, retry_s: float = 0.0) -> None:
+        """Send write commands now (one round trip), or queue them in this thread's batch."""
+        pending = self._pending()
+        if pending is not None:
+            pending.extend(commands)
+            return
+        self.send(commands, retry_s=retry_s)
+
     def command(self, *args: Any, retry_s: float = 0.0) -> Any:
         """Run a write command now, or queue it in this thread's batch."""
         pending = self._pending()
