@@ -4,11 +4,16 @@ Workers emit them; the dashboard's ``TaskIndex`` reads them back. One JSON objec
 per event (orjson), with at least ``type``, ``id``, ``name``, ``worker`` and ``ts``.
 
 The hot path pays one small dict and one ``orjson.dumps`` per event and no round
-trip: events wait in the process's ``EventBuffer`` and are appended in the same
-``broker.batch()`` as the results and acks they describe (worker/settle.py). A
-task that runs for long holds its "started" event back from no settle, so a small
-flusher thread writes events that waited longer than ``FLUSH_AFTER_S``; it sleeps
-on an Event while nothing is pending, so an idle worker spends no CPU on it.
+trip: events wait in the process's ``EventBuffer`` and ride along with a later
+settle batch (worker/settle.py), in the same ``broker.batch()`` as results and acks.
+Not with every batch: on SQLite the first log row of a transaction costs about as
+much as five more (the log's pages join the commit), and a prefork child settles
+every few tasks, so the buffer is written once ``BATCH_EVENTS`` have gathered or
+the oldest waited ``BATCH_AFTER_S`` (measured: events on cost ~70 µs per task when
+written with every settle, see docs/monitoring.md). Events of a task that runs
+for long, or of an idle moment, are written by a small flusher thread once the
+oldest waited ``FLUSH_AFTER_S``; it sleeps on an Event while nothing is pending,
+so an idle worker spends no CPU on it.
 
 Retention: ``events_max_count`` bounds the log on every append (trimming lags a
 little); ``events_max_age`` is applied by each worker's heartbeat thread
@@ -57,6 +62,8 @@ STATE_OF = {
     DEAD_LETTERED: states.FAILURE,
 }
 
+BATCH_EVENTS = 256
+BATCH_AFTER_S = 0.25
 FLUSH_AFTER_S = 0.5
 REPR_LIMIT = 1024
 TRACEBACK_LIMIT = 16_384
@@ -81,7 +88,7 @@ def exception_text(exception: dict[str, Any] | None) -> str:
 
 
 def received_event(message: Message, worker: str, now: float) -> dict[str, Any]:
-    return {
+    event = {
         "type": RECEIVED,
         "id": message.id,
         "name": message.task,
@@ -91,10 +98,15 @@ def received_event(message: Message, worker: str, now: float) -> dict[str, Any]:
         "args": short_repr(message.args),
         "kwargs": short_repr(message.kwargs),
         "retries": message.retries,
-        "eta": message.eta,
-        "parent_id": message.parent_id,
-        "root_id": message.root_id,
     }
+    # Optional fields only when set: smaller rows are cheaper rows.
+    if message.eta is not None:
+        event["eta"] = message.eta
+    if message.parent_id:
+        event["parent_id"] = message.parent_id
+    if message.root_id:
+        event["root_id"] = message.root_id
+    return event
 
 
 def started_event(task_id: str, name: str, queue: str, worker: str, now: float) -> dict[str, Any]:
@@ -159,6 +171,7 @@ class EventBuffer:
         self.flush_after_s = flush_after_s
         self._lock = threading.Lock()
         self._pending: list[bytes] = []
+        self._since = 0.0  # monotonic time the oldest pending event was queued
         self._dirty = threading.Event()
         self._closed = False
         self._thread: threading.Thread | None = None
@@ -182,6 +195,8 @@ class EventBuffer:
         encoded = self.encode(events)
         with self._lock:
             first = not self._pending
+            if first:
+                self._since = time.monotonic()
             self._pending.extend(encoded)
         if first and encoded:
             if self._thread is None:
@@ -193,11 +208,25 @@ class EventBuffer:
             pending, self._pending = self._pending, []
         return pending
 
+    def take_due(self) -> list[bytes]:
+        """What a settle batch should write now: everything once enough has gathered
+        or the oldest has waited long enough, else nothing (it waits for a later batch)."""
+        with self._lock:
+            pending = self._pending
+            if not pending or (
+                len(pending) < BATCH_EVENTS and time.monotonic() - self._since < BATCH_AFTER_S
+            ):
+                return []
+            self._pending = []
+        return pending
+
     def put_back(self, entries: list[bytes]) -> None:
         """A write failed: keep the entries, ahead of newer ones, for the next write."""
         if not entries:
             return
         with self._lock:
+            if not self._pending:
+                self._since = time.monotonic()
             self._pending[:0] = entries
         self._dirty.set()
 
@@ -228,10 +257,20 @@ class EventBuffer:
             self._dirty.wait()
             if self._closed:
                 return
-            # Most events leave with a settle batch well before this; the flusher only
+            # Most events leave with a settle batch before this; the flusher only
             # writes those held back by a long-running task or an idle moment.
-            time.sleep(self.flush_after_s)
-            self._dirty.clear()
+            with self._lock:
+                since = self._since if self._pending else None
+            if since is None:
+                self._dirty.clear()
+                with self._lock:
+                    if self._pending:  # emitted between the check and the clear
+                        self._dirty.set()
+                continue
+            wait = since + self.flush_after_s - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
+                continue
             self.flush()
 
     def close(self) -> None:

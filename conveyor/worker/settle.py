@@ -68,8 +68,9 @@ class Settler:
             if events is not None:
                 finished.extend(outcome_events(outcome, self.hostname, completion.job.delivery.queue))
         if events is not None:
-            batch.events = events.take()
-            batch.events.extend(events.encode(finished))
+            if finished:
+                events.emit_many(finished)
+            batch.events = events.take_due()
         try:
             self.retrying(lambda: self._write(batch))
         except BrokerError:
