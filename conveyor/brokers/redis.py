@@ -434,7 +434,7 @@ class RedisBroker:
 
     Args:
         url: ``redis://[[user]:password@]host[:port][/db]``, ``rediss://...`` (TLS),
-            ``unix:///path/redis.sock``, or
+            or
             ``redis+sentinel://[[user]:password@]host:port[,host:port...]/service_name[/db]``;
             options ``?prefix=NAME`` (key prefix, default ``conveyor``) and
             ``?publish_retry=SECONDS`` (how long a publish keeps retrying while Redis
