@@ -243,6 +243,12 @@ class RedisLink:
                 client = self._client
         return client
 
+    @property
+    def max_block_s(self) -> float:
+        """Longest single blocking command: under the socket timeout, with room to spare."""
+        timeout = self.client.connection_pool.connection_kwargs.get("socket_timeout")
+        return MAX_BLOCK_S if not timeout else max(0.05, min(MAX_BLOCK_S, float(timeout) / 2))
+
     def key(self, *parts: str) -> str:
         return ":".join((self.prefix, *parts))
 

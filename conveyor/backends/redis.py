@@ -18,7 +18,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from conveyor._redis import MAX_BLOCK_S, RedisLink, Script
+from conveyor._redis import RedisLink, Script
 from conveyor.backends.base import ResultRecord
 from conveyor.serialization import dumps, loads
 from conveyor.states import READY_STATES
@@ -124,7 +124,9 @@ class RedisBackend:
             while True:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 register = not registered
-                expire_ms = int(((remaining or MAX_BLOCK_S) + MAX_BLOCK_S) * 1000) + NOTIFY_TTL_MS
+                expire_ms = (
+                    int(((remaining or self.link.max_block_s) + self.link.max_block_s) * 1000) + NOTIFY_TTL_MS
+                )
 
                 commands: list[tuple[Any, ...]] = [("INCR", waiters)] if register else []
                 commands += [("PEXPIRE", waiters, expire_ms), ("GET", key)]
@@ -135,7 +137,7 @@ class RedisBackend:
                     return record
                 if remaining is not None and remaining <= 0:
                     return record
-                block = MAX_BLOCK_S if remaining is None else min(remaining, MAX_BLOCK_S)
+                block = self.link.max_block_s if remaining is None else min(remaining, self.link.max_block_s)
                 got = self.link.send([("BLPOP", notify, max(block, 0.001))])[0]
                 if got:
                     registered = False  # our copy was consumed with our registration

@@ -34,7 +34,7 @@ from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
-from conveyor._redis import MAX_BLOCK_S, RedisLink, Script, execute
+from conveyor._redis import RedisLink, Script, execute
 from conveyor.brokers.base import DeadLetter, Delivery, QueueStats
 from conveyor.brokers.sqlite_store import check_name
 from conveyor.message import MAX_PRIORITY, MIN_PRIORITY, Message, decode
@@ -537,7 +537,7 @@ class RedisBroker:
         """
         keys = [self.link.key("w", q) for q in queues] + [self._wake_key()]
         ids = [*last_ids, f"{generation}-1"]
-        block_ms = max(1, int(min(seconds, MAX_BLOCK_S) * 1000))
+        block_ms = max(1, int(min(seconds, self.link.max_block_s) * 1000))
 
         self.link.send([("XREAD", "BLOCK", block_ms, "STREAMS", *keys, *ids)])
 
@@ -703,7 +703,7 @@ class RedisBroker:
             remaining = deadline - time.monotonic()
             args: list[Any] = ["XREAD", "COUNT", max(1, limit)]
             if remaining > 0:
-                args += ["BLOCK", max(1, int(min(remaining, MAX_BLOCK_S) * 1000))]
+                args += ["BLOCK", max(1, int(min(remaining, self.link.max_block_s) * 1000))]
             args += ["STREAMS", key, after]
             reply = self.link.send([tuple(args)])[0]
             entries = _stream_entries(reply)
