@@ -160,6 +160,8 @@ INSERT INTO {LEASES} (name, owner, expires_at) VALUES (?, ?, ?)
 ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, expires_at = excluded.expires_at
 WHERE {LEASES}.owner = excluded.owner OR {LEASES}.expires_at <= ?
 """
+_SQL_LEASE_EXPIRE = f"DELETE FROM {LEASES} WHERE expires_at <= ?"
+_LEASE_SWEEP_EVERY = 100  # acquire_lease calls per sweep: the scheduler claims one lease per run
 
 
 def _priority(message: Message) -> int:
@@ -204,6 +206,7 @@ class SQLiteBroker(SQLiteStoreMixin):
         self.path = self._db.path
         self._wake = WakeChannel(self.path)
         self._init_store()
+        self._lease_calls = 0
 
     def __repr__(self) -> str:
         return f"<SQLiteBroker {self.path}>"
@@ -481,6 +484,11 @@ class SQLiteBroker(SQLiteStoreMixin):
 
     def acquire_lease(self, name: str, owner: str, ttl_s: float) -> bool:
         now = time.time()
+        self._lease_calls += 1
+        if self._lease_calls % _LEASE_SWEEP_EVERY == 0:
+            # An expired lease is as free as a missing one; without the sweep every
+            # claimed scheduler run would stay on disk for good.
+            self._db.write(_SQL_LEASE_EXPIRE, (now,))
         return self._db.write(_SQL_LEASE_TAKE, (name, owner, now + ttl_s, now)) > 0
 
 

@@ -119,3 +119,18 @@ def test_log_read_wakes_across_processes(broker_case: BrokerCase, broker: AdminB
         assert time.monotonic() - started < 5
     finally:
         child.join(10)
+
+
+def test_expired_leases_are_swept(broker_case: BrokerCase, broker: AdminBroker) -> None:
+    if broker_case.name != "sqlite":
+        pytest.skip("only the SQLite broker keeps expired lease rows until swept")
+    import sqlite3
+
+    for i in range(150):
+        assert broker.acquire_lease(f"beat-run:x:{i}", "me", 0.001)
+    time.sleep(0.01)
+    for i in range(60):
+        broker.acquire_lease(f"fresh:{i}", "me", 60)
+    with sqlite3.connect(broker_case.url.removeprefix("sqlite:///")) as conn:
+        left = conn.execute("SELECT COUNT(*) FROM leases WHERE name LIKE 'beat-run:%'").fetchone()[0]
+    assert left < 150
