@@ -32,22 +32,28 @@ NOTIFY_TTL_MS = 60_000  # a waiter's copy outlives the wait that asked for it by
 _STORE = Script(
     """
 local P, ttl = ARGV[1], tonumber(ARGV[2])
+local ready, waiters = {}, {}
 for i = 3, #ARGV, 3 do
-  local id, data = ARGV[i], ARGV[i + 2]
   if ttl > 0 then
-    redis.call('SET', P .. ':r:' .. id, data, 'PX', ttl)
+    redis.call('SET', P .. ':r:' .. ARGV[i], ARGV[i + 2], 'PX', ttl)
   else
-    redis.call('SET', P .. ':r:' .. id, data)
+    redis.call('SET', P .. ':r:' .. ARGV[i], ARGV[i + 2])
   end
   if ARGV[i + 1] == '1' then
-    local wk = P .. ':rw:' .. id
-    local waiting = tonumber(redis.call('GET', wk))
-    if waiting and waiting > 0 then
-      local nk = P .. ':rn:' .. id
-      for _ = 1, waiting do redis.call('RPUSH', nk, data) end
-      redis.call('PEXPIRE', nk, 60000)
-      redis.call('DEL', wk)
-    end
+    ready[#ready + 1] = i
+    waiters[#waiters + 1] = P .. ':rw:' .. ARGV[i]
+  end
+end
+if #ready == 0 then return 1 end
+local counts = redis.call('MGET', unpack(waiters))
+for j, count in ipairs(counts) do
+  local waiting = tonumber(count) or 0
+  if waiting > 0 then
+    local i = ready[j]
+    local nk = P .. ':rn:' .. ARGV[i]
+    for _ = 1, waiting do redis.call('RPUSH', nk, ARGV[i + 2]) end
+    redis.call('PEXPIRE', nk, 60000)
+    redis.call('DEL', waiters[j])
   end
 end
 return 1

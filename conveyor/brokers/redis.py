@@ -113,6 +113,7 @@ _FETCH = Script(
     + _SETTLE_TIME
     + """
 local P, lease, limit, token = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
+local lmpop = (redis.REDIS_VERSION_NUM or 0) >= 0x070000  -- Redis 7; 6.2 pops list by list
 local untl = now + lease
 local out = {'D'}
 local n = 0
@@ -122,21 +123,35 @@ for i = 5, #ARGV do
   if n < limit then
     local qk = P .. ':q:' .. q .. ':'
     local hargs, zargs = {}, {}
-    for p = 9, 0, -1 do
-      local got = redis.call('LPOP', qk .. p, limit - n)
-      if got then
-        for _, e in ipairs(got) do
-          n = n + 1
-          local sep = string.find(e, '|', 1, true)
-          local e2 = (tonumber(string.sub(e, 1, sep - 1)) + 1) .. string.sub(e, sep)
-          local r = token .. ':' .. n
-          hargs[#hargs + 1] = r
-          hargs[#hargs + 1] = e2
-          zargs[#zargs + 1] = untl
-          zargs[#zargs + 1] = r
-          out[#out + 1] = i - 4
-          out[#out + 1] = e2
-        end
+    local function take(got)
+      for _, e in ipairs(got) do
+        n = n + 1
+        local sep = string.find(e, '|', 1, true)
+        local e2 = (tonumber(string.sub(e, 1, sep - 1)) + 1) .. string.sub(e, sep)
+        local r = token .. ':' .. n
+        hargs[#hargs + 1] = r
+        hargs[#hargs + 1] = e2
+        zargs[#zargs + 1] = untl
+        zargs[#zargs + 1] = r
+        out[#out + 1] = i - 4
+        out[#out + 1] = e2
+      end
+    end
+    if lmpop then
+      -- LMPOP pops from the first non-empty list: one call per priority that has work.
+      local args = {10}
+      for p = 9, 0, -1 do args[#args + 1] = qk .. p end
+      args[12], args[13] = 'LEFT', 'COUNT'
+      while n < limit do
+        args[14] = limit - n
+        local got = redis.call('LMPOP', unpack(args))
+        if not got then break end
+        take(got[2])
+      end
+    else
+      for p = 9, 0, -1 do
+        local got = redis.call('LPOP', qk .. p, limit - n)
+        if got then take(got) end
         if n >= limit then break end
       end
     end
