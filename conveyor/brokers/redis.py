@@ -6,8 +6,8 @@ Layout (``P`` is the key prefix, ``conveyor`` unless the URL says ``?prefix=``):
 - ``P:lz:<queue>``        sorted set: receipt -> lease end (epoch s, Redis clock)
 - ``P:lh:<queue>``        hash: receipt -> leased entry
 - ``P:d:<queue>``         sorted set: "<seq>|<entry>" -> eta (delays, retries)
-- ``P:w:<queue>``         stream of one entry, appended on every publish: the wake-up
-                          signal blocked consumers wait on with XREAD BLOCK
+- ``P:s:<queue>``         list of at most one token, pushed on every publish: the
+                          wake-up blocked consumers wait on with BLPOP
 - ``P:queues``            set of queue names
 - ``P:dlq:<id>``          hash per dead letter; ``P:dlq:all`` and ``P:dlq:q:<queue>``
                           sorted sets of ids (score = id)
@@ -75,7 +75,10 @@ for i = 2, #ARGV, 4 do
   end
 end
 for _, k in ipairs(order) do redis.call('RPUSH', k, unpack(lists[k])) end
-for q in pairs(woke) do redis.call('XADD', P .. ':w:' .. q, 'MAXLEN', '~', 100, '*', 'w', '') end
+for q in pairs(woke) do
+  redis.call('LPUSH', P .. ':s:' .. q, 1)
+  redis.call('LTRIM', P .. ':s:' .. q, 0, 0)
+end
 return 1
 """
 )
@@ -158,6 +161,11 @@ for i = 5, #ARGV do
     if #hargs > 0 then
       redis.call('HSET', P .. ':lh:' .. q, unpack(hargs))
       redis.call('ZADD', P .. ':lz:' .. q, unpack(zargs))
+      if n >= limit then
+        -- A full batch: more may wait. Pass the signal on to the next blocked consumer.
+        redis.call('LPUSH', P .. ':s:' .. q, 1)
+        redis.call('LTRIM', P .. ':s:' .. q, 0, 0)
+      end
     end
   end
 end
@@ -173,8 +181,6 @@ for i = 5, #ARGV do
       if nextdue == nil or at < nextdue then nextdue = at end
     end
   end
-  local last = redis.call('XREVRANGE', P .. ':w:' .. q, '+', '-', 'COUNT', 1)
-  wait[#wait + 1] = last[1] and last[1][1] or '0-0'
 end
 if nextdue then wait[2] = tostring(math.max(nextdue - now, 0.001)) end
 return wait
@@ -220,7 +226,8 @@ if at ~= '' and tonumber(at) > now then
 else
   redis.call('LPUSH', P .. ':q:' .. q .. ':' .. string.match(e, '^%d+|(%d+)|'), e)
 end
-redis.call('XADD', P .. ':w:' .. q, 'MAXLEN', '~', 100, '*', 'w', '')
+redis.call('LPUSH', P .. ':s:' .. q, 1)
+redis.call('LTRIM', P .. ':s:' .. q, 0, 0)
 return 1
 """
 )
@@ -254,7 +261,8 @@ for _, id in ipairs(ids) do
   if f[1] then
     redis.call('RPUSH', P .. ':q:' .. f[1] .. ':' .. f[2], '0|' .. f[2] .. '|' .. f[3] .. '\\n' .. f[4])
     redis.call('SADD', P .. ':queues', f[1])
-    redis.call('XADD', P .. ':w:' .. f[1], 'MAXLEN', '~', 100, '*', 'w', '')
+    redis.call('LPUSH', P .. ':s:' .. f[1], 1)
+    redis.call('LTRIM', P .. ':s:' .. f[1], 0, 0)
     redis.call('DEL', k)
     redis.call('ZREM', P .. ':dlq:all', id)
     redis.call('ZREM', P .. ':dlq:q:' .. f[1], id)
@@ -408,9 +416,6 @@ return 1
 _KV_DELETE = Script("redis.call('ZREM', KEYS[2], ARGV[1])\nreturn redis.call('HDEL', KEYS[1], ARGV[1])")
 
 
-# The wake stream only needs its newest entry; "~" trims whole nodes, which costs
-# far less per XADD than keeping exactly one entry.
-_WAKE_XADD = ("MAXLEN", "~", 100, "*", "w", "")
 _unique_counter = itertools.count()
 
 
@@ -476,8 +481,8 @@ class RedisBroker:
 
     # -- producing -------------------------------------------------------------------
     def publish(self, message: Message, *, eta: float | None = None) -> None:
-        """Three plain commands in one write, no script: the list (or the delay set),
-        the queue name, the wake-up. Each is idempotent enough on its own that it needs
+        """Plain commands in one write, no script: the list (or the delay set), the
+        queue name, the wake-up token. Each is idempotent enough on its own that it needs
         no atomicity, and Redis runs them for a third of a script's cost."""
         if eta is None:
             eta = message.eta
@@ -490,8 +495,9 @@ class RedisBroker:
             store: tuple[Any, ...] = ("ZADD", f"{prefix}:d:{queue}", repr(eta), _unique() + entry)
         else:
             store = ("RPUSH", f"{prefix}:q:{queue}:{priority}", entry)
+        signal = f"{prefix}:s:{queue}"
         self.link.write(
-            [store, ("SADD", f"{prefix}:queues", queue), ("XADD", f"{prefix}:w:{queue}", *_WAKE_XADD)],
+            [store, ("SADD", f"{prefix}:queues", queue), ("LPUSH", signal, 1), ("LTRIM", signal, 0, 0)],
             retry_s=self.link.parsed.publish_retry_s,
         )
 
@@ -536,7 +542,7 @@ class RedisBroker:
                 return []
             if reply[1]:
                 remaining = min(remaining, float(reply[1]))
-            self._block(queues, [_text(i) for i in reply[2:]], generation, remaining)
+            self._block(queues, remaining)
             if self._generation != generation:
                 return []
 
@@ -544,17 +550,18 @@ class RedisBroker:
         # Per process (a forked child gets its own) and per broker object.
         return self.link.key("wk", f"{os.getpid()}-{self._instance}")
 
-    def _block(self, queues: list[str], last_ids: list[str], generation: int, seconds: float) -> None:
+    def _block(self, queues: list[str], seconds: float) -> None:
         """Wait for a publish to any of ``queues`` or a local wake(), without polling.
 
-        XREAD BLOCK returns as soon as a wake stream has an entry newer than the id the
-        fetch script saw, so a publish between that script and this call is not missed.
+        Each publish leaves one token in the queue's signal list (``P:s:<queue>``,
+        never more than one); BLPOP takes it, so one publish wakes one blocked
+        consumer, not all of them. A token left while nobody waited makes the next
+        wait return at once: a publish between the fetch script and this call is
+        never missed, at the cost of one spare fetch now and then. A consumer that
+        fills its batch passes a token on, so a burst still wakes everyone.
         """
-        keys = [self.link.key("w", q) for q in queues] + [self._wake_key()]
-        ids = [*last_ids, f"{generation}-1"]
-        block_ms = max(1, int(min(seconds, self.link.max_block_s) * 1000))
-
-        self.link.send([("XREAD", "BLOCK", block_ms, "STREAMS", *keys, *ids)])
+        keys = [self.link.key("s", q) for q in queues] + [self._wake_key()]
+        self.link.send([("BLPOP", *keys, round(max(min(seconds, self.link.max_block_s), 0.001), 3))])
 
     def ack(self, deliveries: Sequence[Delivery]) -> None:
         for queue, receipts in _by_queue(deliveries).items():
@@ -594,9 +601,9 @@ class RedisBroker:
             self._generation += 1
             generation = self._generation
         key = self._wake_key()
-        # Above every id this key ever had (the generation only grows), so XADD
-        # cannot be refused; the key expires once nobody could still be waiting.
-        self.link.send([("XADD", key, "MAXLEN", 1, f"{generation}-1", "w", ""), ("PEXPIRE", key, 60_000)])
+        # The fetch compares generations, so a token left over from an old wake()
+        # costs one spare loop, never an early return; the key expires unused.
+        self.link.send([("RPUSH", key, generation), ("PEXPIRE", key, 60_000)])
 
     def batch(self) -> AbstractContextManager[None]:
         """Queue this thread's writes and send them as one MULTI/EXEC at the end
