@@ -354,13 +354,22 @@ class RedisLink:
             return None
         return self.send([("EVALSHA", script.sha, 0, *args)], retry_s=retry_s)[0]
 
-    def write(self, commands: Sequence[tuple[Any, ...]], *, retry_s: float = 0.0) -> None:
-        """Send write commands now (one round trip), or queue them in this thread's batch."""
+    def write(
+        self, commands: Sequence[tuple[Any, ...]], *, retry_s: float = 0.0, atomic: bool = False
+    ) -> None:
+        """Send write commands now (one round trip), or queue them in this thread's
+        batch; ``atomic``: as one MULTI/EXEC, all or nothing."""
         pending = self._pending()
         if pending is not None:
             pending.extend(commands)
             return
-        self.send(commands, retry_s=retry_s)
+        if not atomic or len(commands) < 2:
+            self.send(commands, retry_s=retry_s)
+            return
+        replies = self.send([("MULTI",), *commands, ("EXEC",)], retry_s=retry_s)
+        for reply in replies[-1] or ():
+            if isinstance(reply, ResponseError):
+                raise translate(reply, self.url)
 
     def command(self, *args: Any, retry_s: float = 0.0) -> Any:
         """Run a write command now, or queue it in this thread's batch."""

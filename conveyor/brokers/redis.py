@@ -45,7 +45,7 @@ if TYPE_CHECKING:
     from conveyor.backends.redis import RedisBackend
 
 _LOG_ID = re.compile(r"\d+(-\d+)?")
-PUBLISH_CHUNK = 1000  # messages per script call in publish_many (all sent in one round trip)
+PUBLISH_CHUNK = 1000  # entries per command in publish_many (all sent in one round trip)
 
 _NOW = """
 local t = redis.call('TIME')
@@ -502,24 +502,35 @@ class RedisBroker:
         )
 
     def publish_many(self, messages: Sequence[Message]) -> None:
+        """One MULTI/EXEC of plain commands: one RPUSH per (queue, priority) list and
+        one ZADD per delay set, in chunks, then the queue names and wake-up tokens."""
         if not messages:
             return
-        # Encode first: a message that cannot be encoded must leave none published.
-        rows: list[Any] = []
+        prefix = self.prefix
+        now = time.time()
+        ready: dict[str, list[bytes]] = {}
+        later: dict[str, list[Any]] = {}
+        # Encode everything first: a message that cannot be encoded leaves none published.
         for m in messages:
             priority = _priority(m)
-            rows.append(
-                (m.queue, priority, "" if m.eta is None else repr(m.eta), _entry(m.encode(), priority, m.id))
-            )
-        chunks = [rows[i : i + PUBLISH_CHUNK] for i in range(0, len(rows), PUBLISH_CHUNK)]
-        if len(chunks) == 1:
-            self.link.run(
-                _PUBLISH, (self.prefix, *_flat(chunks[0])), retry_s=self.link.parsed.publish_retry_s
-            )
-            return
-        with self.link.batch():
-            for chunk in chunks:
-                self.link.run(_PUBLISH, (self.prefix, *_flat(chunk)))
+            entry = _entry(m.encode(), priority, m.id)
+            if m.eta is not None and m.eta > now:
+                later.setdefault(f"{prefix}:d:{m.queue}", []).extend((repr(m.eta), _unique() + entry))
+            else:
+                ready.setdefault(f"{prefix}:q:{m.queue}:{priority}", []).append(entry)
+        commands: list[tuple[Any, ...]] = []
+        for key, entries in ready.items():
+            commands += [
+                ("RPUSH", key, *entries[i : i + PUBLISH_CHUNK]) for i in range(0, len(entries), PUBLISH_CHUNK)
+            ]
+        for key, pairs in later.items():
+            step = 2 * PUBLISH_CHUNK
+            commands += [("ZADD", key, *pairs[i : i + step]) for i in range(0, len(pairs), step)]
+        queues = list(dict.fromkeys(m.queue for m in messages))
+        commands.append(("SADD", f"{prefix}:queues", *queues))
+        for queue in queues:
+            commands += [("LPUSH", f"{prefix}:s:{queue}", 1), ("LTRIM", f"{prefix}:s:{queue}", 0, 0)]
+        self.link.write(commands, retry_s=self.link.parsed.publish_retry_s, atomic=True)
 
     def publish_raw(self, queue: str, body: bytes, *, priority: int = 0, task_id: str = "") -> None:
         """Store bytes as they are; lets tests queue a body no decoder accepts."""
@@ -746,10 +757,6 @@ class RedisBroker:
             return int(execute(client, "XTRIM", key, "MINID", "=", max(cutoff_ms, 0)))
 
         return self.link.call(trim)
-
-
-def _flat(rows: Sequence[tuple[Any, ...]]) -> list[Any]:
-    return [value for row in rows for value in row]
 
 
 def _by_queue(deliveries: Sequence[Delivery]) -> dict[str, list[str]]:
