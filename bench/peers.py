@@ -52,6 +52,7 @@ import importlib.metadata
 import json
 import os
 import platform
+import shutil
 import signal
 import socket
 import statistics
@@ -304,22 +305,21 @@ class Runner:
         self.ctx.redis.flushall()
         self.peer.reset()
 
-    def record(self, key: str, measure: Callable[[], float | dict[str, float]], runs: int) -> None:
-        """Median of ``runs`` calls; a failure marks the row (and the rows it also fills)."""
-        values: dict[str, list[float]] = {}
+    def record(self, key: str, measure: Callable[[], float | dict[str, float]]) -> None:
+        """One run of a measurement; a failure marks its row (and the rows it also fills)
+        and skips it in later rounds."""
+        if key in self.out.errors:
+            return
         try:
-            for _ in range(runs):
-                got = measure()
-                for k, v in (got if isinstance(got, dict) else {key: got}).items():
-                    values.setdefault(k, []).append(v)
+            got = measure()
         except Exception as exc:  # one system's failure must not stop the others
             self.out.errors[key] = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
             self.log(f"{key}: FAILED {self.out.errors[key]}")
             return
-        for k, vs in values.items():
-            self.out.runs[k] = [round(v, 4) for v in vs]
-            self.out.values[k] = statistics.median(vs)
-            self.log(f"{k}: {ROW[k].shown(self.out.values[k])} {ROW[k].unit}  runs={self.out.runs[k]}")
+        for k, v in (got if isinstance(got, dict) else {key: got}).items():
+            self.out.runs.setdefault(k, []).append(round(v, 4))
+            self.out.values[k] = statistics.median(self.out.runs[k])
+            self.log(f"{k}: {ROW[k].shown(v)} {ROW[k].unit}")
 
     def check_queued(self, what: str) -> None:
         queued = self.peer.queued()
@@ -394,17 +394,14 @@ class Runner:
         samples.sort()
         return {"rt_p50": percentile(samples, 50), "rt_p99": percentile(samples, 99)}
 
-    def run(self) -> Outcome:
-        repeat = self.ctx.repeat
-        self.record("enqueue", lambda: self.timed_send(self.peer.enqueue, "enqueue"), repeat)
+    def one_round(self) -> None:
+        """One run of every rate: the driver interleaves systems round by round, so a
+        burst of load from elsewhere on the machine does not fall on one system only."""
+        self.record("enqueue", lambda: self.timed_send(self.peer.enqueue, "enqueue"))
         if self.peer.bulk_api:
-            self.record(
-                "enqueue_bulk", lambda: self.timed_send(self.peer.enqueue_bulk, "bulk enqueue"), repeat
-            )
-        self.record("drain_busy", self.drain, repeat)
-        self.record("drain_results", lambda: self.drain(results=True), repeat)
-        self.record("rt_p50", self.round_trip, 1)
-        return self.out
+            self.record("enqueue_bulk", lambda: self.timed_send(self.peer.enqueue_bulk, "bulk enqueue"))
+        self.record("drain_busy", self.drain)
+        self.record("drain_results", lambda: self.drain(results=True))
 
 
 def percentile(sorted_values: list[float], pct: float) -> float:
@@ -548,6 +545,63 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
+def measure_all(args: argparse.Namespace, ctx: Context) -> list[Outcome]:
+    """Every system, round by round, then each system's round trips; in --systems order."""
+    outcomes: list[Outcome] = []
+    runners = []
+    for system in args.systems:
+        try:
+            runners.append(Runner(ctx, system, make_peer(system, ctx.redis_url, ctx.workdir)))
+        except Exception as exc:  # e.g. a framework that does not import: its column says why
+            error = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
+            keys = ("enqueue", "enqueue_bulk", "drain_busy", "drain_results", "rt_p50")
+            outcomes.append(Outcome(system, errors=dict.fromkeys(keys, error)))
+            print(f"  [{system}] cannot run: {error}", file=sys.stderr, flush=True)
+    try:
+        for i in range(args.repeat):
+            for runner in runners:
+                runner.log(f"round {i + 1} of {args.repeat}")
+                runner.one_round()
+        for runner in runners:
+            runner.log("round trips")
+            runner.record("rt_p50", runner.round_trip)
+    finally:
+        for runner in runners:
+            with contextlib.suppress(Exception):
+                runner.peer.close()
+    outcomes += [runner.out for runner in runners]
+    return sorted(outcomes, key=lambda o: args.systems.index(o.system))
+
+
+def json_report(args: argparse.Namespace, argv: list[str], started: float, outcomes: list[Outcome]) -> str:
+    rows = [
+        {
+            "key": r.key,
+            "title": r.title,
+            "unit": r.unit,
+            "higher_is_better": r.higher_is_better,
+            "target": r.target,
+        }
+        for r in ROWS
+    ]
+    report = {
+        "started_at": started,
+        "argv": argv,
+        "n": args.n,
+        "repeat": args.repeat,
+        "round_trips": args.round_trips,
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+        },
+        "versions": versions(),
+        "rows": rows,
+        "systems": [o.__dict__ for o in outcomes],
+    }
+    return json.dumps(report, indent=2)
+
+
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     if not args.no_venv and not in_peers_venv():
@@ -555,7 +609,6 @@ def main(argv: list[str]) -> int:
         os.execv(str(python), [str(python), str(Path(__file__).resolve()), *argv])
     workdir = Path(tempfile.mkdtemp(prefix="conveyor-peers-"))
     started = time.time()
-    outcomes: list[Outcome] = []
     with private_redis(workdir) as (url, client):
         if not args.quiet:
             print(f"peers: N={args.n:,} repeat={args.repeat} round trips={args.round_trips}, "
@@ -563,28 +616,7 @@ def main(argv: list[str]) -> int:
         ctx = Context(
             url, client, workdir, args.n, args.repeat, args.round_trips, args.timeout, not args.quiet
         )
-        for system in args.systems:
-            t0 = time.monotonic()
-            try:
-                peer = make_peer(system, url, workdir)
-            except Exception as exc:
-                failed = Outcome(system, errors={"enqueue": f"{type(exc).__name__}: {exc}"[:200]})
-                failed.errors.update(
-                    {
-                        k: failed.errors["enqueue"]
-                        for k in ("enqueue_bulk", "drain_busy", "drain_results", "rt_p50")
-                    }
-                )
-                outcomes.append(failed)
-                print(f"  [{system}] cannot run: {failed.errors['enqueue']}", file=sys.stderr, flush=True)
-                continue
-            try:
-                outcomes.append(Runner(ctx, system, peer).run())
-            finally:
-                with contextlib.suppress(Exception):
-                    peer.close()
-            if not args.quiet:
-                print(f"  [{system}] done in {time.monotonic() - t0:.0f}s", file=sys.stderr, flush=True)
+        outcomes = measure_all(args, ctx)
     print()
     print(f"Conveyor vs peers, N={args.n:,} no-op tasks, 2 worker processes, median of {args.repeat}, "
           f"{args.round_trips} round trips; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(started))}, "
@@ -593,34 +625,9 @@ def main(argv: list[str]) -> int:
     print()
     for o in outcomes:
         if o.notes:
-            bulk = f"; bulk: {o.bulk_api}" if o.bulk_api else "; bulk: none"
-            print(f"{o.system}: {o.notes}{bulk}")
+            print(f"{o.system}: {o.notes}; bulk: {o.bulk_api or 'none'}")
     if args.json:
-        report = {
-            "started_at": started,
-            "argv": argv,
-            "n": args.n,
-            "repeat": args.repeat,
-            "round_trips": args.round_trips,
-            "machine": {
-                "cpus": os.cpu_count(),
-                "python": platform.python_version(),
-                "platform": platform.platform(),
-            },
-            "versions": versions(),
-            "rows": [
-                {
-                    "key": r.key,
-                    "title": r.title,
-                    "unit": r.unit,
-                    "higher_is_better": r.higher_is_better,
-                    "target": r.target,
-                }
-                for r in ROWS
-            ],  # fmt: skip
-            "systems": [o.__dict__ for o in outcomes],
-        }
-        text = json.dumps(report, indent=2)
+        text = json_report(args, argv, started, outcomes)
         if args.json == "-":
             print(text)
         else:
@@ -628,8 +635,6 @@ def main(argv: list[str]) -> int:
     if args.keep:
         print(f"work directory kept: {workdir}", file=sys.stderr)
     else:
-        import shutil
-
         shutil.rmtree(workdir, ignore_errors=True)
     return 0
 
