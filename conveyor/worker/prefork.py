@@ -53,6 +53,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("conveyor.worker")
 
+COMMAND_WAIT_S = 2.0  # longest a control command waits for the supervisor's loop
+
 
 @dataclass(frozen=True)
 class ChildOptions:
@@ -194,7 +196,7 @@ class PreforkSupervisor:
         # from the control thread, carried out by the supervisor's own loop.
         self.revoked: set[str] = set()
         self.rates: dict[str, str | float | None] = {}
-        self._commands: queue.SimpleQueue[tuple[str, object, object]] = queue.SimpleQueue()
+        self._commands: queue.SimpleQueue[tuple[str, object, object, threading.Event]] = queue.SimpleQueue()
 
     @property
     def processed(self) -> int:
@@ -214,13 +216,19 @@ class PreforkSupervisor:
         the work: children and pipes are only touched from that thread.
         """
         running = [c.job.task_id for c in list(self._children) if c.job is not None and c.job.task_id in ids]
-        self._commands.put(("revoke", list(ids), terminate))
-        self._wake.wake()
+        self._command("revoke", list(ids), terminate)
         return running if terminate else []
 
     def set_rate_limit(self, task_name: str, rate: str | float | None) -> None:
-        self._commands.put(("rate_limit", task_name, rate))
+        self._command("rate_limit", task_name, rate)
+
+    def _command(self, kind: str, first: object, second: object) -> None:
+        """Hand a command to the supervisor's loop and wait (briefly) until the
+        children have been sent it, so a reply means "in force from now on"."""
+        done = threading.Event()
+        self._commands.put((kind, first, second, done))
         self._wake.wake()
+        done.wait(COMMAND_WAIT_S)
 
     def active_jobs(self) -> list[tuple[Job, int]]:
         return [(c.job, c.process.pid or 0) for c in list(self._children) if c.job is not None]
@@ -228,20 +236,26 @@ class PreforkSupervisor:
     def _run_commands(self) -> None:
         while True:
             try:
-                kind, first, second = self._commands.get_nowait()
+                kind, first, second, done = self._commands.get_nowait()
             except queue.Empty:
                 return
-            if kind == "revoke":
-                assert isinstance(first, list)
-                self.revoked.update(first)
-                self._send_children(("revoke", first))
-                if second:
-                    self._terminate(set(first))
-            elif kind == "rate_limit":
-                assert isinstance(first, str)
-                rate = second if isinstance(second, (str, float, int)) or second is None else None
-                self.rates[first] = rate
-                self._send_children(("rate_limit", first, rate))
+            try:
+                self._run_command(kind, first, second)
+            finally:
+                done.set()
+
+    def _run_command(self, kind: str, first: object, second: object) -> None:
+        if kind == "revoke":
+            assert isinstance(first, list)
+            self.revoked.update(first)
+            self._send_children(("revoke", first))
+            if second:
+                self._terminate(set(first))
+        elif kind == "rate_limit":
+            assert isinstance(first, str)
+            rate = second if isinstance(second, (str, float, int)) or second is None else None
+            self.rates[first] = rate
+            self._send_children(("rate_limit", first, rate))
 
     def _send_children(self, command: tuple[object, ...]) -> None:
         for child in self._children:
