@@ -18,6 +18,7 @@ import hashlib
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -232,6 +233,7 @@ class RedisLink:
         self._lock = threading.Lock()
         self._local = threading.local()
         self._sources: dict[str, str] = {}  # sha -> Lua source, for NOSCRIPT
+        self._connections: weakref.WeakSet[Any] = weakref.WeakSet()  # every thread's own
 
     @property
     def client(self) -> redis.Redis:
@@ -299,13 +301,17 @@ class RedisLink:
         pid = os.getpid()
         if conn is None or local.conn_pid != pid:
             # After fork() the inherited object shares the parent's socket: drop it
-            # without closing (closing would cut the parent's connection too).
-            conn = self.client.connection_pool.get_connection()
-            if not hasattr(conn, "_conveyor_loaded"):
-                tracker = _LoadedScripts()
-                conn.register_connect_callback(tracker.reset)
-                conn._conveyor_loaded = tracker  # keeps the weakly-held callback alive
+            # without closing (redis-py only shuts a socket down in its own process).
+            # Made like the pool's (same options, Sentinel-aware) but not owned by
+            # it: a thread that ends takes its connection with it (garbage-collected,
+            # socket closed) instead of leaving it in the pool's in-use set.
+            pool = self.client.connection_pool
+            conn = pool.connection_class(**pool.connection_kwargs)
+            tracker = _LoadedScripts()
+            conn.register_connect_callback(tracker.reset)
+            conn._conveyor_loaded = tracker  # keeps the weakly-held callback alive
             local.conn, local.conn_pid = conn, pid
+            self._connections.add(conn)
         return conn
 
     def _drop_connection(self) -> None:
@@ -433,6 +439,9 @@ class RedisLink:
 
     def close(self) -> None:
         self._drop_connection()
+        for conn in list(self._connections):  # redis-py only shuts down its own process's sockets
+            with contextlib.suppress(Exception):
+                conn.disconnect()
         client, self._client = self._client, None
         if client is not None:
             try:

@@ -180,3 +180,21 @@ def test_result_wait_wakes_several_waiters(url: str) -> None:
         thread.join(10)
     assert time.monotonic() - stored_at < 2
     assert [r.result if r else None for r in got] == ["ok", "ok", "ok"]
+
+
+def test_threads_that_end_leave_no_connection_behind(broker: RedisBroker) -> None:
+    import gc
+    import threading
+
+    def clients() -> int:
+        return len(broker.link.send([("CLIENT", "LIST")])[0].splitlines())
+
+    broker.publish(msg())
+    before = clients()
+    for _ in range(200):  # a web server starting a thread per request, each sending a task
+        thread = threading.Thread(target=lambda: broker.publish(msg()))
+        thread.start()
+        thread.join()
+    gc.collect()
+    assert clients() - before <= 5
+    assert broker.queue_stats(["default"])[0].ready == 201
