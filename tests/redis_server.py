@@ -134,3 +134,30 @@ def redis_server_or_skip() -> RedisServer:
 def fresh_url(server: RedisServer) -> str:
     """A URL with a prefix no other test uses: tests share the server, not keys."""
     return f"{server.url}?prefix=t{uuid.uuid4().hex[:12]}"
+
+
+class Sentinel:
+    """A private redis-sentinel watching ``master`` under the name ``mymaster``."""
+
+    def __init__(self, directory: Path, master: RedisServer) -> None:
+        self.port = free_port()
+        self.config = directory / f"sentinel-{self.port}.conf"
+        self.config.write_text(
+            f"port {self.port}\nbind 127.0.0.1\ndir {directory}\n"
+            f"sentinel monitor mymaster 127.0.0.1 {master.port} 1\n"
+        )
+        self.process = subprocess.Popen(
+            [REDIS_SERVER, str(self.config), "--sentinel"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 10
+        while not _ping(self.port):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"redis-sentinel did not start on port {self.port}")
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)

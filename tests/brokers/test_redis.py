@@ -198,3 +198,20 @@ def test_threads_that_end_leave_no_connection_behind(broker: RedisBroker) -> Non
     gc.collect()
     assert clients() - before <= 5
     assert broker.queue_stats(["default"])[0].ready == 201
+
+
+def test_sentinel_url_reaches_the_master(tmp_path: Path) -> None:
+    from ..redis_server import Sentinel
+
+    sentinel = Sentinel(tmp_path, redis_server_or_skip())
+    try:
+        broker = RedisBroker(f"redis+sentinel://127.0.0.1:{sentinel.port}/mymaster/0?prefix=s{new_id()[:8]}")
+        sent = msg()
+        broker.publish(sent)
+        [d] = broker.fetch(["default"], limit=1, lease_s=30, timeout_s=1)
+        assert d.message_id == sent.id
+        broker.ack([d])
+        assert broker.queue_stats(["default"])[0].in_flight == 0
+        broker.close()
+    finally:
+        sentinel.stop()
