@@ -215,3 +215,41 @@ def test_sentinel_url_reaches_the_master(tmp_path: Path) -> None:
         broker.close()
     finally:
         sentinel.stop()
+
+
+def test_rediss_url_speaks_tls(tmp_path: Path) -> None:
+    import shutil
+    import subprocess
+
+    from ..redis_server import REDIS_SERVER
+
+    redis_server_or_skip()
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed: cannot make a test certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    port = free_port()
+    server = subprocess.Popen(
+        [REDIS_SERVER, "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1", "--tls-cert-file", str(cert),
+         "--tls-key-file", str(key), "--tls-ca-cert-file", str(cert), "--tls-auth-clients", "no",
+         "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        broker = RedisBroker(f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={cert}&publish_retry=10")
+        sent = msg()
+        broker.publish(sent)  # retried until the server listens
+        [d] = broker.fetch(["default"], limit=1, lease_s=30, timeout_s=1)
+        assert d.message_id == sent.id
+        plain = RedisBroker(f"redis://127.0.0.1:{port}/0?publish_retry=0")
+        with pytest.raises(BrokerConnectionError):
+            plain.queue_stats()  # the server speaks only TLS
+        broker.close()
+        plain.close()
+    finally:
+        server.kill()
+        server.wait(10)
