@@ -24,7 +24,7 @@ from conveyor.serialization import dumps, loads
 from conveyor.states import READY_STATES
 
 if TYPE_CHECKING:
-    import redis
+    pass
 
 NOTIFY_TTL_MS = 60_000  # a waiter's copy outlives the wait that asked for it by this much (as in _STORE)
 
@@ -171,39 +171,27 @@ class RedisBackend:
         """
         pattern = self.link.key("r", "*")
 
-        def sweep(client: redis.Redis) -> int:
-            server_now = float(client.time()[0]) + client.time()[1] / 1e6
-            limit = time.time() if now is None else now
-            removed = 0
-            for chunk in _chunks(client.scan_iter(match=pattern, count=1000), 500):
-                pipe = client.pipeline(transaction=False)
-                for key in chunk:
-                    pipe.pttl(key)
+        seconds, micros = self.link.send([("TIME",)])[0]
+        server_now = int(seconds) + int(micros) / 1e6
+        limit = time.time() if now is None else now
+        removed, cursor = 0, b"0"
+        while True:
+            cursor, keys = self.link.send([("SCAN", cursor, "MATCH", pattern, "COUNT", 1000)])[0]
+            if keys:
+                ttls = self.link.send([("PTTL", key) for key in keys])
                 expired = [
                     key
-                    for key, ttl in zip(chunk, pipe.execute(), strict=True)
+                    for key, ttl in zip(keys, ttls, strict=True)
                     if ttl >= 0 and server_now + ttl / 1000 <= limit
                 ]
                 if expired:
-                    removed += int(client.delete(*expired))
-            return removed
-
-        return self.link.call(sweep)
+                    removed += int(self.link.send([("DEL", *expired)])[0])
+            if cursor in (b"0", 0, "0"):
+                return removed
 
     def close(self) -> None:
         if self._owns_link:
             self.link.close()
-
-
-def _chunks(items: Any, size: int) -> Any:
-    chunk: list[Any] = []
-    for item in items:
-        chunk.append(item)
-        if len(chunk) >= size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
 
 
 def _encode(record: ResultRecord) -> bytes:

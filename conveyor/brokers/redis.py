@@ -34,14 +34,12 @@ from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
-from conveyor._redis import RedisLink, Script, execute
+from conveyor._redis import RedisLink, Script
 from conveyor.brokers.base import DeadLetter, Delivery, QueueStats
 from conveyor.brokers.sqlite_store import check_name
 from conveyor.message import MAX_PRIORITY, MIN_PRIORITY, Message, decode
 
 if TYPE_CHECKING:
-    import redis
-
     from conveyor.backends.redis import RedisBackend
 
 _LOG_ID = re.compile(r"\d+(-\d+)?")
@@ -653,21 +651,18 @@ class RedisBroker:
         if limit <= 0:
             return []
 
-        def read(client: redis.Redis) -> list[Any]:
-            ids = client.zrevrange(index, offset, offset + limit - 1)
-            pipe = client.pipeline(transaction=False)
-            for entry_id in ids:
-                pipe.hgetall(self.link.key("dlq", _text(entry_id)))
-            return [(_text(i), fields) for i, fields in zip(ids, pipe.execute(), strict=True)]
-
-        return [_dead_letter(i, fields) for i, fields in self.link.call(read) if fields]
+        ids = [_text(i) for i in self.link.send([("ZREVRANGE", index, offset, offset + limit - 1)])[0]]
+        if not ids:
+            return []
+        found = self.link.send([("HGETALL", self.link.key("dlq", i)) for i in ids])
+        return [_dead_letter(i, _pairs(flat)) for i, flat in zip(ids, found, strict=True) if flat]
 
     def get_dead_letter(self, entry_id: str) -> DeadLetter | None:
         if not str(entry_id).isdigit():
             return None
         key = self.link.key("dlq", str(int(entry_id)))
-        fields = self.link.call(lambda client: client.hgetall(key))
-        return _dead_letter(str(int(entry_id)), fields) if fields else None
+        flat = self.link.send([("HGETALL", key)])[0]
+        return _dead_letter(str(int(entry_id)), _pairs(flat)) if flat else None
 
     def replay_dead_letters(self, entry_ids: Sequence[str] | None = None) -> int:
         return self._dead_op(_REPLAY, entry_ids)
@@ -751,12 +746,13 @@ class RedisBroker:
     def log_trim(self, stream: str, *, older_than_s: float) -> int:
         key = self._log_key(stream)
 
-        def trim(client: redis.Redis) -> int:
-            seconds, micros = client.time()
-            cutoff_ms = int((seconds + micros / 1e6 - older_than_s) * 1000)
-            return int(execute(client, "XTRIM", key, "MINID", "=", max(cutoff_ms, 0)))
+        seconds, micros = self.link.send([("TIME",)])[0]
+        cutoff_ms = int((int(seconds) + int(micros) / 1e6 - older_than_s) * 1000)
+        return int(self.link.send([("XTRIM", key, "MINID", "=", max(cutoff_ms, 0))])[0])
 
-        return self.link.call(trim)
+
+def _pairs(flat: Sequence[Any]) -> dict[Any, Any]:
+    return dict(zip(flat[::2], flat[1::2], strict=True))
 
 
 def _by_queue(deliveries: Sequence[Delivery]) -> dict[str, list[str]]:
