@@ -17,8 +17,9 @@ port (never the shared 127.0.0.1:6379), then, for each system in turn:
    for ``echo(i)``, the same no-op with its result stored. Every task calls
    ``common.mark_done()``: one Lua call on the same Redis (INCR and the first/latest
    time), the same cost for every system, so completion is read the same way for all;
-3. worker RSS: the resident memory of every process of the workers (parents, pool
-   children) summed, right after the drain;
+3. worker memory: RSS and PSS of every process of the workers (parents, pool children)
+   summed, right after the drain (RSS counts what a forked child shares with its parent
+   in both; PSS splits shared pages among their sharers);
 4. round trip: with two worker processes running, ``--round-trips`` (300) sequential
    ``add(i, i)`` sends each waited on with the framework's own result API (results on),
    after 20 unmeasured ones; p50 and p99.
@@ -71,7 +72,6 @@ PEERS_DIR = HERE / "peers"
 VENV = HERE / ".venv-peers"
 REQUIREMENTS = HERE / "peers-requirements.txt"
 NO_DEPS = ["arq==0.28.0"]  # see peers-requirements.txt: arq pins an older redis-py than kombu needs
-PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024
 START_TIMEOUT_S = 60.0
 
 SYSTEMS = ["conveyor-sqlite", "conveyor-redis", "celery", "rq", "dramatiq", "huey", "arq"]
@@ -167,12 +167,21 @@ def group_pids(pgid: int) -> list[int]:
     return pids
 
 
-def rss_mib(pid: int) -> float:
+def memory_mib(pid: int) -> tuple[float, float]:
+    """(RSS, PSS) of one process. RSS counts pages a forked pool child shares with its
+    parent once per process; PSS divides each shared page among its sharers."""
+    rss = pss = 0.0
     try:
-        pages = int(Path(f"/proc/{pid}/statm").read_text().split()[1])
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith(("Rss:", "Pss:")):
+                kib = int(line.split()[1]) / 1024
+                if line.startswith("Rss:"):
+                    rss = kib
+                else:
+                    pss = kib
     except (OSError, IndexError, ValueError):
-        return 0.0
-    return pages * PAGE_KIB / 1024
+        pass
+    return rss, pss
 
 
 class Workers:
@@ -218,8 +227,10 @@ class Workers:
                 tail = "\n".join(self.log_path.read_text(errors="replace").splitlines()[-8:])
                 raise BenchError(f"worker exited with code {proc.returncode}: {tail}")
 
-    def rss_mib(self) -> float:
-        return sum(rss_mib(pid) for proc in self.procs for pid in group_pids(proc.pid))
+    def memory_mib(self) -> tuple[float, float]:
+        """(RSS, PSS) summed over every process of the workers."""
+        sizes = [memory_mib(pid) for proc in self.procs for pid in group_pids(proc.pid)]
+        return sum(r for r, _ in sizes), sum(p for _, p in sizes)
 
 
 # -- measurements ------------------------------------------------------------------------------
@@ -254,6 +265,7 @@ ROWS = [
     Row("drain_results", "drain, results stored", "/s", True, 5_000),
     Row("start", "start to first task", "s", False, 0.3),
     Row("rss", "worker RSS, all procs", "MiB", False, 60),
+    Row("pss", "worker PSS, all procs", "MiB", False, None),
     Row("rt_p50", "round trip p50", "ms", False, 0.4),
     Row("rt_p99", "round trip p99", "ms", False, 1.0),
 ]
@@ -296,6 +308,7 @@ class Runner:
             os.environ, PYTHONPATH=str(PEERS_DIR), PEERS_REDIS_URL=ctx.redis_url, **peer.worker_env()
         )
         self.env.pop("PYTHONSTARTUP", None)
+        self.started = 0  # worker runs so far: names their log files
 
     def log(self, message: str) -> None:
         if self.ctx.verbose:
@@ -321,6 +334,12 @@ class Runner:
             self.out.values[k] = statistics.median(self.out.runs[k])
             self.log(f"{k}: {ROW[k].shown(v)} {ROW[k].unit}")
 
+    def workers(self, phase: str) -> Workers:
+        """This system's workers, logging to a file of their own for this run."""
+        self.started += 1
+        log = self.ctx.workdir / f"{self.system}-{phase}-{self.started}.log"
+        return Workers(self.peer.worker_commands(), self.env, log)
+
     def check_queued(self, what: str) -> None:
         queued = self.peer.queued()
         if queued != self.ctx.n:
@@ -343,21 +362,22 @@ class Runner:
         (self.peer.enqueue_bulk if self.peer.bulk_api else self.peer.enqueue)(n, results)
         self.check_queued("drain set-up")
         redis = self.ctx.redis
-        with Workers(
-            self.peer.worker_commands(), self.env, self.ctx.workdir / f"{self.system}.log"
-        ) as workers:
+        with self.workers("drain-results" if results else "drain") as workers:
             deadline = time.monotonic() + START_TIMEOUT_S + self.ctx.timeout_s
             while int(redis.get("peers:done") or 0) < n:
                 workers.check()
                 if time.monotonic() > deadline:
                     done = int(redis.get("peers:done") or 0)
-                    raise BenchError(f"drain: {done} of {n} tasks done within {self.ctx.timeout_s:g}s")
+                    raise BenchError(
+                        f"drain: {done} of {n} tasks done within {self.ctx.timeout_s:g}s "
+                        f"(worker log: {workers.log_path})"
+                    )
                 time.sleep(0.02)
             time.sleep(0.3)  # let a straggler (a duplicate delivery) show up, and RQ's horse exit
             done = int(redis.get("peers:done") or 0)
             if done != n:
                 raise BenchError(f"drain: {done} task runs for {n} tasks (duplicates)")
-            rss = workers.rss_mib()
+            rss, pss = workers.memory_mib()
             spawned = workers.spawned_at
         first, last = float(redis.get("peers:first")), float(redis.get("peers:last"))
         self.empty()
@@ -368,14 +388,13 @@ class Runner:
             "drain_wall": n / (last - spawned),
             "start": first - spawned,
             "rss": rss,
+            "pss": pss,
         }
 
     def round_trip(self) -> dict[str, float]:
         self.empty()
         samples = []
-        with Workers(
-            self.peer.worker_commands(), self.env, self.ctx.workdir / f"{self.system}.log"
-        ) as workers:
+        with self.workers("round-trip") as workers:
             for i in range(20):
                 try:
                     value = self.peer.round_trip(i, START_TIMEOUT_S if i == 0 else 10.0)
@@ -461,10 +480,14 @@ def table(outcomes: list[Outcome]) -> str:
     for row in ROWS:
         cells = [f"{row.title} ({row.unit})"]
         for o in outcomes:
+            source = next((k for k in o.errors if k == row.key or (k, row.key) in FILLS), None)
             if row.key in o.values:
-                cells.append(row.shown(o.values[row.key]))
+                cell = row.shown(o.values[row.key])
+                if source is not None:  # some runs succeeded, a later one failed
+                    note = f"{o.system}: {o.errors[source]}"
+                    cell += f" ERR[{footnotes.setdefault(note, len(footnotes) + 1)}]"
+                cells.append(cell)
             else:
-                source = next((k for k in o.errors if k == row.key or (k, row.key) in FILLS), None)
                 if source is None:
                     cells.append("n/a" if row.key == "enqueue_bulk" else "-")
                 else:
@@ -500,7 +523,7 @@ def table(outcomes: list[Outcome]) -> str:
 
 
 # The drain fills four rows and the round trip two: an error in one marks all of them.
-FILLS = {("drain_busy", k) for k in ("drain_wall", "start", "rss")} | {("rt_p50", "rt_p99")}
+FILLS = {("drain_busy", k) for k in ("drain_wall", "start", "rss", "pss")} | {("rt_p50", "rt_p99")}
 
 
 def versions() -> dict[str, str]:
@@ -529,7 +552,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument(
         "--systems", default=",".join(SYSTEMS), help=f"comma-separated subset of {','.join(SYSTEMS)}"
     )
-    p.add_argument("--timeout", type=float, default=300.0, help="seconds allowed for one drain (default 300)")
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds allowed for one drain (default 120)")
     p.add_argument("--json", metavar="FILE", help="also write every figure as JSON to FILE ('-' for stdout)")
     p.add_argument("--keep", action="store_true", help="keep the work directory (worker logs, redis.log)")
     p.add_argument("-q", "--quiet", action="store_true", help="print only the table")
@@ -632,8 +655,8 @@ def main(argv: list[str]) -> int:
             print(text)
         else:
             Path(args.json).write_text(text + "\n")
-    if args.keep:
-        print(f"work directory kept: {workdir}", file=sys.stderr)
+    if args.keep or any(o.errors for o in outcomes):
+        print(f"work directory kept (worker logs, redis.log): {workdir}", file=sys.stderr)
     else:
         shutil.rmtree(workdir, ignore_errors=True)
     return 0
