@@ -5,10 +5,13 @@ Both sides talk to Redis through one ``RedisLink``: a broker's
 ``result_backend()`` hands its link to the backend, so the worker's settle
 (results, follow-up messages, acks) goes out as one MULTI/EXEC on one connection.
 
-Errors: every redis-py exception leaves here as a ``BrokerError`` (a
-``BrokerConnectionError`` when Redis cannot be reached), with the URL's password
-masked, so the worker's retry-with-backoff logic and the CLI's one-line errors work
-unchanged.
+Each thread talks over its own connection (``_redis_wire``): hiredis on a plain
+socket for ``redis://`` and ``rediss://``, a redis-py connection for Sentinel.
+redis-py is imported only when needed.
+
+Errors: every failure leaves here as a ``BrokerError`` (a ``BrokerConnectionError``
+when Redis cannot be reached), with the URL's password masked, so the worker's
+retry-with-backoff logic and the CLI's one-line errors work unchanged.
 """
 
 from __future__ import annotations
@@ -16,14 +19,16 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import ssl
 import threading
 import time
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
+from conveyor import _redis_wire as wire
 from conveyor.exceptions import BrokerConnectionError, BrokerError, ConfigurationError
 
 T = TypeVar("T")
@@ -35,15 +40,8 @@ DEFAULT_PUBLISH_RETRY_S = 10.0
 MAX_BLOCK_S = 2.0
 _OUR_OPTIONS = ("prefix", "publish_retry")
 
-try:  # the redis extra
+if TYPE_CHECKING:
     import redis
-    from redis.backoff import NoBackoff
-    from redis.exceptions import ConnectionError as _RedisConnectionError
-    from redis.exceptions import NoScriptError, RedisError, ResponseError
-    from redis.exceptions import TimeoutError as _RedisTimeoutError
-    from redis.retry import Retry
-except ImportError:  # pragma: no cover - exercised only without the extra
-    redis = None  # type: ignore[assignment]
 
 
 @dataclass(frozen=True)
@@ -64,6 +62,23 @@ class RedisURL:
     password: str | None = None
     username: str | None = None
     options: tuple[tuple[str, str], ...] = ()
+    host: str = "localhost"
+    port: int = wire.DEFAULT_PORT
+    tls: bool = False
+
+    @property
+    def socket_timeout(self) -> float | None:
+        value = dict(self.options).get("socket_timeout", "5")
+        return None if value.lower() in ("", "none") else float(value)
+
+    @property
+    def wire(self) -> bool:
+        """True when the hot path can skip redis-py (see ``_redis_wire``)."""
+        return (
+            wire.HAVE_HIREDIS
+            and not self.sentinels
+            and all(name in wire.WIRE_OPTIONS for name, _ in self.options)
+        )
 
 
 def mask(url: str) -> str:
@@ -102,14 +117,33 @@ def parse_url(url: str) -> RedisURL:
     scheme = parts.scheme.lower()
     if scheme == "redis+sentinel":
         return _parse_sentinel(url, parts.netloc, parts.path, prefix, publish_retry, theirs)
-    if scheme not in ("redis", "rediss", "unix"):
+    if scheme not in ("redis", "rediss"):
         raise ConfigurationError(f"not a Redis URL: {mask(url)}")
     client_url = urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(theirs), ""))
     try:
-        parts.port  # noqa: B018 - validates the port
+        port = parts.port or wire.DEFAULT_PORT
     except ValueError as exc:
         raise ConfigurationError(f"malformed Redis URL {mask(url)}: {exc}") from None
-    return RedisURL(url, client_url, prefix, publish_retry)
+    db_text = dict(theirs).get("db") or parts.path.strip("/") or "0"
+    if not db_text.isdigit():
+        raise ConfigurationError(f"bad database number {db_text!r} in {mask(url)}")
+    try:
+        float(dict(theirs).get("socket_timeout", "5") or 5)
+    except ValueError:
+        raise ConfigurationError(f"socket_timeout must be a number of seconds in {mask(url)}") from None
+    return RedisURL(
+        url,
+        client_url,
+        prefix,
+        publish_retry,
+        db=int(db_text),
+        password=unquote(parts.password) if parts.password is not None else None,
+        username=unquote(parts.username) if parts.username else None,
+        options=theirs,
+        host=parts.hostname or "localhost",
+        port=port,
+        tls=scheme == "rediss",
+    )
 
 
 def _parse_sentinel(
@@ -152,24 +186,24 @@ def _parse_sentinel(
     )
 
 
-def _require_redis() -> None:
-    if redis is None:
-        raise ConfigurationError(
-            "the Redis broker needs the redis package: pip install 'conveyor-tasks[redis]'"
-        )
-
-
 def _client_kwargs() -> dict[str, Any]:
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
     # Our own retry logic decides what is retried (and logs it); redis-py's silent
-    # retries would also re-run non-idempotent scripts inside a MULTI.
-    # RESP2: the hot path reads raw replies, and their shapes must not depend on
-    # the server's or redis-py's default protocol.
+    # retries would also re-run non-idempotent scripts. RESP2: replies are read raw,
+    # and their shapes must not depend on the server's or redis-py's default protocol.
     return {"retry": Retry(NoBackoff(), 0), "socket_keepalive": True, "protocol": 2}
 
 
 def make_client(parsed: RedisURL) -> redis.Redis:
-    """A client with a connection pool; redis-py resets the pool in a forked child."""
-    _require_redis()
+    """A redis-py client, for Sentinel URLs and options the wire path does not know."""
+    try:
+        import redis
+    except ImportError:
+        raise ConfigurationError(
+            "the Redis broker needs the redis package: pip install 'conveyor-tasks[redis]'"
+        ) from None
     try:
         if parsed.sentinels:
             from redis import sentinel as sentinel_module
@@ -198,14 +232,10 @@ def make_client(parsed: RedisURL) -> redis.Redis:
 
 
 def translate(exc: Exception, url: str) -> BrokerError:
-    """One clear line for any redis-py error."""
+    """One clear line for any failure."""
     where = mask(url)
     text = (str(exc) or type(exc).__name__).rstrip(".")
-    if redis is not None and isinstance(exc, redis.AuthenticationError):
-        return BrokerConnectionError(f"Redis at {where} refused the credentials: {text}")
-    if redis is not None and isinstance(exc, (_RedisConnectionError, _RedisTimeoutError, OSError)):
-        return BrokerConnectionError(f"cannot reach Redis at {where}: {text}")
-    if isinstance(exc, OSError):
+    if isinstance(exc, (wire.WireError, OSError)):
         return BrokerConnectionError(f"cannot reach Redis at {where}: {text}")
     return BrokerError(f"Redis at {where} failed: {text}")
 
@@ -219,7 +249,8 @@ class Script:
 
 
 class RedisLink:
-    """One Redis client plus the per-thread write batch, shared by broker and backend.
+    """One Redis endpoint plus the per-thread connections and write batches, shared
+    by a broker and its result backend.
 
     Args:
         url: the broker or backend URL (``redis://``, ``rediss://``, ``redis+sentinel://``).
@@ -230,6 +261,7 @@ class RedisLink:
         self.url = url
         self.prefix = self.parsed.prefix
         self._client: redis.Redis | None = None
+        self._tls: ssl.SSLContext | None = None
         self._lock = threading.Lock()
         self._local = threading.local()
         self._sources: dict[str, str] = {}  # sha -> Lua source, for NOSCRIPT
@@ -237,6 +269,7 @@ class RedisLink:
 
     @property
     def client(self) -> redis.Redis:
+        """redis-py's client (Sentinel and fallback only; made on first use)."""
         client = self._client
         if client is None:
             with self._lock:
@@ -248,17 +281,17 @@ class RedisLink:
     @property
     def max_block_s(self) -> float:
         """Longest single blocking command: under the socket timeout, with room to spare."""
-        timeout = self.client.connection_pool.connection_kwargs.get("socket_timeout")
-        return MAX_BLOCK_S if not timeout else max(0.05, min(MAX_BLOCK_S, float(timeout) / 2))
+        timeout = self.parsed.socket_timeout
+        return MAX_BLOCK_S if not timeout else max(0.05, min(MAX_BLOCK_S, timeout / 2))
 
     def key(self, *parts: str) -> str:
         return ":".join((self.prefix, *parts))
 
     # -- calls --------------------------------------------------------------------
-    def call(self, operation: Callable[[redis.Redis], T], *, retry_s: float = 0.0) -> T:
-        """Run ``operation(client)`` and translate errors.
+    def call(self, operation: Callable[[], T], *, retry_s: float = 0.0) -> T:
+        """Run ``operation()`` and translate errors.
 
-        A pooled connection that died with a Redis restart fails the first try; one
+        A connection that died with a Redis restart fails the first try; one
         immediate retry on a fresh connection hides that. ``retry_s`` allows further
         tries with capped backoff for that long (producers: ``publish_retry``).
         """
@@ -268,12 +301,8 @@ class RedisLink:
         attempt = 0
         while True:
             try:
-                return operation(self.client)
-            except RedisError as exc:
-                if not isinstance(exc, (_RedisConnectionError, _RedisTimeoutError)) or isinstance(
-                    exc, redis.AuthenticationError
-                ):
-                    raise translate(exc, self.url) from None
+                return operation()
+            except wire.WireError as exc:
                 attempt += 1
                 if attempt == 1:
                     deadline = time.monotonic() + retry_s
@@ -282,63 +311,61 @@ class RedisLink:
                     raise translate(exc, self.url) from None
                 time.sleep(delay)
                 delay = min(delay * 2, 1.0)
-            except OSError as exc:
-                raise translate(exc, self.url) from None
 
     def send(self, commands: Sequence[tuple[Any, ...]], *, retry_s: float = 0.0) -> list[Any]:
-        """Send commands in one write and read every reply: the hot path.
+        """Send commands in one write and read every reply: every call goes here.
 
-        It uses this thread's own connection directly: redis-py's per-command
-        machinery (pool checkout, health check, retry wrapper, response callbacks)
-        costs more than the loopback round trip itself. Replies are raw (bytes,
-        ints, lists); an error reply raises ``BrokerError``.
+        Replies are raw RESP2 (bytes, ints, lists, None); an error reply raises
+        ``BrokerError``.
         """
-        return self.call(lambda client: self._exchange(commands), retry_s=retry_s)
+        return self.call(lambda: self._exchange(commands), retry_s=retry_s)
 
     def _connection(self) -> Any:
         local = self._local
         conn: Any = getattr(local, "conn", None)
-        pid = os.getpid()
-        if conn is None or local.conn_pid != pid:
-            # After fork() the inherited object shares the parent's socket: drop it
-            # without closing (redis-py only shuts a socket down in its own process).
-            # Made like the pool's (same options, Sentinel-aware) but not owned by
-            # it: a thread that ends takes its connection with it (garbage-collected,
-            # socket closed) instead of leaving it in the pool's in-use set.
-            pool = self.client.connection_pool
-            conn = pool.connection_class(**pool.connection_kwargs)
-            tracker = _LoadedScripts()
-            conn.register_connect_callback(tracker.reset)
-            conn._conveyor_loaded = tracker  # keeps the weakly-held callback alive
-            local.conn, local.conn_pid = conn, pid
+        if conn is None or conn.pid != os.getpid():
+            # After fork() the inherited object shares the parent's socket: replace it
+            # without shutting it down (the parent still uses it).
+            conn = self._new_connection()
+            local.conn = conn
             self._connections.add(conn)
         return conn
+
+    def _new_connection(self) -> Any:
+        parsed = self.parsed
+        if not parsed.wire:
+            return wire.ClientConnection(self.client)
+        options = dict(parsed.options)
+        if parsed.tls and self._tls is None:
+            try:
+                self._tls = wire.tls_context(options)
+            except (OSError, ValueError) as exc:
+                raise ConfigurationError(f"TLS options in {mask(self.url)}: {exc}") from None
+        connect_timeout = options.get("socket_connect_timeout")
+        return wire.WireConnection(
+            parsed.host,
+            parsed.port,
+            db=parsed.db,
+            username=parsed.username,
+            password=parsed.password,
+            socket_timeout=parsed.socket_timeout,
+            connect_timeout=float(connect_timeout) if connect_timeout else 5.0,
+            tls=self._tls if parsed.tls else None,
+        )
 
     def _drop_connection(self) -> None:
         conn = getattr(self._local, "conn", None)
         self._local.conn = None
-        if conn is not None and self._local.conn_pid == os.getpid():
-            with contextlib.suppress(Exception):
-                conn.disconnect()
+        if conn is not None:
+            conn.disconnect()
 
     def _exchange(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
-        conn = self._connection()
-        replies: list[Any] = []
-        try:
-            conn.send_packed_command(conn.pack_commands(commands), check_health=False)
-            for _ in commands:
-                try:
-                    replies.append(conn.read_response())
-                except ResponseError as exc:  # the connection is still in step
-                    replies.append(exc)
-        except BaseException:
-            self._drop_connection()
-            raise
+        replies: list[Any] = self._connection().exchange(commands)
         for reply in replies:
-            if isinstance(reply, NoScriptError) and len(commands) == 1:
+            if wire.is_noscript(reply) and len(commands) == 1:
                 return self._reload_scripts(commands)
-            if isinstance(reply, ResponseError):
-                raise reply
+            if wire.is_error(reply):
+                raise translate(reply, self.url)
         return replies
 
     def _reload_scripts(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
@@ -374,7 +401,7 @@ class RedisLink:
             return
         replies = self.send([("MULTI",), *commands, ("EXEC",)], retry_s=retry_s)
         for reply in replies[-1] or ():
-            if isinstance(reply, ResponseError):
+            if wire.is_error(reply):
                 raise translate(reply, self.url)
 
     def command(self, *args: Any, retry_s: float = 0.0) -> Any:
@@ -406,7 +433,7 @@ class RedisLink:
         pending.clear()
         self._local.pending = None
         try:
-            self.call(lambda client: self._transact(commands))
+            self.call(lambda: self._transact(commands))
         finally:
             self._local.pending = pending if getattr(self._local, "depth", 0) else None
 
@@ -419,19 +446,24 @@ class RedisLink:
         connection anyway, the refused commands are sent again with their source.
         """
         conn = self._connection()
-        conn.connect()  # no-op when connected; a reconnect empties the loaded set
-        loaded: set[str] = conn._conveyor_loaded.shas
+        conn.connect()  # no-op when connected; a reconnect empties conn.loaded
+        loaded: set[str] = conn.loaded
         missing = {args[1] for args in commands if args[0] == "EVALSHA" and args[1] not in loaded}
         prelude = [("SCRIPT", "LOAD", self._sources[sha]) for sha in sorted(missing)]
-        replies = self._exchange([*prelude, ("MULTI",), *commands, ("EXEC",)])
+        replies = conn.exchange([*prelude, ("MULTI",), *commands, ("EXEC",)])
+        for reply in replies[:-1]:
+            if wire.is_error(reply):
+                raise translate(reply, self.url)
         loaded |= missing
-        results = replies[-1] or []
+        results = replies[-1]
+        if wire.is_error(results):  # EXECABORT
+            raise translate(results, self.url)
         refused = [
-            args for args, reply in zip(commands, results, strict=False) if isinstance(reply, NoScriptError)
+            args for args, reply in zip(commands, results or [], strict=False) if wire.is_noscript(reply)
         ]
-        for reply in results:
-            if isinstance(reply, ResponseError) and not isinstance(reply, NoScriptError):
-                raise reply
+        for reply in results or []:
+            if wire.is_error(reply) and not wire.is_noscript(reply):
+                raise translate(reply, self.url)
         if refused:
             loaded.clear()
             again = [("EVAL", self._sources[a[1]], *a[2:]) if a[0] == "EVALSHA" else a for a in refused]
@@ -439,31 +471,13 @@ class RedisLink:
 
     def close(self) -> None:
         self._drop_connection()
-        for conn in list(self._connections):  # redis-py only shuts down its own process's sockets
+        for conn in list(self._connections):
             with contextlib.suppress(Exception):
                 conn.disconnect()
         client, self._client = self._client, None
         if client is not None:
-            try:
+            with contextlib.suppress(Exception):
                 client.connection_pool.disconnect()
-            except RedisError:
-                pass
-
-
-def execute(client: Any, *args: Any) -> Any:
-    """One raw command on a client or pipeline (redis-py's method is untyped)."""
-    return client.execute_command(*args)
-
-
-class _LoadedScripts:
-    """The script SHAs one connection's server is known to hold."""
-
-    def __init__(self) -> None:
-        self.shas: set[str] = set()
-
-    def reset(self, connection: Any) -> None:
-        """Connect callback: a new connection may reach a restarted, empty server."""
-        self.shas.clear()
 
 
 class _Batch:
