@@ -14,9 +14,10 @@ Layout (``P`` is the key prefix, ``conveyor`` unless the URL says ``?prefix=``):
 - ``P:rl:<key>``, ``P:lease:<name>``, ``P:kv:<ns>`` (+ ``P:kvx:<ns>``), ``P:log:<stream>``
 
 An entry is ``b"<attempts>|<priority>|<task id>\\n" + body``. Every state change
-(lease, reclaim, promote, ack, nack, dead-letter) is one Lua script, so it is atomic
-across every client; times inside scripts come from Redis's clock (``TIME``), so hosts
-with skewed clocks still agree on when a lease runs out.
+that reads before it writes (lease, reclaim, promote, ack, nack, dead-letter) is one
+Lua script, so it is atomic across every client; publishing is plain commands.
+Times inside scripts come from Redis's clock (``TIME``), so hosts with skewed
+clocks still agree on when a lease runs out.
 
 Why lists and not Streams with consumer groups: docs/brokers.md, "Redis".
 """
@@ -108,7 +109,7 @@ end
 """
 
 # ARGV: prefix, lease seconds, limit, token, queues... Returns {"D", qi, entry, ...}
-# or {"W", seconds until something is due or "", last wake id per queue...}.
+# or {"W", seconds until something is due or ""}. A full batch passes the wake-up token on.
 _FETCH = Script(
     _NOW
     + _SETTLE_TIME
