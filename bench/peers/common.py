@@ -2,15 +2,17 @@
 
 Each framework's no-op task calls :func:`mark_done` and nothing else, so every system pays
 the same measuring cost: one Redis round trip per task (a Lua script: INCR, and the
-epoch time of the first and of the latest task). The driver reads those times instead
+epoch time of the first and of the latest task), over a plain socket. The driver reads those times instead
 of polling each framework's own state, which would cost each a different amount.
 """
 
 from __future__ import annotations
 
 import os
+import socket
 import time
 from typing import Any
+from urllib.parse import urlsplit
 
 REDIS_URL = os.environ.get("PEERS_REDIS_URL", "")
 COUNT_KEY = "peers:done"
@@ -24,21 +26,37 @@ redis.call('SET', KEYS[3], ARGV[1])
 return n
 """
 
-_client: Any = None
-_script: Any = None
+_sock: socket.socket | None = None
 _pid = 0
 
 
-def mark_done() -> None:
-    """Count one finished task; one Redis round trip (a client per process: workers fork)."""
-    global _client, _script, _pid
-    if _client is None or _pid != os.getpid():
-        import redis
+def _command(*args: str) -> bytes:
+    """One RESP array: the counter speaks Redis's protocol itself, so that it adds no
+    import (redis-py costs ~20 MiB per process) to a worker that would not load it."""
+    parts = [f"*{len(args)}\r\n".encode()]
+    for arg in args:
+        data = arg.encode()
+        parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(parts)
 
-        _client = redis.Redis.from_url(REDIS_URL)
-        _script = _client.register_script(_MARK)
+
+def mark_done() -> None:
+    """Count one finished task: one round trip (a connection per process: workers fork)."""
+    global _sock, _pid
+    if _sock is None or _pid != os.getpid():
+        where = urlsplit(REDIS_URL)
+        _sock = socket.create_connection((where.hostname or "127.0.0.1", where.port or 6379))
+        _sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         _pid = os.getpid()
-    _script(keys=[COUNT_KEY, FIRST_KEY, LAST_KEY], args=[repr(time.time())])
+    _sock.sendall(_command("EVAL", _MARK, "3", COUNT_KEY, FIRST_KEY, LAST_KEY, repr(time.time())))
+    reply = b""
+    while not reply.endswith(b"\r\n"):  # ":<count>\r\n"
+        chunk = _sock.recv(64)
+        if not chunk:
+            raise RuntimeError("peers counter: Redis closed the connection")
+        reply += chunk
+    if not reply.startswith(b":"):
+        raise RuntimeError(f"peers counter: unexpected reply {reply!r}")
 
 
 class Peer:
