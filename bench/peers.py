@@ -562,8 +562,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args.repeat = args.repeat or (1 if args.quick else 3)
     chosen = [s.strip() for s in args.systems.split(",") if s.strip()]
     unknown = [s for s in chosen if s not in SYSTEMS]
-    if unknown or not chosen or args.n < 2 or args.repeat < 1 or args.round_trips < 1:
-        p.error(f"unknown system(s) {', '.join(unknown)}" if unknown else "nothing to measure")
+    if unknown or not chosen:
+        p.error(f"unknown system(s): {', '.join(unknown)}" if unknown else "--systems names no system")
+    if args.n < 2 or args.repeat < 1 or args.round_trips < 1:
+        p.error("-n must be at least 2, --repeat and --round-trips at least 1")
     args.systems = chosen
     return args
 
