@@ -192,11 +192,13 @@ class Consumer:
         once, so a lone task's round trip pays no delay. Early acks ride in the same
         batch and wait at most SETTLE_DELAY_S.
         """
+        waiting = self._has_pending()
         self._dispatch()
+        waiting = self._arm_settle(waiting)
         next_hold = self.rate_gate.next_due()
         if next_hold is not None:
             timeout_s = max(0.0, min(timeout_s, next_hold - time.time()))
-        if self._unsettled or self._pending_acks or self._pending_records:
+        if waiting:
             timeout_s = min(timeout_s, max(0.0, self._settle_by - time.monotonic()))
         if self._incoming and self.pool.idle_slots() > 0:
             timeout_s = 0.0
@@ -206,16 +208,29 @@ class Consumer:
                 # Refill freed slots before the settle writes; an inline pool would
                 # run the next task right here and hold its outcome back instead.
                 self._dispatch()
-            if not (self._unsettled or self._pending_acks):
-                self._settle_by = time.monotonic() + SETTLE_DELAY_S
             with self._cond:
                 self._unsettled.extend(completions)
                 self._cond.notify_all()  # finished work frees prefetch room
-        elif (self._pending_acks or self._pending_records) and not self._unsettled:
-            self._settle_by = min(self._settle_by, time.monotonic() + SETTLE_DELAY_S)
+        self._arm_settle(waiting)
         if self._should_settle():
             pending, self._unsettled = self._unsettled, []
             self._settle(pending)
+
+    def _has_pending(self) -> bool:
+        return bool(self._unsettled or self._pending_acks or self._pending_records)
+
+    def _arm_settle(self, had_pending: bool) -> bool:
+        """Start the settle clock when the first outcome, early ack or record arrives.
+
+        Armed only on that first arrival: re-arming on later ones would let a steady
+        stream postpone the write for ever, and not arming on an early ack (which
+        arrives before its outcome) would leave a stale deadline that makes every
+        task settle on its own.
+        """
+        has = self._has_pending()
+        if has and not had_pending:
+            self._settle_by = time.monotonic() + SETTLE_DELAY_S
+        return has
 
     def _should_settle(self) -> bool:
         if not (self._unsettled or self._pending_acks or self._pending_records):
