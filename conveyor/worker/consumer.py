@@ -50,6 +50,7 @@ T = TypeVar("T")
 
 SETTLE_DELAY_S = 0.005  # longest an outcome or early ack waits to share a write with others
 SETTLE_BATCH = 32
+BURST_MAX = SETTLE_BATCH  # most messages an inline consumer fetches at once while a backlog lasts
 STALL_S = 0.1  # a task running this long makes its process give back what it prefetched  # ... or until this many outcomes are waiting
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
@@ -76,6 +77,7 @@ class Consumer:
         self.queues = list(queues)
         self.hostname = hostname
         self.capacity = max(1, pool.concurrency * max(1, prefetch_multiplier))
+        self._burst = 0  # inline pools: fetch size beyond capacity while a backlog lasts
         self.lease_s = lease_s
         self.shutdown_timeout_s = shutdown_timeout_s
         self.max_deliveries = max_deliveries
@@ -143,9 +145,10 @@ class Consumer:
             while not self._cold and not self._warm:
                 if not self._incoming:
                     self._flush()  # write finished work before blocking
+                    limit = max(self._room(), self._burst)
                     try:
                         deliveries = self.broker.fetch(
-                            self.queues, limit=self._room(), lease_s=self.lease_s, timeout_s=self._idle_wait()
+                            self.queues, limit=limit, lease_s=self.lease_s, timeout_s=self._idle_wait()
                         )
                         backoff = 0.1
                     except BrokerError as exc:
@@ -153,6 +156,11 @@ class Consumer:
                         time.sleep(backoff)
                         backoff = min(backoff * 2, 10.0)
                         continue
+                    # A full batch means a backlog: take twice as many next time, so a
+                    # drain pays one fetch and one settle per up to BURST_MAX tasks
+                    # instead of per prefetch window. Safe for long tasks: the stall
+                    # guard gives unstarted messages back after STALL_S.
+                    self._burst = min(2 * limit, BURST_MAX) if len(deliveries) >= limit else 0
                     if deliveries:
                         self.accept(deliveries)
                 self.poll_once(timeout_s=0.0)
