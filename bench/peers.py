@@ -536,6 +536,17 @@ def versions() -> dict[str, str]:
     return found
 
 
+def conveyor_revision() -> str:
+    """The checkout Conveyor runs from (it is installed editable): commit, "+dirty" when
+    conveyor/ has uncommitted changes. Compared before and after a run in the output."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True).stdout.strip()
+
+    commit = git("rev-parse", "--short", "HEAD") or "unknown"
+    return commit + ("+dirty" if git("status", "--porcelain", "--", "conveyor") else "")
+
+
 # -- main --------------------------------------------------------------------------------------
 
 
@@ -598,7 +609,9 @@ def measure_all(args: argparse.Namespace, ctx: Context) -> list[Outcome]:
     return sorted(outcomes, key=lambda o: args.systems.index(o.system))
 
 
-def json_report(args: argparse.Namespace, argv: list[str], started: float, outcomes: list[Outcome]) -> str:
+def json_report(
+    args: argparse.Namespace, argv: list[str], started: float, outcomes: list[Outcome], revision: str
+) -> str:
     rows = [
         {
             "key": r.key,
@@ -621,6 +634,7 @@ def json_report(args: argparse.Namespace, argv: list[str], started: float, outco
             "platform": platform.platform(),
         },
         "versions": versions(),
+        "conveyor_revision": revision,
         "rows": rows,
         "systems": [o.__dict__ for o in outcomes],
     }
@@ -634,6 +648,7 @@ def main(argv: list[str]) -> int:
         os.execv(str(python), [str(python), str(Path(__file__).resolve()), *argv])
     workdir = Path(tempfile.mkdtemp(prefix="conveyor-peers-"))
     started = time.time()
+    revision = conveyor_revision()
     with private_redis(workdir) as (url, client):
         if not args.quiet:
             print(f"peers: N={args.n:,} repeat={args.repeat} round trips={args.round_trips}, "
@@ -646,13 +661,16 @@ def main(argv: list[str]) -> int:
     print(f"Conveyor vs peers, N={args.n:,} no-op tasks, 2 worker processes, median of {args.repeat}, "
           f"{args.round_trips} round trips; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(started))}, "
           f"{os.cpu_count()} CPUs, Redis {versions()['redis-server']} on loopback")  # fmt: skip
+    finished = conveyor_revision()
+    changed = "" if finished == revision else f" -> {finished} (CHANGED DURING THE RUN)"
+    print(f"Conveyor from {REPO} at {revision}{changed}")
     print(table(outcomes))
     print()
     for o in outcomes:
         if o.notes:
             print(f"{o.system}: {o.notes}; bulk: {o.bulk_api or 'none'}")
     if args.json:
-        text = json_report(args, argv, started, outcomes)
+        text = json_report(args, argv, started, outcomes, f"{revision}{changed}")
         if args.json == "-":
             print(text)
         else:
