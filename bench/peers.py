@@ -4,7 +4,8 @@ Systems: Conveyor on SQLite, Conveyor on Redis, Celery, RQ, Dramatiq, Huey and a
 framework is one small module under bench/peers/ (``<name>_peer.py``): its no-op and add
 tasks, and an adapter with the same few methods (send one, send in bulk, count queued,
 worker command, round trip). This script starts ONE private ``redis-server`` on a free
-port (never the shared 127.0.0.1:6379), then, for each system in turn:
+port (never the shared 127.0.0.1:6379), then measures each system, round by round (round 1
+of every system, then round 2, ...) so that load from elsewhere on the machine is shared:
 
 1. enqueue: N ``noop(i)`` sends from this process, one framework call per task (Celery
    ``delay``, RQ ``Queue.enqueue``, Dramatiq ``send``, Huey calling the task, arq
@@ -15,8 +16,9 @@ port (never the shared 127.0.0.1:6379), then, for each system in turn:
    spawned .. last task done), "busy" is N / (first task done .. last task done);
    "start" is workers spawned .. first task done; "results stored" is the busy rate again
    for ``echo(i)``, the same no-op with its result stored. Every task calls
-   ``common.mark_done()``: one Lua call on the same Redis (INCR and the first/latest
-   time), the same cost for every system, so completion is read the same way for all;
+   ``common.mark_done()``: one Lua call on the same Redis over a plain socket (INCR and
+   the first/latest time), the same cost for every system, so completion is read the
+   same way for all; more than N runs counted fails the drain (duplicate delivery);
 3. worker memory: RSS and PSS of every process of the workers (parents, pool children)
    summed, right after the drain (RSS counts what a forked child shares with its parent
    in both; PSS splits shared pages among their sharers);
@@ -28,8 +30,10 @@ Results are off for the no-op task everywhere (Celery ``ignore_result``, RQ
 ``result_ttl=0``, Dramatiq no ``store_results``, Huey stores no None, arq ``keep_result=0``,
 Conveyor ``ignore_result``). Rates and drain figures are medians of ``--repeat`` runs.
 The store is emptied (FLUSHALL) between phases. A system that fails shows its error in its
-column and the table still prints. Each system's worker logs stay in the work directory
-(printed at the end with ``--keep``).
+column and the table still prints; the work directory (a log file per worker run, the
+Redis log) is then kept, as with ``--keep``. Each framework's settings are documented in
+its module and in docs/benchmarks.md (defaults, except RQ's SimpleWorker, Huey's
+``notify_result`` and arq's poll intervals).
 
 The peers live in their own venv, never in the package's dependencies: on first use this
 script creates ``bench/.venv-peers`` (``python3 -m venv``, then ``pip install -r
@@ -37,7 +41,7 @@ bench/peers-requirements.txt -e '.[redis]'`` and arq with ``--no-deps``) and re-
 with that venv's Python, so one interpreter drives every framework and Conveyor (installed
 editable from this checkout).
 
-    python3 bench/peers.py                 # N=10,000, 3 repeats: several minutes
+    python3 bench/peers.py                 # N=10,000, 3 repeats: about 13 minutes
     python3 bench/peers.py --quick         # N=2,000, 1 repeat
     python3 bench/peers.py --systems conveyor-redis,huey --json out.json
 
