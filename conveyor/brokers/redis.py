@@ -8,6 +8,10 @@ Layout (``P`` is the key prefix, ``conveyor`` unless the URL says ``?prefix=``):
 - ``P:d:<queue>``         sorted set: "<seq>|<entry>" -> eta (delays, retries)
 - ``P:s:<queue>``         list of at most one token, pushed on every publish: the
                           wake-up blocked consumers wait on with BLPOP
+- ``P:w:<queue>``         sorted set: consumer id -> time it began waiting (hand-off)
+- ``P:wt:<consumer>``     hash while that consumer waits: fetch token, lease seconds,
+                          one field per queue; expires just after its wait
+- ``P:in:<consumer>``     list: deliveries handed to that consumer, already leased
 - ``P:queues``            set of queue names
 - ``P:dlq:<id>``          hash per dead letter; ``P:dlq:all`` and ``P:dlq:q:<queue>``
                           sorted sets of ids (score = id)
@@ -15,7 +19,9 @@ Layout (``P`` is the key prefix, ``conveyor`` unless the URL says ``?prefix=``):
 
 An entry is ``b"<attempts>|<priority>|<task id>\\n" + body``. Every state change
 that reads before it writes (lease, reclaim, promote, ack, nack, dead-letter) is one
-Lua script, so it is atomic across every client; publishing is plain commands.
+Lua script, so it is atomic across every client; so is publishing one ready message
+(it may hand the message straight to a waiting consumer); the rest of publishing
+is plain commands.
 Times inside scripts come from Redis's clock (``TIME``), so hosts with skewed
 clocks still agree on when a lease runs out.
 
@@ -82,6 +88,79 @@ return 1
 """
 )
 
+# ARGV: prefix, queue, priority, entry. Direct hand-off: when the queue has nothing
+# ready and a consumer is blocked waiting on it, lease the entry to that consumer (as
+# the fetch script would) and push it onto the consumer's inbox, which its BLPOP
+# watches; otherwise queue it and leave the wake-up token. Returns 2 or 1.
+_SEND = Script(
+    """
+local P, q, p, e = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local qk, w = P .. ':q:' .. q .. ':', P .. ':w:' .. q
+redis.call('SADD', P .. ':queues', q)
+if redis.call('EXISTS', w) == 1 and redis.call('EXISTS', qk .. 0, qk .. 1, qk .. 2, qk .. 3,
+    qk .. 4, qk .. 5, qk .. 6, qk .. 7, qk .. 8, qk .. 9) == 0 then
+  while true do
+    local got = redis.call('ZPOPMIN', w)
+    if #got == 0 then break end
+    local cid = got[1]
+    local wt = P .. ':wt:' .. cid
+    -- Stale unless the consumer still waits, and on this queue (its queues may change).
+    local reg = redis.call('HMGET', wt, 't', 'l', 'q:' .. q)
+    if reg[3] then
+      -- One hand-off per wait: the consumer's other registrations go stale with this.
+      redis.call('DEL', wt)
+      local t = redis.call('TIME')
+      local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+      local lease = tonumber(reg[2])
+      local r = reg[1] .. ':h'
+      local s2 = string.find(e, '|', 1, true)
+      local e2 = (tonumber(string.sub(e, 1, s2 - 1)) + 1) .. string.sub(e, s2)
+      redis.call('HSET', P .. ':lh:' .. q, r, e2)
+      redis.call('ZADD', P .. ':lz:' .. q, now + lease, r)
+      local inbox = P .. ':in:' .. cid
+      redis.call('RPUSH', inbox, r .. '\\n' .. q .. '\\n' .. e2)
+      -- Useless once the lease has run out: the entry is back in its queue by then.
+      redis.call('PEXPIRE', inbox, math.floor(lease * 1000) + 60000)
+      return 2
+    end
+  end
+end
+redis.call('RPUSH', qk .. p, e)
+redis.call('LPUSH', P .. ':s:' .. q, 1)
+redis.call('LTRIM', P .. ':s:' .. q, 0, 0)
+return 1
+"""
+)
+
+# Takes a consumer's inbox: deliveries handed to it while it was not listening. Each
+# is kept (its lease renewed) only while its receipt still holds; one whose lease ran
+# out is back in its queue already. Defines `handed`; needs P, cid, untl.
+_DRAIN = """
+local handed = {}
+local inbox = P .. ':in:' .. cid
+local items = redis.call('LRANGE', inbox, 0, -1)
+if #items > 0 then
+  redis.call('DEL', inbox)
+  for _, it in ipairs(items) do
+    local a = string.find(it, '\\n', 1, true)
+    local b = string.find(it, '\\n', a + 1, true)
+    local r, q = string.sub(it, 1, a - 1), string.sub(it, a + 1, b - 1)
+    if redis.call('HEXISTS', P .. ':lh:' .. q, r) == 1 then
+      redis.call('ZADD', P .. ':lz:' .. q, 'XX', untl, r)
+      handed[#handed + 1] = it
+    end
+  end
+end
+"""
+
+# Ends a consumer's waiting: registrations go stale, so no hand-off can reach it now.
+_UNWAIT = """
+local wt = P .. ':wt:' .. cid
+if redis.call('DEL', wt) == 1 then
+  for i = Q0, #ARGV do redis.call('ZREM', P .. ':w:' .. ARGV[i], cid) end
+end
+"""
+
 # Moves ran-out leases and due delays back to the ready lists of the given queues.
 _SETTLE_TIME = """
 local function settle_time(P, q, now)
@@ -108,18 +187,25 @@ local function settle_time(P, q, now)
 end
 """
 
-# ARGV: prefix, lease seconds, limit, token, queues... Returns {"D", qi, entry, ...}
-# or {"W", seconds until something is due or ""}. A full batch passes the wake-up token on.
+# ARGV: prefix, lease seconds, limit, token, consumer id, block seconds, queues...
+# Returns {"D", {handed...}, qi, entry, ...} or {"W", seconds to block}: with nothing
+# due and block > 0 the consumer is registered as waiting (for a direct hand-off) for
+# that long. A full batch passes the wake-up token on.
 _FETCH = Script(
     _NOW
     + _SETTLE_TIME
     + """
 local P, lease, limit, token = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
+local cid, block, Q0 = ARGV[5], tonumber(ARGV[6]), 7
 local lmpop = (redis.REDIS_VERSION_NUM or 0) >= 0x070000  -- Redis 7; 6.2 pops list by list
 local untl = now + lease
-local out = {'D'}
-local n = 0
-for i = 5, #ARGV do
+"""
+    + _UNWAIT
+    + _DRAIN
+    + """
+local out = {'D', handed}
+local n = #handed
+for i = Q0, #ARGV do
   local q = ARGV[i]
   settle_time(P, q, now)
   if n < limit then
@@ -135,7 +221,7 @@ for i = 5, #ARGV do
         hargs[#hargs + 1] = e2
         zargs[#zargs + 1] = untl
         zargs[#zargs + 1] = r
-        out[#out + 1] = i - 4
+        out[#out + 1] = i - Q0 + 1
         out[#out + 1] = e2
       end
     end
@@ -170,8 +256,7 @@ for i = 5, #ARGV do
 end
 if n > 0 then return out end
 local nextdue = nil
-local wait = {'W', ''}
-for i = 5, #ARGV do
+for i = Q0, #ARGV do
   local q = ARGV[i]
   for _, k in ipairs({P .. ':d:' .. q, P .. ':lz:' .. q}) do
     local first = redis.call('ZRANGE', k, 0, 0, 'WITHSCORES')
@@ -181,8 +266,40 @@ for i = 5, #ARGV do
     end
   end
 end
-if nextdue then wait[2] = tostring(math.max(nextdue - now, 0.001)) end
-return wait
+local wait = block
+if nextdue then wait = math.min(wait, math.max(nextdue - now, 0.001)) end
+if block > 0 then
+  -- Registered until just after the wait; a consumer that stops waiting early
+  -- clears it (or its next fetch does), and a killed one's lapses on its own.
+  local wt = P .. ':wt:' .. cid
+  local reg = {'t', token, 'l', ARGV[2]}
+  for i = Q0, #ARGV do
+    reg[#reg + 1] = 'q:' .. ARGV[i]
+    reg[#reg + 1] = 1
+  end
+  redis.call('HSET', wt, unpack(reg))
+  redis.call('PEXPIRE', wt, math.floor(wait * 1000) + 250)
+  for i = Q0, #ARGV do
+    local w = P .. ':w:' .. ARGV[i]
+    redis.call('ZADD', w, now, cid)
+    redis.call('PEXPIRE', w, math.floor(wait * 1000) + 60000)
+  end
+end
+return {'W', tostring(wait)}
+"""
+)
+
+# ARGV: prefix, lease seconds, consumer id, queues... A consumer that stops waiting
+# (timeout, wake()) clears its registrations and takes what was handed to it meanwhile.
+_GIVE_UP = Script(
+    _NOW
+    + """
+local P, untl, cid, Q0 = ARGV[1], now + tonumber(ARGV[2]), ARGV[3], 4
+"""
+    + _UNWAIT
+    + _DRAIN
+    + """
+return handed
 """
 )
 
@@ -480,24 +597,30 @@ class RedisBroker:
 
     # -- producing -------------------------------------------------------------------
     def publish(self, message: Message, *, eta: float | None = None) -> None:
-        """Plain commands in one write, no script: the list (or the delay set), the
-        queue name, the wake-up token. Each is idempotent enough on its own that it needs
-        no atomicity, and Redis runs them for a third of a script's cost."""
+        """One round trip. A ready message goes through a small script that hands it
+        straight to a consumer blocked on its queue when nothing else is ready there
+        (the consumer's BLPOP returns it: no wake-up and second fetch), or queues it.
+        A delayed one is plain commands: the delay set, the queue name, the token."""
         if eta is None:
             eta = message.eta
         priority = _priority(message)
         entry = _entry(message.encode(), priority, message.id)
         queue = message.queue
         prefix = self.prefix
-        if eta is not None and eta > time.time():
-            # A unique member: two identical messages must not collapse into one.
-            store: tuple[Any, ...] = ("ZADD", f"{prefix}:d:{queue}", repr(eta), _unique() + entry)
-        else:
-            store = ("RPUSH", f"{prefix}:q:{queue}:{priority}", entry)
+        retry_s = self.link.parsed.publish_retry_s
+        if eta is None or eta <= time.time():
+            self.link.run(_SEND, (prefix, queue, priority, entry), retry_s=retry_s)
+            return
+        # A unique member: two identical messages must not collapse into one.
         signal = f"{prefix}:s:{queue}"
         self.link.write(
-            [store, ("SADD", f"{prefix}:queues", queue), ("LPUSH", signal, 1), ("LTRIM", signal, 0, 0)],
-            retry_s=self.link.parsed.publish_retry_s,
+            [
+                ("ZADD", f"{prefix}:d:{queue}", repr(eta), _unique() + entry),
+                ("SADD", f"{prefix}:queues", queue),
+                ("LPUSH", signal, 1),
+                ("LTRIM", signal, 0, 0),
+            ],
+            retry_s=retry_s,
         )
 
     def publish_many(self, messages: Sequence[Message]) -> None:
@@ -542,36 +665,56 @@ class RedisBroker:
         queues = list(dict.fromkeys(queues))
         deadline = time.monotonic() + max(timeout_s, 0.0)
         generation = self._generation
+        consumer = self._consumer_id()
         while True:
             token = secrets.token_hex(6)
-            reply = self.link.read(_FETCH, (self.prefix, lease_s, limit, token, *queues))
-            if reply[0] == b"D":
-                return _deliveries(reply, queues, token)
             remaining = deadline - time.monotonic()
-            if remaining <= 0 or self._generation != generation:
-                return []
-            if reply[1]:
-                remaining = min(remaining, float(reply[1]))
-            self._block(queues, remaining)
+            block = round(min(remaining, self.link.max_block_s), 3) if remaining > 0 else 0.0
             if self._generation != generation:
+                block = 0.0
+            args = (self.prefix, lease_s, limit, token, consumer, repr(max(block, 0.0)), *queues)
+            reply = self.link.read(_FETCH, args)
+            if reply[0] == b"D":
+                return [_handed(item) for item in reply[1]] + _deliveries(reply, queues, token)
+            if block <= 0:
                 return []
+            handed = self._block(queues, consumer, float(reply[1]))
+            if handed is not None:
+                return [_handed(handed)]
+            if self._generation != generation or deadline - time.monotonic() <= 0:
+                # Stop waiting: no hand-off may reach a consumer that is not listening.
+                items = self.link.read(_GIVE_UP, (self.prefix, lease_s, consumer, *queues))
+                return [_handed(item) for item in items]
 
     def _wake_key(self) -> str:
         # Per process (a forked child gets its own) and per broker object.
         return self.link.key("wk", f"{os.getpid()}-{self._instance}")
 
-    def _block(self, queues: list[str], seconds: float) -> None:
-        """Wait for a publish to any of ``queues`` or a local wake(), without polling.
+    def _consumer_id(self) -> str:
+        # Per process, broker object and thread: names this fetcher's inbox.
+        return f"{os.getpid()}-{self._instance}-{threading.get_ident()}"
 
-        Each publish leaves one token in the queue's signal list (``P:s:<queue>``,
-        never more than one); BLPOP takes it, so one publish wakes one blocked
-        consumer, not all of them. A token left while nobody waited makes the next
-        wait return at once: a publish between the fetch script and this call is
-        never missed, at the cost of one spare fetch now and then. A consumer that
-        fills its batch passes a token on, so a burst still wakes everyone.
+    def _block(self, queues: list[str], consumer: str, seconds: float) -> bytes | None:
+        """Wait for a hand-off, a publish to any of ``queues`` or a local wake(),
+        without polling. Returns a delivery handed to this consumer, if that ended it.
+
+        The fetch script registered this consumer as waiting: a publish to a queue
+        with nothing ready leases the message to it and pushes it onto its inbox
+        (``P:in:<consumer>``), the first key here. Other publishes (delays, bulk, a
+        queue that already had work) leave one token in the queue's signal list
+        (``P:s:<queue>``, never more than one); BLPOP takes it, so one publish wakes
+        one blocked consumer, not all of them. A token left while nobody waited makes
+        the next wait return at once: a publish between the fetch script and this
+        call is never missed, at the cost of one spare fetch now and then. A consumer
+        that fills its batch passes a token on, so a burst still wakes everyone.
         """
-        keys = [self.link.key("s", q) for q in queues] + [self._wake_key()]
-        self.link.send([("BLPOP", *keys, round(max(min(seconds, self.link.max_block_s), 0.001), 3))])
+        inbox = self.link.key("in", consumer)
+        keys = [inbox] + [self.link.key("s", q) for q in queues] + [self._wake_key()]
+        timeout = round(max(min(seconds, self.link.max_block_s), 0.001), 3)
+        reply = self.link.send([("BLPOP", *keys, timeout)])[0]
+        if reply and _text(reply[0]) == inbox:
+            return bytes(reply[1])
+        return None
 
     def ack(self, deliveries: Sequence[Delivery]) -> None:
         for queue, receipts in _by_queue(deliveries).items():
@@ -763,9 +906,23 @@ def _by_queue(deliveries: Sequence[Delivery]) -> dict[str, list[str]]:
     return grouped
 
 
+def _handed(item: bytes) -> Delivery:
+    """A delivery from an inbox: ``<receipt>\\n<queue>\\n<entry>``."""
+    receipt, queue, entry = bytes(item).split(b"\n", 2)
+    header, _, body = entry.partition(b"\n")
+    attempts, _, rest = header.partition(b"|")
+    return Delivery(
+        body=body,
+        queue=queue.decode(),
+        receipt=receipt.decode(),
+        attempt=int(attempts),
+        message_id=rest.partition(b"|")[2].decode(errors="replace"),
+    )
+
+
 def _deliveries(reply: list[Any], queues: list[str], token: str) -> list[Delivery]:
     out = []
-    for n, i in enumerate(range(1, len(reply), 2), start=1):
+    for n, i in enumerate(range(2, len(reply), 2), start=1):
         header, _, body = reply[i + 1].partition(b"\n")
         attempts, _, rest = header.partition(b"|")
         task_id = rest.partition(b"|")[2]
