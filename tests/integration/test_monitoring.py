@@ -185,17 +185,17 @@ def test_revoke_before_start_never_runs(project: Any) -> None:
     proj.app.control.revoke(doomed.id)  # no worker up yet: kept in kv "revoked"
     other = proj.mark.delay("runs")
     p.start_worker("-c", "1")
-    assert other.get(timeout=10) == "runs"
-    wait_for(lambda: doomed.state == states.REVOKED, timeout=10)
+    assert other.get(timeout=30) == "runs"
+    wait_for(lambda: doomed.state == states.REVOKED, timeout=30)
     assert [r[1] for r in p.runs if r[0] == "mark"] == ["runs"]
     # And a revoke sent to a running worker, for a task queued behind a long one.
     blocker = proj.slow.delay("b", 1.5)
-    wait_for(lambda: p.count("start") == 1, timeout=10)
+    wait_for(lambda: p.count("start") == 1, timeout=30)
     queued = proj.mark.delay("queued")
     doomed.revoke()
     queued.revoke()
-    blocker.get(timeout=10)
-    wait_for(lambda: queued.state == states.REVOKED, timeout=10)
+    blocker.get(timeout=30)
+    wait_for(lambda: queued.state == states.REVOKED, timeout=30)
     assert p.count("mark") == 1
 
 
