@@ -6,6 +6,8 @@ dashboard load when first used.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from conveyor.app import Conveyor, current_app, get_current_app, shared_task
 from conveyor.canvas import Signature, chain, chord, group
 from conveyor.exceptions import (
@@ -15,8 +17,10 @@ from conveyor.exceptions import (
     TimeLimitExceeded,
 )
 from conveyor.result import AsyncResult, EagerResult, GroupResult
-from conveyor.schedules import crontab, schedule
 from conveyor.task import Task
+
+if TYPE_CHECKING:
+    from conveyor.schedules import crontab, schedule
 
 __version__ = "0.1.0"
 
@@ -41,3 +45,13 @@ __all__ = [
     "schedule",
     "shared_task",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # Schedules load on first use: a worker or a producer that never touches them
+    # should not pay for their imports at start-up.
+    if name in ("crontab", "schedule"):
+        from conveyor import schedules
+
+        return getattr(schedules, name)
+    raise AttributeError(f"module 'conveyor' has no attribute {name!r}")

@@ -8,26 +8,49 @@ else still shows its traceback, because hiding it would make it unreportable.
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 import click
 
 from conveyor import __version__
-from conveyor.cli.beat import beat
 from conveyor.cli.context import CliState, one_line, shared_options
-from conveyor.cli.dashboard import dashboard
-from conveyor.cli.dlq import dlq
-from conveyor.cli.inspect import inspect, revoke, status
-from conveyor.cli.periodic import periodic
-from conveyor.cli.queues import purge, queues
-from conveyor.cli.run import run
-from conveyor.cli.tasks import call, result
-from conveyor.cli.worker import worker
 from conveyor.exceptions import ConveyorError
+
+# Command name -> "module:attribute". Only the command being run is imported, so
+# `conveyor worker` does not pay start-up time for the scheduler's or the
+# dashboard's imports.
+COMMANDS = {
+    "worker": "conveyor.cli.worker:worker",
+    "beat": "conveyor.cli.beat:beat",
+    "run": "conveyor.cli.run:run",
+    "dashboard": "conveyor.cli.dashboard:dashboard",
+    "status": "conveyor.cli.inspect:status",
+    "inspect": "conveyor.cli.inspect:inspect",
+    "revoke": "conveyor.cli.inspect:revoke",
+    "call": "conveyor.cli.tasks:call",
+    "result": "conveyor.cli.tasks:result",
+    "queues": "conveyor.cli.queues:queues",
+    "purge": "conveyor.cli.queues:purge",
+    "dlq": "conveyor.cli.dlq:dlq",
+    "periodic": "conveyor.cli.periodic:periodic",
+}
 
 
 class ConveyorGroup(click.Group):
-    """A click group whose commands' expected errors print as ``Error: <one line>``, exit 1."""
+    """A click group whose commands' expected errors print as ``Error: <one line>``, exit 1,
+    and whose commands are imported only when used."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *COMMANDS})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        found = super().get_command(ctx, cmd_name)
+        if found is not None or cmd_name not in COMMANDS:
+            return found
+        module, attribute = COMMANDS[cmd_name].split(":")
+        command: click.Command = getattr(importlib.import_module(module), attribute)
+        return command
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -64,21 +87,6 @@ def cli(ctx: click.Context, show_traceback: bool) -> None:
     state = ctx.ensure_object(CliState)
     state.show_traceback = show_traceback
     ctx.call_on_close(state.close)
-
-
-cli.add_command(worker)
-cli.add_command(call)
-cli.add_command(result)
-cli.add_command(queues)
-cli.add_command(purge)
-cli.add_command(dlq)
-cli.add_command(beat)
-cli.add_command(periodic)
-cli.add_command(run)
-cli.add_command(inspect)
-cli.add_command(status)
-cli.add_command(revoke)
-cli.add_command(dashboard)
 
 
 def main() -> None:
