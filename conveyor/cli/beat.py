@@ -15,19 +15,11 @@ import click
 
 from conveyor.brokers.base import mask_url
 from conveyor.cli.context import CliState, import_project, pass_state, shared_options
-from conveyor.cli.worker import LOG_LEVELS
+from conveyor.cli.worker import loglevel_option
 
 
 @click.command()
-@click.option(
-    "-l",
-    "--loglevel",
-    type=click.Choice(LOG_LEVELS, case_sensitive=False),
-    default="info",
-    show_default=True,
-    envvar="CONVEYOR_LOG_LEVEL",
-    show_envvar=True,
-)
+@loglevel_option
 @click.option(
     "--lease",
     "lease_s",

@@ -19,7 +19,7 @@ import click
 
 from conveyor.cli.context import CliState, import_project, pass_state, queues_option, shared_options
 from conveyor.cli.output import split_names
-from conveyor.cli.worker import LOG_LEVELS, POOLS
+from conveyor.cli.worker import POOLS, loglevel_option
 
 if TYPE_CHECKING:
     from multiprocessing.process import BaseProcess
@@ -52,15 +52,7 @@ def _serve_dashboard(app: Conveyor, host: str, port: int) -> None:
 @click.option(
     "-P", "--pool", type=click.Choice(POOLS), default=None, help="Worker pool (default: worker_pool)."
 )
-@click.option(
-    "-l",
-    "--loglevel",
-    type=click.Choice(LOG_LEVELS, case_sensitive=False),
-    default="info",
-    show_default=True,
-    envvar="CONVEYOR_LOG_LEVEL",
-    show_envvar=True,
-)
+@loglevel_option
 @click.option("--host", default="127.0.0.1", show_default=True, help="Dashboard address.")
 @click.option(
     "--port", type=click.IntRange(0, 65535), default=5555, show_default=True, help="Dashboard port."

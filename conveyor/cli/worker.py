@@ -16,6 +16,17 @@ from conveyor.cli.output import split_names
 POOLS = ("prefork", "threads", "solo")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
+# One definition for every command that runs a process and logs (worker, beat, run).
+loglevel_option = click.option(
+    "-l",
+    "--loglevel",
+    type=click.Choice(LOG_LEVELS, case_sensitive=False),
+    default="info",
+    show_default=True,
+    envvar="CONVEYOR_LOG_LEVEL",
+    show_envvar=True,
+)
+
 
 @click.command()
 @queues_option(
@@ -35,15 +46,7 @@ LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
     default=None,
     help="prefork (CPU-bound), threads (I/O-bound) or solo (one task at a time, in-process).",
 )
-@click.option(
-    "-l",
-    "--loglevel",
-    type=click.Choice(LOG_LEVELS, case_sensitive=False),
-    default="info",
-    show_default=True,
-    envvar="CONVEYOR_LOG_LEVEL",
-    show_envvar=True,
-)
+@loglevel_option
 @click.option("-n", "--hostname", default=None, help="This worker's name (default: conveyor.PID@HOST).")
 @click.option(
     "--max-tasks-per-child",
