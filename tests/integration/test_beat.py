@@ -241,7 +241,7 @@ def test_after_downtime_one_run_or_every_missed_run(
     app.broker.kv_set(STATE_NS, "job", RunState(last_due_at=last, total_run_count=4).encode())
     beat = Beat(app, lease_s=5)
     with caplog.at_level(logging.INFO, logger="conveyor.beat"):
-        beat.step(time.time())
+        beat.step(now)
     sent = _sent(app)
     dues = sorted(float(m.headers["periodic_due_at"]) for m in sent)
     if catch_up:
@@ -252,7 +252,7 @@ def test_after_downtime_one_run_or_every_missed_run(
     state = app.periodic.get("job")
     assert state is not None and state.total_run_count == 4 + len(dues)
     # Run again at once: nothing more is due, nothing is sent twice.
-    beat.step(time.time())
+    beat.step(now)
     assert _sent(app) == []
     beat.stop()
     app.close()
