@@ -17,9 +17,7 @@ retry-with-backoff logic and the CLI's one-line errors work unchanged.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
-import ssl
 import threading
 import time
 import weakref
@@ -41,6 +39,8 @@ MAX_BLOCK_S = 2.0
 _OUR_OPTIONS = ("prefix", "publish_retry")
 
 if TYPE_CHECKING:
+    import ssl
+
     import redis
 
 
@@ -240,12 +240,23 @@ def translate(exc: Exception, url: str) -> BrokerError:
     return BrokerError(f"Redis at {where} failed: {text}")
 
 
+def _sha1_hex(data: bytes) -> str:
+    """SHA-1 for naming scripts, preferably without OpenSSL: hashlib loads libcrypto,
+    about 4 MiB of resident memory in every worker process, for this alone."""
+    try:
+        from _sha1 import sha1  # type: ignore[import-not-found]  # CPython's own SHA-1
+    except ImportError:  # pragma: no cover - an interpreter without it
+        from hashlib import sha1
+    digest: str = sha1(data).hexdigest()
+    return digest
+
+
 class Script:
     """A Lua script run by SHA, loaded again when Redis lost it (restart, SCRIPT FLUSH)."""
 
     def __init__(self, source: str) -> None:
         self.source = source
-        self.sha = hashlib.sha1(source.encode()).hexdigest()
+        self.sha = _sha1_hex(source.encode())
 
 
 class RedisLink:

@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import os
 import socket
-import ssl
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import ssl
 
 try:
     import hiredis
@@ -105,7 +107,7 @@ class WireConnection:
             if self.tls is not None:
                 sock = self.tls.wrap_socket(sock, server_hostname=self.host)
             sock.settimeout(self.socket_timeout)
-        except (OSError, ssl.SSLError) as exc:
+        except OSError as exc:  # ssl.SSLError included
             sock.close()
             raise WireError(f"Error connecting to {where}: {exc}") from None
         self._sock = sock
@@ -242,6 +244,8 @@ class ClientConnection:
 
 def tls_context(options: dict[str, str]) -> ssl.SSLContext:
     """An SSL context from redis-py-style URL options (``ssl_cert_reqs``, ``ssl_ca_certs``...)."""
+    import ssl  # here, not at the top: loading OpenSSL costs every process ~6 MiB, TLS or not
+
     context = ssl.create_default_context(cafile=options.get("ssl_ca_certs") or None)
     reqs = (options.get("ssl_cert_reqs") or "required").lower()
     if reqs == "none":

@@ -18,6 +18,7 @@ Delivery semantics every broker must give (DESIGN.md, "Delivery"):
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -185,6 +186,23 @@ class BrokerAdmin(Protocol):
 
 class AdminBroker(Broker, BrokerAdmin, Protocol):
     """What every concrete broker in Conveyor implements."""
+
+
+_NAME = re.compile(r"[A-Za-z0-9_.:-]+")
+
+
+def check_name(kind: str, name: str) -> str:
+    """Stream and namespace names become file names (wake channels) and Redis keys."""
+    if not _NAME.fullmatch(name):
+        raise ValueError(f"invalid {kind} name {name!r}: use letters, digits and _ . : -")
+    return name
+
+
+def parse_log_id(entry_id: str) -> int:
+    try:
+        return int(entry_id)
+    except ValueError:
+        raise ValueError(f"invalid log id {entry_id!r}: pass an id returned by log_read or log_tail") from None
 
 
 def mask_url(url: str) -> str:

@@ -22,8 +22,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 from conveyor.backends.memory import MemoryBackend
-from conveyor.brokers.base import DeadLetter, Delivery, QueueStats
-from conveyor.brokers.sqlite_store import check_name, parse_log_id
+from conveyor.brokers.base import DeadLetter, Delivery, QueueStats, check_name, parse_log_id
 from conveyor.message import MAX_PRIORITY, MIN_PRIORITY, Message, decode
 
 

@@ -33,7 +33,6 @@ from __future__ import annotations
 import itertools
 import os
 import re
-import secrets
 import threading
 import time
 import uuid
@@ -42,8 +41,7 @@ from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
 from conveyor._redis import RedisLink, Script
-from conveyor.brokers.base import DeadLetter, Delivery, QueueStats
-from conveyor.brokers.sqlite_store import check_name
+from conveyor.brokers.base import DeadLetter, Delivery, QueueStats, check_name
 from conveyor.message import MAX_PRIORITY, MIN_PRIORITY, Message, decode
 
 if TYPE_CHECKING:
@@ -536,7 +534,7 @@ _unique_counter = itertools.count()
 
 
 def _unique() -> bytes:
-    return f"{os.getpid():x}.{next(_unique_counter):x}.{secrets.token_hex(4)}|".encode()
+    return f"{os.getpid():x}.{next(_unique_counter):x}.{os.urandom(4).hex()}|".encode()
 
 
 def _priority(message: Message) -> int:
@@ -667,7 +665,7 @@ class RedisBroker:
         generation = self._generation
         consumer = self._consumer_id()
         while True:
-            token = secrets.token_hex(6)
+            token = os.urandom(6).hex()
             remaining = deadline - time.monotonic()
             block = round(min(remaining, self.link.max_block_s), 3) if remaining > 0 else 0.0
             if self._generation != generation:

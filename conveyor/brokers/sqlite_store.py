@@ -14,7 +14,6 @@ so that every process that reaches the broker sees them, with nothing more to ru
 
 from __future__ import annotations
 
-import re
 import sqlite3
 import threading
 import time
@@ -22,6 +21,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from conveyor._sqlite import SAFETY_POLL_S, Database, WakeChannel
+from conveyor.brokers.base import check_name, parse_log_id
 
 KV = "kv"
 LOGS = "logs"
@@ -51,23 +51,6 @@ _SQL_LOG_TAIL = f"SELECT MAX(id) FROM {LOGS} WHERE stream = ?"
 _SQL_LOG_CUTOFF = f"SELECT id FROM {LOGS} WHERE stream = ? ORDER BY id DESC LIMIT 1 OFFSET ?"
 _SQL_LOG_TRIM_ID = f"DELETE FROM {LOGS} WHERE stream = ? AND id <= ?"
 _SQL_LOG_TRIM_AGE = f"DELETE FROM {LOGS} WHERE stream = ? AND ts < ?"
-
-_NAME = re.compile(r"[A-Za-z0-9_.:-]+")
-
-
-def check_name(kind: str, name: str) -> str:
-    """Stream and namespace names become file names (wake channels) and Redis keys."""
-    if not _NAME.fullmatch(name):
-        raise ValueError(f"invalid {kind} name {name!r}: use letters, digits and _ . : -")
-    return name
-
-
-def parse_log_id(entry_id: str) -> int:
-    try:
-        return int(entry_id)
-    except ValueError:
-        raise ValueError(f"invalid log id {entry_id!r}: pass an id returned by log_read or log_tail") from None
-
 
 class SQLiteStoreMixin:
     """The kv and log half of ``BrokerAdmin`` for a broker that owns ``_db``."""
