@@ -15,6 +15,10 @@ the result store cannot disagree about them:
   an idle worker uses no CPU yet picks up a message within milliseconds.
 - error translation: ``sqlite3`` errors become one-line ``BrokerError`` messages at
   this boundary and nowhere else.
+- every statement runs inside ``_forkguard.guard``, and every connection closes before
+  a guarded fork (see conveyor/_forkguard.py): SQLite keeps process-wide lock
+  bookkeeping per open file (its "inode" records, the WAL-index lock counts) and
+  mutexes, which a child must not inherit from a thread caught inside a statement.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+from conveyor import _forkguard
 from conveyor.exceptions import BrokerConnectionError, BrokerError, ConfigurationError
 
 T = TypeVar("T")
@@ -70,6 +75,18 @@ _write_locks: dict[str, _WriteLock] = {}
 _checkpointers: dict[str, _Checkpointer] = {}
 _channels: weakref.WeakSet[WakeChannel] = weakref.WeakSet()
 _owned_sockets: set[str] = set()  # wake socket paths bound by this process, unlinked at exit
+
+
+def _close_for_fork() -> None:
+    # Closed, not just idle: SQLite frees a file's process-wide records only when its
+    # last connection in the process closes.
+    for database in list(_databases):
+        database.close()
+    for checkpointer in list(_checkpointers.values()):
+        checkpointer.close_connection()
+
+
+_forkguard.before_fork(_close_for_fork)
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +151,14 @@ class _Checkpointer:
         self._first_at = 0.0
         self._due = threading.Event()
         self._thread: threading.Thread | None = None
+        self._conn: sqlite3.Connection | None = None
+
+    def close_connection(self) -> None:
+        """Under the fork guard only: no checkpoint is running."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()
 
     def committed(self) -> None:
         self._pending += 1
@@ -150,7 +175,6 @@ class _Checkpointer:
             self._thread.start()
 
     def _run(self) -> None:
-        conn: sqlite3.Connection | None = None
         while True:
             # A timeout as well: a process that made a few commits and went quiet
             # still gets them checkpointed.
@@ -159,12 +183,16 @@ class _Checkpointer:
                 continue
             self._due.clear()
             self._pending = 0
-            try:
-                if conn is None:
-                    conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
-                conn.execute(_SQL_CHECKPOINT).fetchall()
-            except sqlite3.Error:
-                pass  # busy with another process's checkpoint: the next one catches up
+            with _forkguard.guard:
+                try:
+                    conn = self._conn
+                    if conn is None:
+                        conn = self._conn = sqlite3.connect(
+                            self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
+                        )
+                    conn.execute(_SQL_CHECKPOINT).fetchall()
+                except sqlite3.Error:
+                    pass  # busy with another process's checkpoint: the next one catches up
 
 
 class _WriteLock:
@@ -262,7 +290,8 @@ class Database:
         self._schema_ready = False
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is not None:
-            self.retrying(lambda: self._ensure_schema(conn))
+            with _forkguard.guard:
+                self.retrying(lambda: self._ensure_schema(conn))
             self._schema_ready = True
 
     # -- connections ---------------------------------------------------------------
@@ -391,8 +420,8 @@ class Database:
         if getattr(self._local, "batch", None) is not None:
             yield
             return
-        conn = self.connection()
-        with self.write_lock:
+        with _forkguard.guard, self.write_lock:
+            conn = self.connection()
             self.retrying(lambda: conn.execute("BEGIN IMMEDIATE"))
             after: list[Callable[[], None]] = []
             self._local.batch = after
@@ -426,20 +455,22 @@ class Database:
         ``write=True`` for statements that write (UPDATE ... RETURNING): they take the
         process's write lock like ``write()`` does.
         """
-        conn = self.connection()
-        if write:
-            with self.write_lock:
-                rows = self.retrying(lambda: conn.execute(sql, params).fetchall())
-            if not self._in_batch():
-                self.checkpointer.committed()
-            return rows
-        return self.retrying(lambda: conn.execute(sql, params).fetchall())
+        with _forkguard.guard:
+            conn = self.connection()
+            if write:
+                with self.write_lock:
+                    rows = self.retrying(lambda: conn.execute(sql, params).fetchall())
+                if not self._in_batch():
+                    self.checkpointer.committed()
+                return rows
+            return self.retrying(lambda: conn.execute(sql, params).fetchall())
 
     def write(self, sql: str, params: Sequence[Any] = ()) -> int:
         """One statement in autocommit mode (atomic on its own); returns the changed row count."""
-        conn = self.connection()
-        with self.write_lock:
-            count = self.retrying(lambda: conn.execute(sql, params).rowcount)
+        with _forkguard.guard:
+            conn = self.connection()
+            with self.write_lock:
+                count = self.retrying(lambda: conn.execute(sql, params).rowcount)
         if not self._in_batch():
             self.checkpointer.committed()
         return count
@@ -474,6 +505,10 @@ class Database:
         reads and then writes fails at once with SQLITE_BUSY when another process
         committed in between, and the busy timeout does not help it.
         """
+        with _forkguard.guard:
+            return self._transaction(body, immediate=immediate)
+
+    def _transaction(self, body: Callable[[sqlite3.Connection], T], *, immediate: bool) -> T:
         conn = self.connection()
         if self._in_batch():
             return self.retrying(lambda: body(conn))

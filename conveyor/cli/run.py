@@ -91,7 +91,10 @@ def run(
         child = multiprocessing.get_context("fork").Process(
             target=_serve_dashboard, args=(app, host, port), name="conveyor-dashboard", daemon=True
         )
-        child.start()
+        from conveyor._forkguard import fork_guard
+
+        with fork_guard():
+            child.start()
         click.echo(f"dashboard: http://{host}:{port}/", err=True)
     elif not no_dashboard:
         click.echo(

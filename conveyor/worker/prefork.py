@@ -33,7 +33,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from conveyor import states
+from conveyor import _forkguard, states
 from conveyor.brokers.base import Delivery
 from conveyor.worker.pools import (
     LOST,
@@ -73,28 +73,33 @@ class _ReportingPool(SoloPool):
     def __init__(self, app: Conveyor, *, hostname: str, events: mpc.Connection) -> None:
         super().__init__(app, hostname=hostname)
         self.events = events
+        # The commands thread reports too; a message over PIPE_BUF is written in
+        # pieces, which another thread's message must not land between.
+        self._send_lock = threading.Lock()
+
+    def report(self, event: tuple[object, ...]) -> None:
+        with self._send_lock, contextlib.suppress(OSError):
+            self.events.send(event)
 
     def submit(self, job: Job) -> None:
         d = job.delivery
-        with contextlib.suppress(OSError):
-            self.events.send(
-                (
-                    "start",
-                    d.body,
-                    d.queue,
-                    d.receipt,
-                    d.attempt,
-                    d.message_id,
-                    job.task_id,
-                    job.task_name,
-                    job.acks_late,
-                    job.time_limit,
-                )
+        self.report(
+            (
+                "start",
+                d.body,
+                d.queue,
+                d.receipt,
+                d.attempt,
+                d.message_id,
+                job.task_id,
+                job.task_name,
+                job.acks_late,
+                job.time_limit,
             )
+        )
         super().submit(job)
         failed = bool(self._done) and self._done[-1].outcome.state == states.FAILURE
-        with contextlib.suppress(OSError):
-            self.events.send(("end", d.receipt, failed))
+        self.report(("end", d.receipt, failed))
 
 
 def _die_with_parent() -> None:
@@ -106,20 +111,24 @@ def _die_with_parent() -> None:
             ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
-def _read_commands(commands: mpc.Connection, consumer: Consumer) -> None:
+def _read_commands(commands: mpc.Connection, consumer: Consumer, pool: _ReportingPool) -> None:
     """The child's end of control: revokes and rate limits forwarded by the supervisor.
 
-    A thread blocked in recv() costs nothing while no command comes.
+    Each is acknowledged once in force, so the supervisor's reply to the caller means
+    every child applies it to the next message it takes. A thread blocked in recv()
+    costs nothing while no command comes.
     """
     while True:
         try:
             command = commands.recv()
         except (EOFError, OSError):
             return
-        if command[0] == "revoke":
-            consumer.revoked.update(command[1])
-        elif command[0] == "rate_limit":
-            consumer.set_rate_limit(command[1], command[2])
+        kind, seq = command[0], command[1]
+        if kind == "revoke":
+            consumer.revoked.update(command[2])
+        elif kind == "rate_limit":
+            consumer.set_rate_limit(command[2], command[3])
+        pool.report(("applied", seq))
 
 
 def _child_main(
@@ -151,12 +160,13 @@ def _child_main(
     consumer.revoked.update(revoked)
     for name, rate in rates.items():
         consumer.set_rate_limit(name, rate)
-    threading.Thread(target=_read_commands, args=(commands, consumer), name="commands", daemon=True).start()
+    threading.Thread(
+        target=_read_commands, args=(commands, consumer, pool), name="commands", daemon=True
+    ).start()
     try:
         consumer.run_inline()
     finally:
-        with contextlib.suppress(OSError):
-            events.send(("counts", consumer.processed, consumer.failed))
+        pool.report(("counts", consumer.processed, consumer.failed))
         app.close()
 
 
@@ -183,6 +193,9 @@ class PreforkSupervisor:
         self.options = options
         self.settler = Settler(app, hostname=options.hostname, max_deliveries=options.max_deliveries)
         self._ctx = multiprocessing.get_context("fork")
+        # Before the worker starts its heartbeat and control threads: from here on
+        # their SQLite statements are counted, so a fork never lands inside one.
+        _forkguard.enable()
         self._children: list[_Child] = []
         self._wake = _WakePipe()
         self._selector = selectors.DefaultSelector()
@@ -197,6 +210,9 @@ class PreforkSupervisor:
         self.revoked: set[str] = set()
         self.rates: dict[str, str | float | None] = {}
         self._commands: queue.SimpleQueue[tuple[str, object, object, threading.Event]] = queue.SimpleQueue()
+        self._command_seq = 0
+        # Commands sent and not yet acknowledged: seq -> (children still to answer, done).
+        self._awaiting: dict[int, tuple[set[int], threading.Event]] = {}
 
     @property
     def processed(self) -> int:
@@ -223,8 +239,8 @@ class PreforkSupervisor:
         self._command("rate_limit", task_name, rate)
 
     def _command(self, kind: str, first: object, second: object) -> None:
-        """Hand a command to the supervisor's loop and wait (briefly) until the
-        children have been sent it, so a reply means "in force from now on"."""
+        """Hand a command to the supervisor's loop and wait (briefly) until every
+        child has acknowledged it, so a reply means "in force from now on"."""
         done = threading.Event()
         self._commands.put((kind, first, second, done))
         self._wake.wake()
@@ -239,29 +255,50 @@ class PreforkSupervisor:
                 kind, first, second, done = self._commands.get_nowait()
             except queue.Empty:
                 return
+            sent: set[int] = set()
             try:
-                self._run_command(kind, first, second)
+                sent = self._run_command(kind, first, second)
             finally:
-                done.set()
+                if sent:
+                    self._awaiting[self._command_seq] = (sent, done)
+                else:
+                    done.set()
 
-    def _run_command(self, kind: str, first: object, second: object) -> None:
+    def _run_command(self, kind: str, first: object, second: object) -> set[int]:
+        """Carry out one command; returns the children that must acknowledge it."""
+        self._command_seq += 1
+        seq = self._command_seq
         if kind == "revoke":
             assert isinstance(first, list)
             self.revoked.update(first)
-            self._send_children(("revoke", first))
+            sent = self._send_children(("revoke", seq, first))
             if second:
                 self._terminate(set(first))
-        elif kind == "rate_limit":
+            return sent
+        if kind == "rate_limit":
             assert isinstance(first, str)
             rate = second if isinstance(second, (str, float, int)) or second is None else None
             self.rates[first] = rate
-            self._send_children(("rate_limit", first, rate))
+            return self._send_children(("rate_limit", seq, first, rate))
+        return set()
 
-    def _send_children(self, command: tuple[object, ...]) -> None:
+    def _send_children(self, command: tuple[object, ...]) -> set[int]:
+        sent = set()
         for child in self._children:
             if child.commands is not None:
                 with contextlib.suppress(OSError, ValueError):
                     child.commands.send(command)
+                    sent.add(id(child))
+        return sent
+
+    def _acknowledged(self, child: _Child, seq: int | None) -> None:
+        """A child applied command ``seq`` (None: it is gone and answers nothing)."""
+        for key, (waiting, done) in list(self._awaiting.items()):
+            if seq is None or key == seq:
+                waiting.discard(id(child))
+                if not waiting:
+                    done.set()
+                    del self._awaiting[key]
 
     def _terminate(self, ids: set[str]) -> None:
         """Interrupt (SIGUSR2: TaskTerminated inside the task, whose cleanup runs and
@@ -319,7 +356,8 @@ class PreforkSupervisor:
             name=f"ForkPoolWorker-{len(self._children) + 1}",
             daemon=True,
         )
-        process.start()
+        with _forkguard.fork_guard():
+            process.start()
         child_end.close()
         commands_in.close()
         child = _Child(process, parent_end, commands_out)
@@ -328,6 +366,7 @@ class PreforkSupervisor:
         return child
 
     def _forget(self, child: _Child) -> None:
+        self._acknowledged(child, None)
         for fd in (child.events.fileno(), child.process.sentinel):
             with contextlib.suppress(KeyError, ValueError, OSError):
                 self._selector.unregister(fd)
@@ -383,6 +422,8 @@ class PreforkSupervisor:
                         child.terminate_at = None
                     child.processed += 1
                     child.failed += int(bool(event[2]))
+                elif kind == "applied":
+                    self._acknowledged(child, event[1])
                 elif kind == "counts":
                     child.processed, child.failed = event[1], event[2]
 

@@ -176,8 +176,19 @@ class Project:
                 proc.wait(5)
 
 
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    report = yield
+    if report.when == "call":
+        item.stash[_FAILED] = report.failed
+    return report
+
+
+_FAILED = pytest.StashKey[bool]()
+
+
 @pytest.fixture
-def project(tmp_path: Path) -> Iterator[tuple[Project, object]]:
+def project(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[Project, object]]:
     (tmp_path / "proj.py").write_text(textwrap.dedent(PROJECT))
     sys.modules.pop("proj", None)
     sys.path.insert(0, str(tmp_path))
@@ -189,6 +200,10 @@ def project(tmp_path: Path) -> Iterator[tuple[Project, object]]:
         yield p, proj
     finally:
         p.stop_all()
+        if request.node.stash.get(_FAILED, False):
+            # A failure on CI is read from its log: show what the workers said.
+            for index in range(len(p.workers)):
+                print(f"----- worker{index}.log -----\n{p.log(index)[-20000:]}")
         proj.app.close()
         sys.path.remove(str(tmp_path))
         sys.modules.pop("proj", None)
