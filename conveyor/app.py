@@ -386,6 +386,7 @@ class Conveyor:
         # sockets); brokers reopen per process too, this just drops our references.
         if self._pid != os.getpid():
             self._pid = os.getpid()
+            self._lock = threading.RLock()  # a parent thread may have held it at the fork
             self._broker = None
             self._backend = None
 
