@@ -47,7 +47,10 @@ def test_children_forked_under_the_guard_never_inherit_a_held_sqlite_lock(
             with _forkguard.fork_guard():
                 pid = os.fork()
             if pid == 0:  # pragma: no cover - the child
-                signal.alarm(10)  # a deadlocked child dies of SIGALRM instead of hanging the test
+                # A deadlocked child dies of SIGALRM instead of hanging the test (the
+                # default action: pytest-timeout's Python handler could never run).
+                signal.signal(signal.SIGALRM, signal.SIG_DFL)
+                signal.alarm(10)
                 try:
                     for _ in range(5):
                         db.write("INSERT INTO t (v) VALUES (?)", ("child",))
