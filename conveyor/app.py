@@ -38,6 +38,15 @@ _apps: list[Conveyor] = []
 _current: Conveyor | None = None
 _shared: list[Callable[[Conveyor], None]] = []
 _state_lock = threading.RLock()
+_pid = os.getpid()  # kept current by a fork hook: getpid() is a system call, and every delay() asks
+
+
+def _after_fork_in_child() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def get_current_app() -> Conveyor:
@@ -111,7 +120,7 @@ class Conveyor:
         self.tasks: dict[str, Task[Any, Any]] = {}
         self._broker: AdminBroker | None = None
         self._backend: ResultBackend | None = None
-        self._pid = os.getpid()
+        self._pid = _pid
         self._lock = threading.RLock()  # backend -> broker re-enters it
         global _current
         with _state_lock:
@@ -384,8 +393,8 @@ class Conveyor:
     def _check_fork(self) -> None:
         # A forked child must not share its parent's connections (sqlite handles,
         # sockets); brokers reopen per process too, this just drops our references.
-        if self._pid != os.getpid():
-            self._pid = os.getpid()
+        if self._pid != _pid:
+            self._pid = _pid
             self._lock = threading.RLock()  # a parent thread may have held it at the fork
             self._broker = None
             self._backend = None

@@ -8,8 +8,8 @@ running it wrongly.
 
 from __future__ import annotations
 
+import os
 import time
-import uuid
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -22,7 +22,13 @@ MAX_PRIORITY = 9
 
 
 def new_id() -> str:
-    return str(uuid.uuid4())
+    """A random (version 4) UUID string, as ``str(uuid.uuid4())`` gives, in a third of
+    its time: every ``delay()`` makes one."""
+    h = os.urandom(16).hex()
+    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[int(h[16], 16) & 3]}{h[17:20]}-{h[20:]}"
+
+
+_VARIANT = "89ab"  # RFC 4122: the two top bits of byte 8 are 10
 
 
 @dataclass(frozen=True, slots=True)

@@ -43,3 +43,18 @@ def test_bad_bodies_say_why(body: bytes, reason: str) -> None:
 
 def test_priority_is_clamped_to_range() -> None:
     assert decode(b'{"v": 1, "id": "a", "task": "t", "priority": 42}').priority == 9
+
+
+def test_new_ids_are_random_version_4_uuids() -> None:
+    import uuid
+
+    from conveyor.message import new_id
+
+    ids = [new_id() for _ in range(2000)]
+    assert len(set(ids)) == len(ids)
+    for text in ids:
+        parsed = uuid.UUID(text)
+        assert str(parsed) == text
+        assert parsed.version == 4 and parsed.variant == uuid.RFC_4122
+    # Every variant digit shows up: the two variable bits are really random.
+    assert {text[19] for text in ids} == set("89ab")
