@@ -22,10 +22,10 @@ import contextlib
 import logging
 import mmap
 import multiprocessing
-import multiprocessing.connection as mpc
 import os
 import pickle
 import queue
+import select
 import selectors
 import signal
 import struct
@@ -68,6 +68,58 @@ class ChildOptions:
     shutdown_timeout_s: float
     max_deliveries: int
     max_tasks: int | None
+
+
+class _Channel:
+    """One end of a pipe carrying pickled tuples, each prefixed with its length.
+
+    What multiprocessing.connection does for us here, without its import: about
+    1.1 MiB of RSS in the supervisor and again in every child.
+    """
+
+    _LENGTH = struct.Struct("=I")
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    @classmethod
+    def pipe(cls) -> tuple[_Channel, _Channel]:
+        """(read end, write end)."""
+        r, w = os.pipe()
+        return cls(r), cls(w)
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def send(self, obj: object) -> None:
+        payload = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+        view = memoryview(self._LENGTH.pack(len(payload)) + payload)
+        while view:
+            view = view[os.write(self.fd, view) :]
+
+    def recv(self) -> Any:
+        """Blocks for a whole message; EOFError once the other end is closed."""
+        (length,) = self._LENGTH.unpack(self._read(self._LENGTH.size))
+        return pickle.loads(self._read(length))
+
+    def _read(self, size: int) -> bytes:
+        chunks = []
+        while size:
+            chunk = os.read(self.fd, size)
+            if not chunk:
+                raise EOFError("the other end of the pipe is closed")
+            chunks.append(chunk)
+            size -= len(chunk)
+        return b"".join(chunks)
+
+    def poll(self) -> bool:
+        """Is something (a message, or the end of the pipe) ready to read?"""
+        return bool(select.select([self.fd], [], [], 0)[0])
+
+    def close(self) -> None:
+        fd, self.fd = self.fd, -1
+        if fd >= 0:
+            os.close(fd)
 
 
 class _Slot:
@@ -150,7 +202,7 @@ def _job_from_record(record: tuple[Any, ...]) -> Job:
 class _ReportingPool(SoloPool):
     """The child's pool: runs inline and tells the parent what runs, for limits and crashes."""
 
-    def __init__(self, app: Conveyor, *, hostname: str, events: mpc.Connection, slot: _Slot) -> None:
+    def __init__(self, app: Conveyor, *, hostname: str, events: _Channel, slot: _Slot) -> None:
         super().__init__(app, hostname=hostname)
         self.events = events
         self.slot = slot
@@ -187,6 +239,20 @@ class _ReportingPool(SoloPool):
             self.report(("end", d.receipt))
 
 
+def _trim_heap() -> None:
+    """Give the C heap's free pages back before forking, so no child starts with them.
+
+    Start-up (imports, the CLI, the configuration) frees much of what it allocates,
+    and glibc keeps those pages resident: measured, about 0.8 MiB of the supervisor's
+    RSS.
+    """
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        with contextlib.suppress(Exception):
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
 def _die_with_parent() -> None:
     # A child must not outlive a SIGKILLed parent: nobody would enforce its limits.
     if sys.platform.startswith("linux"):
@@ -196,7 +262,7 @@ def _die_with_parent() -> None:
             ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
-def _read_commands(commands: mpc.Connection, consumer: Consumer, pool: _ReportingPool) -> None:
+def _read_commands(commands: _Channel, consumer: Consumer, pool: _ReportingPool) -> None:
     """The child's end of control: revokes and rate limits forwarded by the supervisor.
 
     Each is acknowledged once in force, so the supervisor's reply to the caller means
@@ -220,8 +286,8 @@ def _child_main(
     app: Conveyor,
     options: ChildOptions,
     slot: _Slot,
-    events: mpc.Connection,
-    commands: mpc.Connection,
+    events: _Channel,
+    commands: _Channel,
     revoked: set[str],
     rates: dict[str, str | float | None],
 ) -> None:
@@ -258,9 +324,9 @@ def _child_main(
 @dataclass
 class _Child:
     process: multiprocessing.process.BaseProcess
-    events: mpc.Connection
+    events: _Channel
     slot: _Slot
-    commands: mpc.Connection | None = None  # supervisor -> child (revokes, rate limits)
+    commands: _Channel | None = None  # supervisor -> child (revokes, rate limits)
     job: Job | None = None  # a job that came by pipe (hard time limit, or too big for the slot)
     killed: bool = False  # we ended it (time limit, cold shutdown); its death is expected
     terminate_at: float | None = None  # revoke(terminate=True): SIGKILL if still running then
@@ -423,6 +489,7 @@ class PreforkSupervisor:
         return [job for job, _ in self.active_jobs()]
 
     def run(self) -> None:
+        _trim_heap()
         for _ in range(self.concurrency):
             self._children.append(self._spawn())
         warned = False
@@ -443,8 +510,8 @@ class PreforkSupervisor:
             self._stop_all()
 
     def _spawn(self) -> _Child:
-        parent_end, child_end = self._ctx.Pipe(duplex=False)
-        commands_in, commands_out = self._ctx.Pipe(duplex=False)
+        parent_end, child_end = _Channel.pipe()
+        commands_in, commands_out = _Channel.pipe()
         slot = _Slot()
         process = self._ctx.Process(
             target=_child_main,
