@@ -2,7 +2,9 @@
 
 Each child fetches, runs and settles its own tasks (``Consumer.run_inline``), so the
 children work in parallel on separate cores and no task crosses a pipe. The parent
-only supervises, from events the children send when a task starts and ends:
+only supervises, from what each child publishes in its shared-memory slot (the task
+it runs, its counts: ``_Slot``) and, for tasks with a hard time limit, from events
+it sends down a pipe when such a task starts and ends:
 
 - it replaces a child that dies, and settles the task that child was running
   (``FAILURE``/``WorkerLostError``, or back to the queue with ``acks_late``);
@@ -14,6 +16,8 @@ only supervises, from events the children send when a task starts and ends:
 
 Children ignore SIGTERM and SIGINT themselves: a signal sent to the whole process
 group (Ctrl-C, systemd's default KillMode) must reach only the parent's logic.
+Children are forked under ``_forkguard.fork_guard()``: never while one of the
+parent's threads (heartbeats, control, the scheduler) is inside SQLite.
 """
 
 from __future__ import annotations
