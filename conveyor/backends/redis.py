@@ -61,6 +61,30 @@ return 1
 )
 
 _READY = tuple(sorted(READY_STATES))
+# A stored record is a JSON array whose first item is the state: these open a ready one.
+_READY_PREFIXES = tuple(f'["{state}"' for state in _READY)
+
+# wait(): look at the record and, unless it is ready, register as a waiter; a ready one
+# is pushed onto the notify list right here, so the BLPOP sent in the same write
+# returns it at once. One round trip where a GET, then a BLPOP, took two.
+# ARGV: record key, waiters key, notify key, waiters' expiry ms, "1" to register (not
+# yet registered), then the ready prefixes. Returns 1 when registered after the call.
+_AWAIT = """
+local d = redis.call('GET', ARGV[1])
+if d then
+  for i = 6, #ARGV do
+    if string.sub(d, 1, #ARGV[i]) == ARGV[i] then
+      redis.call('RPUSH', ARGV[3], d)
+      redis.call('PEXPIRE', ARGV[3], 60000)
+      if ARGV[5] == '0' then redis.call('DECR', ARGV[2]) end
+      return 0
+    end
+  end
+end
+if ARGV[5] == '1' then redis.call('INCR', ARGV[2]) end
+redis.call('PEXPIRE', ARGV[2], tonumber(ARGV[4]))
+return 1
+"""
 
 
 class RedisBackend:
@@ -133,6 +157,23 @@ class RedisBackend:
                 expire_ms = (
                     int(((remaining or self.link.max_block_s) + self.link.max_block_s) * 1000) + NOTIFY_TTL_MS
                 )
+                if remaining is None or remaining > 0:
+                    # Look, register and block in one write (_AWAIT). EVAL, not EVALSHA:
+                    # a NOSCRIPT here would leave the BLPOP blocking for nothing.
+                    block = self.link.max_block_s if remaining is None else min(remaining, self.link.max_block_s)
+                    now_registered, got = self.link.send(
+                        [
+                            ("EVAL", _AWAIT, 0, key, waiters, notify, expire_ms, int(register), *_READY_PREFIXES),
+                            ("BLPOP", notify, max(block, 0.001)),
+                        ]
+                    )
+                    registered = bool(now_registered)
+                    if got:
+                        registered = False  # our copy was consumed with our registration
+                        pushed = _decode(task_id, got[1])
+                        if pushed.ready:
+                            return pushed
+                    continue
 
                 commands: list[tuple[Any, ...]] = [("INCR", waiters)] if register else []
                 commands += [("PEXPIRE", waiters, expire_ms), ("GET", key)]
