@@ -140,52 +140,34 @@ class RedisBackend:
         return {i: _decode(i, v) for i, v in zip(ids, values, strict=True) if v is not None}
 
     def wait(self, task_id: str, *, timeout_s: float | None, interval_s: float) -> ResultRecord | None:
-        """Register as a waiter, read, then block on this task's notify list.
+        """Look, register as a waiter and block on this task's notify list, in one write.
 
-        Registering and reading go in one round trip, registration first, so a result
-        stored in between is either seen by the read or pushed for this waiter.
-        ``interval_s`` is not used: nothing polls (each BLPOP lasts up to a couple of
-        seconds only so a dead server is noticed).
+        The script (_AWAIT) looks and registers atomically, so a result stored before
+        it is pushed by the script itself and one stored after it is pushed by the
+        storing script: the BLPOP in the same write gets it either way. Out of time,
+        one last look. ``interval_s`` is not used: nothing polls (each BLPOP lasts up
+        to a couple of seconds only so a dead server is noticed).
         """
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         key, waiters, notify = self._key(task_id), self.link.key("rw", task_id), self.link.key("rn", task_id)
+        max_block = self.link.max_block_s
         registered = False
         try:
             while True:
                 remaining = None if deadline is None else deadline - time.monotonic()
-                register = not registered
-                expire_ms = (
-                    int(((remaining or self.link.max_block_s) + self.link.max_block_s) * 1000) + NOTIFY_TTL_MS
-                )
-                if remaining is None or remaining > 0:
-                    # Look, register and block in one write (_AWAIT). EVAL, not EVALSHA:
-                    # a NOSCRIPT here would leave the BLPOP blocking for nothing.
-                    block = self.link.max_block_s if remaining is None else min(remaining, self.link.max_block_s)
-                    now_registered, got = self.link.send(
-                        [
-                            ("EVAL", _AWAIT, 0, key, waiters, notify, expire_ms, int(register), *_READY_PREFIXES),
-                            ("BLPOP", notify, max(block, 0.001)),
-                        ]
-                    )
-                    registered = bool(now_registered)
-                    if got:
-                        registered = False  # our copy was consumed with our registration
-                        pushed = _decode(task_id, got[1])
-                        if pushed.ready:
-                            return pushed
-                    continue
-
-                commands: list[tuple[Any, ...]] = [("INCR", waiters)] if register else []
-                commands += [("PEXPIRE", waiters, expire_ms), ("GET", key)]
-                data = self.link.send(commands)[-1]
-                registered = True
-                record = None if data is None else _decode(task_id, data)
-                if record is not None and record.ready:
-                    return record
                 if remaining is not None and remaining <= 0:
-                    return record
-                block = self.link.max_block_s if remaining is None else min(remaining, self.link.max_block_s)
-                got = self.link.send([("BLPOP", notify, max(block, 0.001))])[0]
+                    data = self.link.send([("GET", key)])[0]
+                    return None if data is None else _decode(task_id, data)
+                expire_ms = int(((remaining or max_block) + max_block) * 1000) + NOTIFY_TTL_MS
+                block = max_block if remaining is None else min(remaining, max_block)
+                # EVAL, not EVALSHA: a NOSCRIPT here would leave the BLPOP blocking for nothing.
+                now_registered, got = self.link.send(
+                    [
+                        ("EVAL", _AWAIT, 0, key, waiters, notify, expire_ms, int(not registered), *_READY_PREFIXES),
+                        ("BLPOP", notify, max(block, 0.001)),
+                    ]
+                )
+                registered = bool(now_registered)
                 if got:
                     registered = False  # our copy was consumed with our registration
                     pushed = _decode(task_id, got[1])

@@ -343,6 +343,11 @@ class _Child:
     def counts(self) -> tuple[int, int]:
         return self.slot.counts()
 
+    def final(self) -> tuple[int, int, Job | None]:
+        """(processed, failed, job it was running) of a child that has exited."""
+        processed, failed, job = self.slot.read()
+        return processed, failed, self.job or job
+
 
 class PreforkSupervisor:
     """Runs ``concurrency`` consumer processes and keeps them running."""
@@ -590,8 +595,7 @@ class PreforkSupervisor:
         if child.process.is_alive():
             return
         self._children.remove(child)
-        processed, failed, job = child.slot.read()
-        job = child.job or job
+        processed, failed, job = child.final()
         self._finished_processed += processed
         self._finished_failed += failed
         code = child.process.exitcode
@@ -654,8 +658,7 @@ class PreforkSupervisor:
             for child in list(self._children):
                 child.process.join(2.0)
                 self._read_events(child)
-                processed, failed, job = child.slot.read()
-                job = child.job or job
+                processed, failed, job = child.final()
                 if job is not None:
                     self._settle_lost(job, "cold shutdown")
                 self._finished_processed += processed
