@@ -184,7 +184,7 @@ class Beat:
                 return min(FOLLOWER_RETRY_S, self.lease_s / 3)
         if now - self._synced_at >= self.max_interval_s or not self._synced_at:
             self.sync(now)
-        next_at = self.tick(time.time())
+        next_at = self.tick(now)  # the caller's instant: a slot turning due during sync waits for the next step
         now = time.time()
         wake = min(
             next_at,
