@@ -17,6 +17,7 @@ retry-with-backoff logic and the CLI's one-line errors work unchanged.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import threading
 import time
@@ -66,7 +67,7 @@ class RedisURL:
     port: int = wire.DEFAULT_PORT
     tls: bool = False
 
-    @property
+    @functools.cached_property
     def socket_timeout(self) -> float | None:
         value = dict(self.options).get("socket_timeout", "5")
         return None if value.lower() in ("", "none") else float(value)

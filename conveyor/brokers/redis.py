@@ -40,6 +40,7 @@ from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
+from conveyor import _redis
 from conveyor._redis import RedisLink, Script
 from conveyor.brokers.base import DeadLetter, Delivery, QueueStats, check_name
 from conveyor.message import MAX_PRIORITY, MIN_PRIORITY, Message, decode
@@ -531,10 +532,32 @@ _KV_DELETE = Script("redis.call('ZREM', KEYS[2], ARGV[1])\nreturn redis.call('HD
 
 
 _unique_counter = itertools.count()
+_process_tag = ""  # random, made once per process (a forked child makes its own)
+
+
+def _after_fork_in_child() -> None:
+    global _process_tag
+    _process_tag = ""
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _token() -> str:
+    """Unique across processes, hosts and time: a per-process random tag and a counter.
+
+    A lease receipt is ``<token>:<n>``; two fetches sharing a token would share
+    receipts, so the tag is fresh in every process (a recycled pid gets a new one),
+    and the counter needs no system call per fetch, unlike os.urandom.
+    """
+    global _process_tag
+    if not _process_tag:
+        _process_tag = os.urandom(6).hex()
+    return f"{_process_tag}.{next(_unique_counter):x}"
 
 
 def _unique() -> bytes:
-    return f"{os.getpid():x}.{next(_unique_counter):x}.{os.urandom(4).hex()}|".encode()
+    return f"{_token()}|".encode()
 
 
 def _priority(message: Message) -> int:
@@ -665,7 +688,7 @@ class RedisBroker:
         generation = self._generation
         consumer = self._consumer_id()
         while True:
-            token = os.urandom(6).hex()
+            token = _token()
             remaining = deadline - time.monotonic()
             block = round(min(remaining, self.link.max_block_s), 3) if remaining > 0 else 0.0
             if self._generation != generation:
@@ -686,11 +709,11 @@ class RedisBroker:
 
     def _wake_key(self) -> str:
         # Per process (a forked child gets its own) and per broker object.
-        return self.link.key("wk", f"{os.getpid()}-{self._instance}")
+        return self.link.key("wk", f"{_redis._pid}-{self._instance}")
 
     def _consumer_id(self) -> str:
         # Per process, broker object and thread: names this fetcher's inbox.
-        return f"{os.getpid()}-{self._instance}-{threading.get_ident()}"
+        return f"{_redis._pid}-{self._instance}-{threading.get_ident()}"
 
     def _block(self, queues: list[str], consumer: str, seconds: float) -> bytes | None:
         """Wait for a hand-off, a publish to any of ``queues`` or a local wake(),

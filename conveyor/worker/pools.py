@@ -30,6 +30,7 @@ from conveyor.worker.runner import ACK, Outcome, label, revoked, run_one
 
 if TYPE_CHECKING:
     from conveyor.app import Conveyor
+    from conveyor.message import Message
 
 log = logging.getLogger("conveyor.worker")
 
@@ -47,6 +48,8 @@ class Job:
     started_at: float = 0.0  # time.monotonic() when handed to a slot
     early_acked: bool = False  # its ack is written (or queued to be) at dispatch
     meta: dict[str, Any] = field(default_factory=dict)
+    # The decoded body, for pools that run the job in this process (not sent to children).
+    message: Message | None = field(default=None, repr=False, compare=False)
 
     @property
     def deadline(self) -> float | None:
@@ -186,7 +189,11 @@ class ThreadPool:
                 self._threads[id(job)] = threading.current_thread()
             try:
                 outcome = run_one(
-                    self.app, job.delivery.body, attempt=job.delivery.attempt, hostname=self.hostname
+                    self.app,
+                    job.delivery.body,
+                    attempt=job.delivery.attempt,
+                    hostname=self.hostname,
+                    message=job.message,
                 )
             except TaskTerminated:
                 outcome = terminated_outcome(job)
@@ -321,7 +328,11 @@ class SoloPool:
         self._current = job
         try:
             outcome = run_one(
-                self.app, job.delivery.body, attempt=job.delivery.attempt, hostname=self.hostname
+                self.app,
+                job.delivery.body,
+                attempt=job.delivery.attempt,
+                hostname=self.hostname,
+                message=job.message,
             )
         except TaskTerminated:
             self._current = None

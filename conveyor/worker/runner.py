@@ -151,13 +151,23 @@ def revoked(
 
 
 def run_one(
-    app: Conveyor, body: bytes, *, attempt: int, hostname: str, use_soft_limit: bool = True
+    app: Conveyor,
+    body: bytes,
+    *,
+    attempt: int,
+    hostname: str,
+    use_soft_limit: bool = True,
+    message: Message | None = None,
 ) -> Outcome:
-    """Decode, resolve, run and describe one message. Never raises for the task's sake."""
-    try:
-        message = decode(body)
-    except SerializationError as exc:
-        return undecodable(body, exc)
+    """Decode, resolve, run and describe one message. Never raises for the task's sake.
+
+    ``message``: ``body`` already decoded (the consumer did, to dispatch it), so an
+    inline pool does not decode every message twice."""
+    if message is None:
+        try:
+            message = decode(body)
+        except SerializationError as exc:
+            return undecodable(body, exc)
     task = app.tasks.get(message.task)
     if task is None:
         return not_registered(message)
