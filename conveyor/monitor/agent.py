@@ -2,8 +2,9 @@
 
 Runs in the worker's main process only (the prefork supervisor, or the one
 process of the threads and solo pools). Prefork children take part through the
-supervisor: it forwards revokes and rate limits to them over a pipe, and reports
-what they run from the start/end messages they already send it.
+supervisor: it forwards revokes and rate limits to them over a pipe, asks them
+for what they prefetched or hold for a rate limit, and reports what they run
+from the slot each child keeps in memory shared with it.
 
 What ``revoke(terminate=True)`` can do depends on the pool:
 
@@ -91,20 +92,14 @@ class WorkerAgent:
         return self._active_jobs()
 
     def reserved(self) -> list[dict[str, Any]]:
-        """Prefetched, not started. Prefork children keep theirs to themselves (each is
-        its own consumer), so a prefork worker reports none."""
-        from conveyor.worker.consumer import Consumer
-
-        runner = self.worker.runner
-        return _deliveries(runner.reserved_deliveries()) if isinstance(runner, Consumer) else []
+        """Prefetched, not started (a prefork supervisor asks each child: every child
+        is its own consumer)."""
+        return _deliveries(self.worker.runner.reserved_deliveries())
 
     def scheduled(self) -> list[dict[str, Any]]:
         """Messages held in memory until their rate-limit slot (eta and countdown
         messages wait in the broker, not in a worker: ``conveyor queues`` counts them)."""
-        from conveyor.worker.consumer import Consumer
-
-        runner = self.worker.runner
-        return _deliveries(runner.held_deliveries()) if isinstance(runner, Consumer) else []
+        return _deliveries(self.worker.runner.held_deliveries())
 
     def stats(self) -> dict[str, Any]:
         runner = self.worker.runner

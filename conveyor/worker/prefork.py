@@ -270,8 +270,10 @@ def _read_commands(commands: _Channel, consumer: Consumer, pool: _ReportingPool)
     """The child's end of control: revokes and rate limits forwarded by the supervisor.
 
     Each is acknowledged once in force, so the supervisor's reply to the caller means
-    every child applies it to the next message it takes. A thread blocked in recv()
-    costs nothing while no command comes.
+    every child applies it to the next message it takes. A "list" query (inspect's
+    reserved and scheduled: prefetched messages live in the child that fetched
+    them) is answered in its acknowledgement. A thread blocked in recv() costs
+    nothing while no command comes.
     """
     while True:
         try:
@@ -283,6 +285,11 @@ def _read_commands(commands: _Channel, consumer: Consumer, pool: _ReportingPool)
             consumer.revoked.update(command[2])
         elif kind == "rate_limit":
             consumer.set_rate_limit(command[2], command[3])
+        elif kind == "list":
+            held = consumer.reserved_deliveries() if command[2] == "reserved" else consumer.held_deliveries()
+            listed = [(d.body, d.queue, d.receipt, d.attempt, d.message_id) for d in held]
+            pool.report(("applied", seq, listed))
+            continue
         pool.report(("applied", seq))
 
 
@@ -380,6 +387,8 @@ class PreforkSupervisor:
         self._command_seq = 0
         # Commands sent and not yet acknowledged: seq -> (children still to answer, done).
         self._awaiting: dict[int, tuple[set[int], threading.Event]] = {}
+        # "list" queries: seq -> the deliveries the children answered with so far.
+        self._listed: dict[int, list[Delivery]] = {}
 
     @property
     def processed(self) -> int:
@@ -405,6 +414,19 @@ class PreforkSupervisor:
 
     def set_rate_limit(self, task_name: str, rate: str | float | None) -> None:
         self._command("rate_limit", task_name, rate)
+
+    def reserved_deliveries(self) -> list[Delivery]:
+        """Prefetched and not started, in every child (inspect's "reserved")."""
+        return self._list("reserved")
+
+    def held_deliveries(self) -> list[Delivery]:
+        """Waiting for a rate-limit slot, in every child (inspect's "scheduled")."""
+        return self._list("scheduled")
+
+    def _list(self, which: str) -> list[Delivery]:
+        found: list[Delivery] = []
+        self._command("list", which, found)
+        return list(found)  # a child that did not answer in time is left out
 
     def _command(self, kind: str, first: object, second: object) -> None:
         """Hand a command to the supervisor's loop and wait (briefly) until every
@@ -449,6 +471,12 @@ class PreforkSupervisor:
             rate = second if isinstance(second, (str, float, int)) or second is None else None
             self.rates[first] = rate
             return self._send_children(("rate_limit", seq, first, rate))
+        if kind == "list":
+            assert isinstance(second, list)
+            sent = self._send_children(("list", seq, first))
+            if sent:
+                self._listed[seq] = second
+            return sent
         return set()
 
     def _send_children(self, command: tuple[object, ...]) -> set[int]:
@@ -460,14 +488,18 @@ class PreforkSupervisor:
                     sent.add(id(child))
         return sent
 
-    def _acknowledged(self, child: _Child, seq: int | None) -> None:
-        """A child applied command ``seq`` (None: it is gone and answers nothing)."""
+    def _acknowledged(self, child: _Child, seq: int | None, listed: list[Any] | None = None) -> None:
+        """A child applied command ``seq`` (None: it is gone and answers nothing);
+        ``listed``: its answer to a "list" query."""
+        if seq is not None and listed is not None and seq in self._listed:
+            self._listed[seq].extend(Delivery(*item) for item in listed)
         for key, (waiting, done) in list(self._awaiting.items()):
             if seq is None or key == seq:
                 waiting.discard(id(child))
                 if not waiting:
                     done.set()
                     del self._awaiting[key]
+                    self._listed.pop(key, None)
 
     def _terminate(self, ids: set[str]) -> None:
         """Interrupt (SIGUSR2: TaskTerminated inside the task, whose cleanup runs and
@@ -587,7 +619,7 @@ class PreforkSupervisor:
                         child.job = None
                         child.terminate_at = None
                 elif kind == "applied":
-                    self._acknowledged(child, event[1])
+                    self._acknowledged(child, event[1], event[2] if len(event) > 2 else None)
 
     def _reap(self, child: _Child) -> None:
         self._read_events(child)

@@ -253,3 +253,23 @@ def test_inspect_commands_and_status_cli(project: Any) -> None:
     assert out.returncode == 0 and "a@test" in out.stdout and "b@test" in out.stdout
     assert "2 worker(s) online" in out.stdout
     print(f"ping of 2 workers answered in {ping_s:.3f}s")
+
+
+def test_prefork_inspect_scheduled_asks_the_children(project: Any) -> None:
+    """A prefork worker's held messages live in its children: inspect asks them."""
+    p, proj = project
+    _env(p)
+    p.start_worker("-c", "1", name="held@test")
+    wait_for(lambda: _worker(proj, "held@test") is not None, timeout=10)
+    proj.app.control.rate_limit("proj.other", "1/s", timeout=5)
+    results = [proj.other.delay(i) for i in range(6)]
+    inspect = proj.app.control.inspect(timeout=5, destination="held@test")
+    # At 1/s one message at a time waits in the child for its slot (up to a second).
+    found: dict[str, Any] = {}
+    wait_for(lambda: bool(found.update(inspect.scheduled()) or found.get("held@test")), timeout=10)
+    held = found["held@test"]
+    assert len(held) == 1 and held[0]["name"] == "proj.other" and held[0]["queue"] == "default"
+    assert held[0]["id"] in {r.id for r in results}
+    assert isinstance(inspect.reserved()["held@test"], list)
+    for r in results:
+        r.get(timeout=30)
