@@ -234,6 +234,10 @@ class ClientConnection:
         conn = self.conn
         replies: list[Any] = []
         try:
+            # connect() first, never send_packed_command's own connect: that one skips
+            # Sentinel's (it dials conn.host:conn.port, which is localhost:6379 before
+            # the first connect and the dead master after a failover). No-op when connected.
+            conn.connect()
             conn.send_packed_command(conn.pack_commands(commands), check_health=False)
             for _ in commands:
                 try:

@@ -47,12 +47,21 @@ class RedisServer:
         directory: where it keeps its files (the append-only file, when ``durable``).
         durable: ``--appendonly yes --appendfsync always``: every write survives a
             restart (fault tests); otherwise nothing is written to disk.
+        replica_of: the port of a master on 127.0.0.1 to replicate (failover tests).
     """
 
-    def __init__(self, directory: Path, *, durable: bool = False, port: int | None = None) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        durable: bool = False,
+        port: int | None = None,
+        replica_of: int | None = None,
+    ) -> None:
         self.directory = directory
         self.durable = durable
         self.port = port or free_port()
+        self.replica_of = replica_of
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -65,6 +74,10 @@ class RedisServer:
             if self.durable
             else ["--save", "", "--appendonly", "no"]
         )
+        # A replica syncs at once (the default waits 5 s for more replicas to join).
+        replication = ["--repl-diskless-sync-delay", "0"]
+        if self.replica_of is not None:
+            replication += ["--replicaof", "127.0.0.1", str(self.replica_of)]
         log = open(self.directory / "redis.log", "ab")  # noqa: SIM115 - lives as long as the server
         self.process = subprocess.Popen(
             [
@@ -78,6 +91,7 @@ class RedisServer:
                 "--daemonize",
                 "no",
                 *persistence,
+                *replication,
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -140,24 +154,51 @@ def fresh_url(server: RedisServer) -> str:
 
 
 class Sentinel:
-    """A private redis-sentinel watching ``master`` under the name ``mymaster``."""
+    """A private redis-sentinel watching ``master`` under the name ``mymaster``.
 
-    def __init__(self, directory: Path, master: RedisServer) -> None:
+    Args:
+        down_after_ms, failover_timeout_ms: ``sentinel down-after-milliseconds`` and
+            ``sentinel failover-timeout`` (failover tests); Redis's defaults (30 s,
+            3 min) otherwise.
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        master: RedisServer,
+        *,
+        down_after_ms: int | None = None,
+        failover_timeout_ms: int | None = None,
+    ) -> None:
         self.port = free_port()
         self.config = directory / f"sentinel-{self.port}.conf"
-        self.config.write_text(
-            f"port {self.port}\nbind 127.0.0.1\ndir {directory}\n"
-            f"sentinel monitor mymaster 127.0.0.1 {master.port} 1\n"
-        )
+        self.log = directory / f"sentinel-{self.port}.log"
+        lines = [
+            f"port {self.port}",
+            "bind 127.0.0.1",
+            f"dir {directory}",
+            f"sentinel monitor mymaster 127.0.0.1 {master.port} 1",
+        ]
+        if down_after_ms is not None:
+            lines.append(f"sentinel down-after-milliseconds mymaster {down_after_ms}")
+        if failover_timeout_ms is not None:
+            lines.append(f"sentinel failover-timeout mymaster {failover_timeout_ms}")
+        self.config.write_text("\n".join(lines) + "\n")
+        log = open(self.log, "ab")  # noqa: SIM115 - lives as long as the sentinel
         self.process = subprocess.Popen(
-            [REDIS_SERVER, str(self.config), "--sentinel"],
-            stdout=subprocess.DEVNULL,
+            [REDIS_SERVER, str(self.config), "--sentinel", "--save", "", "--appendonly", "no"],
+            stdout=log,
             stderr=subprocess.STDOUT,
         )
+        log.close()
         deadline = time.monotonic() + 10
         while not _ping(self.port):
             if self.process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"redis-sentinel did not start on port {self.port}")
+                self.stop()  # the caller gets no object to stop
+                raise RuntimeError(
+                    f"redis-sentinel did not start on port {self.port}: "
+                    + self.log.read_text(errors="replace")[-2000:]
+                )
             time.sleep(0.02)
 
     def stop(self) -> None:

@@ -4,7 +4,7 @@ loss, reconnects, and the write batch that carries a worker's settle."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -215,6 +215,103 @@ def test_sentinel_url_reaches_the_master(tmp_path: Path) -> None:
         broker.close()
     finally:
         sentinel.stop()
+
+
+def _until(condition: Callable[[], bool], timeout_s: float, what: str) -> float:
+    """Poll ``condition`` every 50 ms; the seconds it took, or fail saying ``what``."""
+    started = time.monotonic()
+    while not condition():
+        if time.monotonic() - started > timeout_s:
+            pytest.fail(f"{what} within {timeout_s} s")
+        time.sleep(0.05)
+    return time.monotonic() - started
+
+
+def test_sentinel_failover_loses_no_message_or_result(tmp_path: Path) -> None:
+    """Master, one replica, one sentinel (quorum 1): the master is killed, the
+    replica promoted, and the same broker object carries on against the new master:
+    it publishes, fetches what was published before and after, and reads a result
+    stored before."""
+    import redis
+
+    from ..redis_server import Sentinel
+
+    redis_server_or_skip()  # skips without redis-server (fails under CI=true)
+    (tmp_path / "master").mkdir()
+    (tmp_path / "replica").mkdir()
+    master = RedisServer(tmp_path / "master")
+    replica = RedisServer(tmp_path / "replica", replica_of=master.port)
+    sentinel: Sentinel | None = None
+    broker: RedisBroker | None = None
+    clients: list[redis.Redis] = []
+    try:
+        master.start()
+        replica.start()
+        on_master, on_replica = (redis.Redis(port=s.port, socket_timeout=5) for s in (master, replica))
+        clients += [on_master, on_replica]
+        _until(
+            lambda: on_replica.info("replication")["master_link_status"] == "up",
+            10,
+            "the replica did not sync",
+        )
+        sentinel = Sentinel(tmp_path, master, down_after_ms=1000, failover_timeout_ms=5000)
+        asks = redis.Redis(port=sentinel.port, socket_timeout=5)
+        clients.append(asks)
+
+        def replica_watched() -> bool:
+            # A replica the sentinel has not seen, or sees down, is not promoted.
+            return any(
+                r["port"] == replica.port and not (r["is_sdown"] or r["is_disconnected"])
+                for r in asks.sentinel_slaves("mymaster")
+            )
+
+        _until(replica_watched, 10, "the sentinel did not find the replica")
+
+        def served_by(broker: RedisBroker) -> int:
+            # The port of the server the broker's own connection reaches.
+            [info] = broker.link.send([("INFO", "server")])
+            return int(info.split(b"tcp_port:")[1].split(b"\r\n")[0])
+
+        url = f"redis+sentinel://127.0.0.1:{sentinel.port}/mymaster/0?prefix=f{new_id()[:8]}&publish_retry=10"
+        broker = RedisBroker(url)
+        backend = broker.result_backend(result_expires_s=60)
+        before = [msg(), msg()]
+        for m in before:
+            broker.publish(m)
+        stored = ResultRecord(new_id(), states.SUCCESS, result=[1, 2])
+        backend.store([stored])
+        assert on_master.wait(1, 2000) == 1  # every write above reached the replica
+        # ...and they were made on this master, not on some other Redis.
+        written = set(on_master.keys(f"{broker.prefix}:*"))
+        assert written and set(on_replica.keys(f"{broker.prefix}:*")) == written
+        assert served_by(broker) == master.port
+
+        master.stop()  # SIGKILL: the broker's connection now leads to a dead server
+        took = _until(
+            lambda: asks.sentinel_get_master_addr_by_name("mymaster")[1] == replica.port,
+            20,
+            "the sentinel did not promote the replica",
+        )
+        assert on_replica.info("replication")["role"] == "master", took
+
+        after = msg()
+        broker.publish(after)  # the same broker object: reconnects through the sentinel
+        got = broker.fetch(["default"], limit=10, lease_s=30, timeout_s=1)
+        assert [d.message_id for d in got] == [m.id for m in [*before, after]]
+        broker.ack(got)
+        assert [(s.ready, s.in_flight) for s in broker.queue_stats(["default"])] == [(0, 0)]
+        assert broker.fetch(["default"], limit=10, lease_s=30, timeout_s=0) == []
+        assert backend.get(stored.task_id) == stored
+        assert served_by(broker) == replica.port
+    finally:
+        if broker is not None:
+            broker.close()
+        for client in clients:
+            client.close()
+        if sentinel is not None:
+            sentinel.stop()
+        replica.stop()
+        master.stop()
 
 
 def test_rediss_url_speaks_tls(tmp_path: Path) -> None:
