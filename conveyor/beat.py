@@ -15,8 +15,11 @@ without transactions (Redis) the order is claim, send, record: a crash between c
 and send loses that one run, and the next leader logs it (docs/scheduler.md).
 
 The loop never busy-waits: it sleeps until the next due time, the next lease
-renewal or the next look at the stored schedules (``beat_max_loop_interval``),
-whichever is first, and a stop request wakes it.
+renewal, the next full look at the stored schedules (``beat_max_loop_interval``) or
+the next check of the change marker that ``app.periodic`` rewrites on every run-time
+change (once a second, one small read), whichever is first; a stop request wakes it.
+A schedule added, enabled or disabled from the CLI is thus seen within about a
+second, before the first run of a short interval falls due.
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ from typing import TYPE_CHECKING
 
 from conveyor.exceptions import BrokerConnectionError, ConfigurationError
 from conveyor.periodic import (
+    CHANGES_KEY,
+    CHANGES_NS,
     SCHEDULES_NS,
     STATE_NS,
     PeriodicEntry,
@@ -54,6 +59,7 @@ LEADER_LEASE = "beat-leader"
 FOLLOWER_RETRY_S = 2.0
 MAX_CATCH_UP = 1000  # slots sent per schedule per tick when catch_up=True; the rest next tick
 MAX_SCAN = 100_000  # slots walked when looking for the latest missed one
+CHANGE_CHECK_S = 1.0  # how often the leader looks at the change marker
 
 
 def default_owner() -> str:
@@ -109,6 +115,8 @@ class Beat:
         self._stop = threading.Event()
         self._renewed_at = 0.0
         self._synced_at = 0.0
+        self._checked_at = 0.0
+        self._marker: bytes | None = None  # the change marker as of the last sync
         self._tracked: dict[str, _Tracked] = {}
         scheme = app.conf.broker_url.split(":", 1)[0].lower()
         # Where a batch is one transaction, the run's claim joins it (see the module docstring).
@@ -182,16 +190,24 @@ class Beat:
         elif now - self._renewed_at >= self.lease_s / 3:
             if not self._renew(now):
                 return min(FOLLOWER_RETRY_S, self.lease_s / 3)
-        if now - self._synced_at >= self.max_interval_s or not self._synced_at:
+        if now - self._synced_at >= self.max_interval_s or not self._synced_at or self._changed(now):
             self.sync(now)
         next_at = self.tick(now)  # the caller's instant: a slot turning due during sync waits for the next step
         now = time.time()
         wake = min(
             next_at,
             self._synced_at + self.max_interval_s,
+            self._checked_at + CHANGE_CHECK_S,
             self._renewed_at + self.lease_s / 3,
         )
         return max(0.0, wake - now)
+
+    def _changed(self, now: float) -> bool:
+        """Has a run-time schedule changed since the last sync? (At most one read a second.)"""
+        if now - self._checked_at < CHANGE_CHECK_S:
+            return False
+        self._checked_at = now
+        return self.app.broker.kv_get(CHANGES_NS, CHANGES_KEY) != self._marker
 
     def _renew(self, now: float) -> bool:
         if self.app.broker.acquire_lease(LEADER_LEASE, self.owner, self.lease_s):
@@ -206,6 +222,9 @@ class Beat:
     def sync(self, now: float) -> None:
         """Re-read run-time schedules and run state from the store."""
         broker = self.app.broker
+        # Read before the schedules: a change made meanwhile leaves a newer marker.
+        self._marker = broker.kv_get(CHANGES_NS, CHANGES_KEY)
+        self._checked_at = now
         entries = {e.name: e for e in self.config}
         for name, raw in broker.kv_items(SCHEDULES_NS).items():
             if name in entries:
@@ -290,12 +309,15 @@ class Beat:
         latest, missed = self._latest_slot(entry, cursor, now)
         if missed > 1:
             log.warning(
-                "beat: %r had %s runs due between %s and %s (no scheduler was leading); "
+                "beat: %r had %s runs due between %s and %s (%s); "
                 "sending the latest once, skipping the others (catch_up=False)",
                 entry.name,
                 f"{missed}" if missed < MAX_SCAN else f"over {MAX_SCAN}",
                 _show(first, self.zone),
                 _show(latest, self.zone),
+                "no scheduler was leading"
+                if item.state.last_due_at is not None
+                else "added or enabled before this scheduler saw it",
             )
         return [latest]
 

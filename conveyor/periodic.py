@@ -16,6 +16,7 @@ code and are listed beside them, read-only.
 from __future__ import annotations
 
 import datetime as dt
+import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -31,6 +32,9 @@ if TYPE_CHECKING:
 
 SCHEDULES_NS = "periodic"
 STATE_NS = "periodic-state"
+# One record, rewritten on every run-time change: the leading scheduler reads it
+# each second and re-reads the schedules when it differs (CHANGE_CHECK_S in beat.py).
+CHANGES_NS, CHANGES_KEY = "periodic-changes", "last"
 ENTRY_KEYS = frozenset({"task", "schedule", "args", "kwargs", "options", "catch_up", "enabled"})
 OPTION_KEYS = frozenset({"queue", "priority", "expires"})
 MAX_NAME_LENGTH = 200
@@ -325,8 +329,8 @@ class Periodic:
         enabled: bool = True,
         catch_up: bool = False,
     ) -> PeriodicEntry:
-        """Store a run-time schedule, replacing one of the same name; running schedulers
-        pick it up within ``beat_max_loop_interval`` seconds.
+        """Store a run-time schedule, replacing one of the same name; the running
+        scheduler picks it up within about a second.
 
         Raises:
             PeriodicError: ``name`` is a config schedule (read-only).
@@ -356,7 +360,11 @@ class Periodic:
         broker = self.app.broker
         broker.kv_delete(STATE_NS, name)  # a replaced schedule starts afresh
         broker.kv_set(SCHEDULES_NS, name, encode_record(entry))
+        self._changed()
         return self._with_state(entry, RunState(), time.time())
+
+    def _changed(self) -> None:
+        self.app.broker.kv_set(CHANGES_NS, CHANGES_KEY, os.urandom(8).hex().encode())
 
     def _change(self, name: str, action: str) -> PeriodicEntry:
         if name in self._config():
@@ -376,6 +384,7 @@ class Periodic:
         if not entry.enabled:
             entry = replace(entry, enabled=True, since=time.time())
             self.app.broker.kv_set(SCHEDULES_NS, name, encode_record(entry))
+            self._changed()
         return self.get(name) or entry
 
     def disable(self, name: str) -> PeriodicEntry:
@@ -383,9 +392,11 @@ class Periodic:
         if entry.enabled:
             entry = replace(entry, enabled=False)
             self.app.broker.kv_set(SCHEDULES_NS, name, encode_record(entry))
+            self._changed()
         return self.get(name) or entry
 
     def remove(self, name: str) -> None:
         self._change(name, "remove")
         self.app.broker.kv_delete(SCHEDULES_NS, name)
         self.app.broker.kv_delete(STATE_NS, name)
+        self._changed()

@@ -171,17 +171,20 @@ def test_a_schedule_added_from_the_cli_fires_on_time_and_disabling_stops_it(tmp_
         p.start("beat")
         wait_for(lambda: "leader now" in p.log(0), timeout=15, message=p.log(0))
         added = p.cli("periodic", "add", "late", "proj.tick", "--every", "2s", "-Q", "beat", "--args", "[7]")
+        added_by = time.time()
         assert added.returncode == 0, added.stderr
         wait_for(lambda: p.dues("late"), timeout=15, message="the added schedule never fired")
         first = next(m for m in p.drain() if m.headers.get("periodic") == "late")
         assert first.args == [7]
         assert first.created_at - float(first.headers["periodic_due_at"]) <= 5.0
+        # Seen at once (the change marker), so its very first slot is the first one sent.
+        assert float(first.headers["periodic_due_at"]) <= added_by + 2.0, p.log(0)
         listed = p.cli("periodic", "list", "--json")
         entry = json.loads(listed.stdout)[0]
         assert entry["name"] == "late" and entry["total_run_count"] >= 1 and entry["last_run_at"]
         disabled = p.cli("periodic", "disable", "late")
         assert disabled.returncode == 0, disabled.stderr
-        time.sleep(6)  # the scheduler looks at the stored schedules every 5 s
+        time.sleep(1.5)  # the leader checks the change marker every second
         count = len(p.dues("late"))
         time.sleep(4)
         assert len(p.dues("late")) == count, "a disabled schedule kept firing"
