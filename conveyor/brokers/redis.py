@@ -6,8 +6,8 @@ Layout (``P`` is the key prefix, ``conveyor`` unless the URL says ``?prefix=``):
 - ``P:lz:<queue>``        sorted set: receipt -> lease end (epoch s, Redis clock)
 - ``P:lh:<queue>``        hash: receipt -> leased entry
 - ``P:d:<queue>``         sorted set: "<seq>|<entry>" -> eta (delays, retries)
-- ``P:s:<queue>``         list of at most one token, pushed on every publish: the
-                          wake-up blocked consumers wait on with BLPOP
+- ``P:s:<queue>``         list of at most one token, pushed on a publish while
+                          consumers wait on the queue: the wake-up they BLPOP
 - ``P:w:<queue>``         sorted set: consumer id -> time it began waiting (hand-off)
 - ``P:wt:<consumer>``     hash while that consumer waits: fetch token, lease seconds,
                           one field per queue; expires just after its wait
@@ -90,13 +90,24 @@ return 1
 # ARGV: prefix, queue, priority, entry. Direct hand-off: when the queue has nothing
 # ready and a consumer is blocked waiting on it, lease the entry to that consumer (as
 # the fetch script would) and push it onto the consumer's inbox, which its BLPOP
-# watches; otherwise queue it and leave the wake-up token. Returns 2 or 1.
+# watches; otherwise queue it and leave the wake-up token. Returns 2 or 1 (0: queued
+# with no token, as nobody waits on the queue).
+#
+# No waiting set, no token: only a consumer whose fetch script registered it in
+# P:w:<queue> blocks on the queue's token list, and its entry leaves that set only
+# when it stops waiting (its next fetch), when a publish hands it a message, or when
+# the set expires, a minute after the last registration (a wait lasts seconds). A
+# publish that pops stale entries until the set is gone still leaves the token.
 _SEND = Script(
     """
 local P, q, p, e = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local qk, w = P .. ':q:' .. q .. ':', P .. ':w:' .. q
 redis.call('SADD', P .. ':queues', q)
-if redis.call('EXISTS', w) == 1 and redis.call('EXISTS', qk .. 0, qk .. 1, qk .. 2, qk .. 3,
+if redis.call('EXISTS', w) == 0 then
+  redis.call('RPUSH', qk .. p, e)
+  return 0
+end
+if redis.call('EXISTS', qk .. 0, qk .. 1, qk .. 2, qk .. 3,
     qk .. 4, qk .. 5, qk .. 6, qk .. 7, qk .. 8, qk .. 9) == 0 then
   while true do
     local got = redis.call('ZPOPMIN', w)
