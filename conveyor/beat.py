@@ -192,7 +192,8 @@ class Beat:
                 return min(FOLLOWER_RETRY_S, self.lease_s / 3)
         if now - self._synced_at >= self.max_interval_s or not self._synced_at or self._changed(now):
             self.sync(now)
-        next_at = self.tick(now)  # the caller's instant: a slot turning due during sync waits for the next step
+        # The caller's instant: a slot turning due during sync waits for the next step.
+        next_at = self.tick(now)
         now = time.time()
         wake = min(
             next_at,

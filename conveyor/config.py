@@ -104,9 +104,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("worker_max_tasks_per_child", None, _to_opt_int, "recycle a child process after this many tasks"),
     Setting("worker_shutdown_timeout", 60.0, float, "warm shutdown: seconds to let running tasks finish"),
     Setting("worker_send_task_events", True, _to_bool, "workers write task events (monitoring, dashboard)"),
-    Setting("worker_heartbeat_interval", 2.0, float, "seconds between worker heartbeats; offline after 3 missed"),
+    Setting(
+        "worker_heartbeat_interval", 2.0, float, "seconds between worker heartbeats; offline after 3 missed"
+    ),
     Setting("events_max_count", 100_000, int, "task events kept in the broker (newest)"),
-    Setting("events_max_age", 7 * 86400.0, _to_opt_float, "seconds task events are kept; None = no age limit"),
+    Setting(
+        "events_max_age", 7 * 86400.0, _to_opt_float, "seconds task events are kept; None = no age limit"
+    ),
     Setting("result_expires", 86400.0, _to_opt_float, "seconds results are kept"),
     Setting("beat_schedule", None, _to_json, "periodic tasks from config"),
     Setting("timezone", "UTC", str, "time zone for crontab schedules"),
@@ -122,11 +126,20 @@ SETTINGS: tuple[Setting, ...] = (
         float,
         "longest the scheduler sleeps; run-time schedule changes are seen within this",
     ),
-    Setting("dashboard_auth", None, _to_opt_str, "dashboard admins: user:password, comma-separated for several"),
-    Setting("dashboard_viewer_auth", None, _to_opt_str, "dashboard read-only users: user:password, comma-separated"),
+    Setting(
+        "dashboard_auth", None, _to_opt_str, "dashboard admins: user:password, comma-separated for several"
+    ),
+    Setting(
+        "dashboard_viewer_auth",
+        None,
+        _to_opt_str,
+        "dashboard read-only users: user:password, comma-separated",
+    ),
     Setting("dashboard_secret_key", None, _to_opt_str, "signs dashboard logins; None = random per process"),
     Setting("dashboard_session_max_age", 43200.0, float, "seconds a dashboard login lasts"),
-    Setting("dashboard_refresh_interval", 2.0, float, "seconds between a dashboard page's live updates; 0 = off"),
+    Setting(
+        "dashboard_refresh_interval", 2.0, float, "seconds between a dashboard page's live updates; 0 = off"
+    ),
 )
 _BY_NAME = {s.name: s for s in SETTINGS}
 # Celery's old upper-case names and aliases that Django projects still carry.

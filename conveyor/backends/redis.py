@@ -163,7 +163,17 @@ class RedisBackend:
                 # EVAL, not EVALSHA: a NOSCRIPT here would leave the BLPOP blocking for nothing.
                 now_registered, got = self.link.send(
                     [
-                        ("EVAL", _AWAIT, 0, key, waiters, notify, expire_ms, int(not registered), *_READY_PREFIXES),
+                        (
+                            "EVAL",
+                            _AWAIT,
+                            0,
+                            key,
+                            waiters,
+                            notify,
+                            expire_ms,
+                            int(not registered),
+                            *_READY_PREFIXES,
+                        ),
                         ("BLPOP", notify, max(block, 0.001)),
                     ]
                 )

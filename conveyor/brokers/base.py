@@ -202,7 +202,9 @@ def parse_log_id(entry_id: str) -> int:
     try:
         return int(entry_id)
     except ValueError:
-        raise ValueError(f"invalid log id {entry_id!r}: pass an id returned by log_read or log_tail") from None
+        raise ValueError(
+            f"invalid log id {entry_id!r}: pass an id returned by log_read or log_tail"
+        ) from None
 
 
 def mask_url(url: str) -> str:

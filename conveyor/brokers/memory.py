@@ -60,7 +60,8 @@ class _Store:
         self.dead_ids = itertools.count(1)
         self.rate_limits: dict[str, float] = {}
         self.leases: dict[str, _Lease] = {}
-        self.kv: dict[str, dict[str, tuple[bytes, float | None]]] = {}  # namespace -> key -> (value, expires_at)
+        # namespace -> key -> (value, expires_at)
+        self.kv: dict[str, dict[str, tuple[bytes, float | None]]] = {}
         self.logs: dict[str, collections.deque[tuple[int, float, bytes]]] = {}  # (id, appended_at, body)
         self.log_ids: dict[str, itertools.count[int]] = {}  # per stream, so ids are contiguous
 
@@ -403,7 +404,9 @@ class MemoryBroker:
     def _live_kv(self, store: _Store, namespace: str) -> dict[str, tuple[bytes, float | None]]:
         records = store.kv.get(namespace, {})
         now = time.time()
-        for key in [k for k, (_, expires_at) in records.items() if expires_at is not None and expires_at <= now]:
+        for key in [
+            k for k, (_, expires_at) in records.items() if expires_at is not None and expires_at <= now
+        ]:
             del records[key]
         return records
 
@@ -450,7 +453,9 @@ class MemoryBroker:
                 found: list[tuple[str, bytes]] = []
                 if log:
                     start = max(0, last - log[0][0] + 1)  # ids are contiguous within a stream
-                    found = [(str(i), body) for i, _, body in itertools.islice(log, start, start + max(limit, 0))]
+                    found = [
+                        (str(i), body) for i, _, body in itertools.islice(log, start, start + max(limit, 0))
+                    ]
                 remaining = deadline - time.monotonic()
                 if found or remaining <= 0 or self._generation != generation:
                     return found

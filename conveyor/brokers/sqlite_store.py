@@ -38,11 +38,15 @@ STORE_SCHEMA = (
 )
 
 _SQL_KV_SET = f"INSERT OR REPLACE INTO {KV} (namespace, key, value, expires_at) VALUES (?, ?, ?, ?)"
-_SQL_KV_GET = f"SELECT value FROM {KV} WHERE namespace = ? AND key = ? AND (expires_at IS NULL OR expires_at > ?)"
+_SQL_KV_GET = (
+    f"SELECT value FROM {KV} WHERE namespace = ? AND key = ? AND (expires_at IS NULL OR expires_at > ?)"
+)
 _SQL_KV_ITEMS = (
     f"SELECT key, value FROM {KV} WHERE namespace = ? AND (expires_at IS NULL OR expires_at > ?) ORDER BY key"
 )
-_SQL_KV_DELETE = f"DELETE FROM {KV} WHERE namespace = ? AND key = ? AND (expires_at IS NULL OR expires_at > ?)"
+_SQL_KV_DELETE = (
+    f"DELETE FROM {KV} WHERE namespace = ? AND key = ? AND (expires_at IS NULL OR expires_at > ?)"
+)
 _SQL_KV_EXPIRE = f"DELETE FROM {KV} WHERE namespace = ? AND expires_at <= ?"
 
 _SQL_LOG_APPEND = f"INSERT INTO {LOGS} (stream, ts, body) VALUES (?, ?, ?)"
@@ -51,6 +55,7 @@ _SQL_LOG_TAIL = f"SELECT MAX(id) FROM {LOGS} WHERE stream = ?"
 _SQL_LOG_CUTOFF = f"SELECT id FROM {LOGS} WHERE stream = ? ORDER BY id DESC LIMIT 1 OFFSET ?"
 _SQL_LOG_TRIM_ID = f"DELETE FROM {LOGS} WHERE stream = ? AND id <= ?"
 _SQL_LOG_TRIM_AGE = f"DELETE FROM {LOGS} WHERE stream = ? AND ts < ?"
+
 
 class SQLiteStoreMixin:
     """The kv and log half of ``BrokerAdmin`` for a broker that owns ``_db``."""

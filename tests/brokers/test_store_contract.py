@@ -110,7 +110,9 @@ def test_log_read_wakes_across_processes(broker_case: BrokerCase, broker: AdminB
     if not broker_case.cross_process:
         pytest.skip(f"{broker_case.name} lives in one process")
     tail = broker.log_tail("control")
-    child = multiprocessing.get_context("spawn").Process(target=_append_from_child, args=(broker_case.url, b"hi"))
+    child = multiprocessing.get_context("spawn").Process(
+        target=_append_from_child, args=(broker_case.url, b"hi")
+    )
     child.start()
     try:
         started = time.monotonic()
