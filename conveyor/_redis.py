@@ -261,11 +261,21 @@ class Script:
 
 
 _pid = os.getpid()  # kept current by a fork hook: getpid() is a system call per use
+_tag = ""  # random, made on first use in each process (see process_tag)
 
 
 def _after_fork_in_child() -> None:
-    global _pid
+    global _pid, _tag
     _pid = os.getpid()
+    _tag = ""
+
+
+def process_tag() -> str:
+    """Random per process, new in every forked child (a recycled pid gets a new one)."""
+    global _tag
+    if not _tag:
+        _tag = os.urandom(6).hex()
+    return _tag
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)

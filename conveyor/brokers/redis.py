@@ -31,7 +31,6 @@ Why lists and not Streams with consumer groups: docs/brokers.md, "Redis".
 from __future__ import annotations
 
 import itertools
-import os
 import re
 import threading
 import time
@@ -551,28 +550,16 @@ _KV_DELETE = Script("redis.call('ZREM', KEYS[2], ARGV[1])\nreturn redis.call('HD
 
 
 _unique_counter = itertools.count()
-_process_tag = ""  # random, made once per process (a forked child makes its own)
-
-
-def _after_fork_in_child() -> None:
-    global _process_tag
-    _process_tag = ""
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _token() -> str:
     """Unique across processes, hosts and time: a per-process random tag and a counter.
 
     A lease receipt is ``<token>:<n>``; two fetches sharing a token would share
-    receipts, so the tag is fresh in every process (a recycled pid gets a new one),
-    and the counter needs no system call per fetch, unlike os.urandom.
+    receipts, so the tag is fresh in every process, and the counter needs no system
+    call per fetch, unlike os.urandom.
     """
-    global _process_tag
-    if not _process_tag:
-        _process_tag = os.urandom(6).hex()
-    return f"{_process_tag}.{next(_unique_counter):x}"
+    return f"{_redis.process_tag()}.{next(_unique_counter):x}"
 
 
 def _unique() -> bytes:
