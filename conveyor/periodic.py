@@ -360,10 +360,10 @@ class Periodic:
         broker = self.app.broker
         broker.kv_delete(STATE_NS, name)  # a replaced schedule starts afresh
         broker.kv_set(SCHEDULES_NS, name, encode_record(entry))
-        self._changed()
+        self._mark_changed()
         return self._with_state(entry, RunState(), time.time())
 
-    def _changed(self) -> None:
+    def _mark_changed(self) -> None:
         self.app.broker.kv_set(CHANGES_NS, CHANGES_KEY, os.urandom(8).hex().encode())
 
     def _change(self, name: str, action: str) -> PeriodicEntry:
@@ -384,7 +384,7 @@ class Periodic:
         if not entry.enabled:
             entry = replace(entry, enabled=True, since=time.time())
             self.app.broker.kv_set(SCHEDULES_NS, name, encode_record(entry))
-            self._changed()
+            self._mark_changed()
         return self.get(name) or entry
 
     def disable(self, name: str) -> PeriodicEntry:
@@ -392,11 +392,11 @@ class Periodic:
         if entry.enabled:
             entry = replace(entry, enabled=False)
             self.app.broker.kv_set(SCHEDULES_NS, name, encode_record(entry))
-            self._changed()
+            self._mark_changed()
         return self.get(name) or entry
 
     def remove(self, name: str) -> None:
         self._change(name, "remove")
         self.app.broker.kv_delete(SCHEDULES_NS, name)
         self.app.broker.kv_delete(STATE_NS, name)
-        self._changed()
+        self._mark_changed()

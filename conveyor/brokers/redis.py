@@ -89,12 +89,13 @@ return 1
 # ARGV: prefix, queue, priority, entry. Direct hand-off: when the queue has nothing
 # ready and a consumer is blocked waiting on it, lease the entry to that consumer (as
 # the fetch script would) and push it onto the consumer's inbox, which its BLPOP
-# watches; otherwise queue it and leave the wake-up token. The consumer that began
-# waiting last gets it: it has just finished a task, so its process (and the CPU it
-# ran on) is the one most likely still awake. Measured, 2,000 sequential
-# delay().get() on 2 cores, median of 5 and of 4 runs: round trip p50 0.28 and
-# 0.29 ms, against 0.37 and 0.33 ms taking the longest-waiting one. Returns 2 or 1 (0: queued
-# with no token, as nobody waits on the queue).
+# watches (returns 2); otherwise queue it and leave the wake-up token (1), or queue
+# it alone when nobody waits on the queue (0).
+#
+# The consumer that began waiting last gets it: it has just finished a task, so its
+# process (and the CPU it ran on) is the one most likely still awake. Measured, 2,000
+# sequential delay().get() on 2 cores, median of 5 and of 4 runs: round trip p50
+# 0.28 and 0.29 ms, against 0.37 and 0.33 ms taking the longest-waiting one.
 #
 # No waiting set, no token: only a consumer whose fetch script registered it in
 # P:w:<queue> blocks on the queue's token list, and its entry leaves that set only
