@@ -162,6 +162,11 @@ class WireConnection:
         except (OSError, hiredis.ProtocolError) as exc:
             self.disconnect()
             raise WireError(f"Error talking to {self.host}:{self.port}: {exc}") from None
+        except BaseException:
+            # Interrupted mid-command (a signal's exception: soft time limit, terminate,
+            # Ctrl-C): replies still due would be read as the next command's. Drop it.
+            self.disconnect()
+            raise
 
     def disconnect(self) -> None:
         sock, self._sock = self._sock, None
@@ -247,6 +252,9 @@ class ClientConnection:
         except self._failures as exc:
             self.disconnect()
             raise WireError(str(exc)) from None
+        except BaseException:  # interrupted mid-command: see WireConnection.exchange
+            self.disconnect()
+            raise
         return self._deep(replies)
 
     def _reply(self, exc: Exception) -> ReplyError:
