@@ -245,6 +245,27 @@ class Conveyor:
                 return _route_queue(route)
         return None
 
+    def known_queues(self) -> list[str]:
+        """Every queue this app sends to: the default, tasks' ``queue=``, ``task_routes``, beat entries.
+
+        Sorted, the default first. Tasks registered so far only: import the project first.
+        """
+        names = {self.conf.task_default_queue}
+        names.update(task.queue for task in self.tasks.values() if task.queue)
+        routes = self.conf.task_routes or {}
+        pairs: Iterable[tuple[str, Any]] = (
+            routes.items()
+            if isinstance(routes, Mapping)
+            else [p for e in routes for p in (e.items() if isinstance(e, Mapping) else [e])]
+        )
+        names.update(q for _, route in pairs if (q := _route_queue(route)))
+        for entry in (self.conf.beat_schedule or {}).values():
+            options = entry.get("options") or {} if isinstance(entry, Mapping) else {}
+            queue = options.get("queue") or self.route(str(entry.get("task", "")))
+            names.add(queue or self.conf.task_default_queue)
+        default = self.conf.task_default_queue
+        return [default, *sorted(names - {default})]
+
     def build_message(
         self,
         name: str,

@@ -25,6 +25,15 @@ def queues(state: CliState, queue_names: tuple[str, ...], as_json: bool) -> None
     app = state.get_app()
     names = split_names(queue_names)
     stats = app.broker.queue_stats(names or None)
+    on_broker = bool(stats)
+    if not names:
+        # Queues the app sends to are listed even when the broker holds nothing for them:
+        # an emptied queue is a fact worth showing (zeros), not "nothing sent".
+        if state.app_path:
+            app.import_includes()
+        seen = {s.name for s in stats}
+        stats += [QueueStats(q, 0, 0, 0, 0) for q in app.known_queues() if q not in seen]
+        stats.sort(key=lambda s: s.name)
     if as_json:
         echo_json(
             [
@@ -39,12 +48,11 @@ def queues(state: CliState, queue_names: tuple[str, ...], as_json: bool) -> None
             ]
         )
         return
-    if not stats:
-        # Name the broker: an empty answer is most often the wrong broker (a missing -A).
-        click.echo(f"No queues on {mask_url(app.conf.broker_url)}: nothing has been sent there yet.")
-        return
     rows = [(s.name, s.ready, s.in_flight, s.delayed, s.dead) for s in stats]
     click.echo(format_table(HEADERS, rows, numeric=(1, 2, 3, 4)))
+    if not on_broker:
+        # Name the broker: an empty one is most often the wrong broker (a missing -A or -b).
+        click.echo(f"(no message waiting or in flight on {mask_url(app.conf.broker_url)})")
 
 
 @click.command()

@@ -47,7 +47,10 @@ def _serve_dashboard(app: Conveyor, host: str, port: int) -> None:
 
 
 @click.command()
-@queues_option("Queues to consume (default: task_default_queue).", envvar="CONVEYOR_QUEUES")
+@queues_option(
+    "Queues to consume (default: every queue the app routes to: task_routes, tasks' queue=, beat entries).",
+    envvar="CONVEYOR_QUEUES",
+)
 @click.option("-c", "--concurrency", type=click.IntRange(min=1), default=None, help="Worker slots.")
 @click.option(
     "-P", "--pool", type=click.Choice(POOLS), default=None, help="Worker pool (default: worker_pool)."
@@ -83,9 +86,10 @@ def run(
     for module_name in app.include:
         import_project(module_name)
     setup_logging(loglevel)
-    process = Worker(
-        app, queues=split_names(queue_names) or None, concurrency=concurrency, pool=pool, beat=True
-    )
+    # In development every queue the project sends to is consumed, so work routed to
+    # `email` or `feeds` does not pile up behind a worker that reads only `default`.
+    queues = split_names(queue_names) or app.known_queues()
+    process = Worker(app, queues=queues, concurrency=concurrency, pool=pool, beat=True)
     child: BaseProcess | None = None
     if not no_dashboard and dashboard_available():
         child = multiprocessing.get_context("fork").Process(

@@ -6,12 +6,15 @@ process or the dashboard makes, so the CLI cannot drift from what the API does.
 
 from __future__ import annotations
 
+import difflib
+import inspect
 from collections.abc import Callable
 from typing import Any
 
 import click
 
 from conveyor import states
+from conveyor.app import Conveyor
 from conveyor.backends.base import ResultRecord
 from conveyor.cli.context import CliState, pass_state, shared_options
 from conveyor.cli.output import echo_json, format_time, format_value, iso_time
@@ -83,6 +86,12 @@ def _json_of(kind: type, what: str) -> Callable[[click.Context, click.Parameter,
     default=None,
     help=f"{MIN_PRIORITY} (lowest) to {MAX_PRIORITY} (highest) within the queue.",
 )
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Send even when -A's app does not know the task or the arguments do not fit it "
+    "(for tasks that only another codebase defines).",
+)
 @shared_options(envvars=False)
 @pass_state
 def call(
@@ -94,15 +103,20 @@ def call(
     countdown: float | None,
     expires: float | None,
     priority: int | None,
+    force: bool,
 ) -> None:
     """Send TASK_NAME and print its task id.
 
-    The task need not be importable here; a worker that knows it runs it.
+    With -A, the name must be one of the app's tasks and the arguments must fit its
+    signature (checked before sending; --force skips both). Without -A nothing is
+    checked: a worker that knows the task runs it.
 
     \b
     conveyor call accounts.tasks.send_activation_email --args '[1, "123"]' -Q email
     """
     app = state.get_app()
+    if state.app_path and not force:
+        _check_call(app, task_name, args_ or [], kwargs_ or {})
     options: dict[str, Any] = {
         key: value
         for key, value in (
@@ -115,6 +129,34 @@ def call(
     }
     sent = app.send_task(task_name, args=args_, kwargs=kwargs_, **options)
     click.echo(sent.id)
+
+
+def _check_call(app: Conveyor, name: str, args: list[Any], kwargs: dict[str, Any]) -> None:
+    """A usage error (exit 2) unless the app knows ``name`` and the arguments bind to it."""
+    app.import_includes()
+    task = app.tasks.get(name)
+    if task is None:
+        close = difflib.get_close_matches(name, list(app.tasks), n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise click.UsageError(
+            f"task {name!r} is not registered in app {app.main!r} ({len(app.tasks)} task(s) known).{hint} "
+            "Check the name, or pass --force to send it for another codebase's worker."
+        )
+    try:
+        signature = inspect.signature(task.fn)
+    except (TypeError, ValueError):  # a builtin or C function: nothing to check against
+        return
+    try:
+        if task.bind:
+            signature.bind(None, *args, **kwargs)
+        else:
+            signature.bind(*args, **kwargs)
+    except TypeError as exc:
+        params = list(signature.parameters)[1 if task.bind else 0 :]
+        raise click.UsageError(
+            f"arguments do not fit {name}({', '.join(params)}): {exc}. "
+            "Fix --args/--kwargs, or pass --force to send anyway."
+        ) from None
 
 
 @click.command()

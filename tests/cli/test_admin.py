@@ -22,7 +22,18 @@ def test_call_prints_the_id_and_queues_shows_the_backlog(project: Project) -> No
     assert len(task_id) == 36 and first.err == ""
     project.run("-A", "proj", "call", "proj.add", "--kwargs", '{"x": 1, "y": 2}')
     delayed = project.run(
-        "-A", "proj", "call", "proj.add", "-Q", "email", "--countdown", "600", "--priority", "9"
+        "-A",
+        "proj",
+        "call",
+        "proj.add",
+        "-a",
+        "[1, 2]",
+        "-Q",
+        "email",
+        "--countdown",
+        "600",
+        "--priority",
+        "9",
     )
     assert delayed.code == 0, delayed
 
@@ -47,13 +58,16 @@ def test_admin_commands_work_with_only_a_broker_url(project: Project) -> None:
     sent = project.run("--broker", url, "call", "some.unimported.task", "--args", '["x"]', "-Q", "feeds")
     assert sent.code == 0, sent
     assert _stats(project, "--broker", url) == {
-        "feeds": {"ready": 1, "in_flight": 0, "delayed": 0, "dead": 0}
+        "default": {"ready": 0, "in_flight": 0, "delayed": 0, "dead": 0},  # known: the default queue
+        "feeds": {"ready": 1, "in_flight": 0, "delayed": 0, "dead": 0},
     }
     # Without -A or --broker: CONVEYOR_BROKER_URL, else ./conveyor.sqlite3.
     assert "feeds" in _stats(project, "-b", url)
     assert "feeds" in project.run("queues", env={"CONVEYOR_BROKER_URL": url}).out
     empty = project.run("queues")
-    assert empty.code == 0 and "No queues on sqlite:///conveyor.sqlite3" in empty.out, empty
+    assert empty.code == 0 and "no message waiting or in flight on sqlite:///conveyor.sqlite3" in empty.out, (
+        empty
+    )
     # --broker overrides the app's own broker_url.
     assert "feeds" in _stats(project, "-A", "proj", "--broker", url)
 
@@ -79,7 +93,8 @@ def test_purge_asks_and_force_skips_the_question(project: Project) -> None:
 
     forced = project.run("-A", "proj", "purge", "-f")
     assert forced.code == 0 and forced.out.strip() == "Purged 2 message(s) from every queue.", forced
-    assert _stats(project, "-A", "proj") == {}
+    zero = {"ready": 0, "in_flight": 0, "delayed": 0, "dead": 0}
+    assert _stats(project, "-A", "proj") == {"default": zero}
 
 
 def test_result_of_an_unknown_id_is_pending(project: Project) -> None:
@@ -129,3 +144,36 @@ def test_result_shows_value_or_exception_and_traceback(project: Project) -> None
     record = json.loads(project.run("-A", "proj", "result", "bad-id", "--json").out)
     assert record["state"] == "FAILURE" and record["exception"]["type"] == "ValueError"
     assert record["retries"] == 2 and record["result"] is None
+
+
+def test_queues_lists_every_known_queue_with_zeros_after_the_work_is_done(project: Project) -> None:
+    project.write(
+        "routed.py",
+        """
+        import os
+        from conveyor import Conveyor
+
+        HERE = os.path.dirname(os.path.abspath(__file__))
+        app = Conveyor("routed", broker="sqlite:///" + os.path.join(HERE, "broker.sqlite3"))
+        app.conf.task_routes = {"feeds.*": "feeds", "mail.*": {"queue": "email"}}
+        app.conf.beat_schedule = {"sync": {"task": "x.sync", "schedule": 60, "options": {"queue": "nightly"}}}
+
+        @app.task(name="routed.note", queue="notifications")
+        def note():
+            return 1
+        """,
+    )
+    broker = project.app().broker
+    project.run("-A", "routed", "call", "routed.note")
+    [delivery] = broker.fetch(["notifications"], limit=1, lease_s=30, timeout_s=1)
+    broker.ack([delivery])  # the work is done: nothing ready, nothing in flight
+    table = project.run("-A", "routed", "queues")
+    assert table.code == 0, table
+    rows = {
+        line.split()[0]: line.split()[1:]
+        for line in table.out.splitlines()[1:]
+        if line.strip() and not line.startswith("(")
+    }
+    assert rows == {
+        q: ["0", "0", "0", "0"] for q in ("default", "email", "feeds", "nightly", "notifications")
+    }

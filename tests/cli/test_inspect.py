@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 
 import orjson
@@ -55,7 +56,8 @@ def test_status_lists_heartbeats_and_fails_when_none_is_online(project: Project)
         "1 worker(s) online.",
     ]
     every = project.run("-A", "proj", "status", "--all")
-    assert "gone@h: OFFLINE (last seen 10m00s ago)" in every.out, every
+    # Seconds pass between the record and the command on a loaded machine: 10m00s, 10m01s...
+    assert re.search(r"^gone@h: OFFLINE \(last seen 10m\d\ds ago\)", every.out, re.M), every
     as_json = json.loads(project.run("-A", "proj", "status", "--json").out)
     assert [w["name"] for w in as_json] == ["w1@h"] and as_json[0]["online"] is True
 

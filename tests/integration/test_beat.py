@@ -219,6 +219,19 @@ def test_conveyor_run_without_dashboard_runs_worker_and_beat(tmp_path: Path) -> 
         p.stop_all()
 
 
+def test_conveyor_run_consumes_the_queues_the_app_sends_to(tmp_path: Path) -> None:
+    """The tour routes work to `feeds`; `conveyor run` with no -Q must not leave it waiting."""
+    p = BeatProject(tmp_path, f"sqlite:///{tmp_path / 'broker.sqlite3'}")
+    schedule = {"tick": {"task": "proj.tick", "schedule": 1.0, "args": [7], "options": {"queue": "feeds"}}}
+    runs = tmp_path / "runs.log"
+    try:
+        p.start("run", "--no-dashboard", "-P", "threads", "-c", "1", schedule=schedule)
+        wait_for(lambda: runs.exists() and "tick 7" in runs.read_text(), timeout=20, message=p.log(0))
+    finally:
+        p.stop_all()
+    assert "queues:      default, feeds" in p.log(0)
+
+
 # -- in process: missed runs --------------------------------------------------------
 
 
