@@ -51,12 +51,14 @@ def dashboard(
     Without users anyone who can reach the port is an admin, so the dashboard
     refuses to listen beyond loopback then: give --auth (or CONVEYOR_DASHBOARD_AUTH).
     """
-    try:
-        from conveyor.dashboard import serve
-    except ImportError as exc:
+    from conveyor.dashboard import missing_requirements, serve
+
+    missing = missing_requirements()
+    if missing:
         raise click.ClickException(
-            f"the dashboard needs its extra ({exc.name or exc}): pip install 'conveyor-tasks[dashboard]'"
-        ) from None
+            f"the dashboard needs its extra ({', '.join(missing)} not installed): "
+            "pip install 'conveyor-tasks[dashboard]'"
+        )
     app = state.get_app()
     click.echo(f"Conveyor dashboard on http://{host}:{port}/ (Ctrl+C to stop)", err=True)
     serve(

@@ -8,7 +8,6 @@ worker's never meet. Stopping the worker (SIGTERM, Ctrl+C) stops the dashboard.
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import multiprocessing
 import os
@@ -30,7 +29,9 @@ log = logging.getLogger("conveyor.run")
 
 
 def dashboard_available() -> bool:
-    return all(importlib.util.find_spec(name) is not None for name in ("starlette", "uvicorn", "jinja2"))
+    from conveyor.dashboard import missing_requirements
+
+    return not missing_requirements()
 
 
 def _serve_dashboard(app: Conveyor, host: str, port: int) -> None:

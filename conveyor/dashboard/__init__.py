@@ -20,8 +20,16 @@ if TYPE_CHECKING:
 
     from conveyor.app import Conveyor
 
-__all__ = ["Auth", "create_app", "is_loopback", "make_auth", "serve"]
+__all__ = ["Auth", "create_app", "is_loopback", "make_auth", "missing_requirements", "serve"]
 log = logging.getLogger("conveyor.dashboard")
+REQUIREMENTS = ("starlette", "uvicorn", "jinja2", "prometheus_client")
+
+
+def missing_requirements() -> list[str]:
+    """The dashboard extra's packages this environment lacks (none: it can be served)."""
+    import importlib.util
+
+    return [name for name in REQUIREMENTS if importlib.util.find_spec(name) is None]
 
 
 def make_auth(

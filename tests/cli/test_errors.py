@@ -11,7 +11,7 @@ import sys
 from typing import Any
 
 import conveyor
-from tests.cli.conftest import Project, assert_one_line_error, assert_usage_error
+from tests.cli.conftest import Project, Result, assert_one_line_error, assert_usage_error
 
 
 def test_version(project: Project) -> None:
@@ -182,3 +182,23 @@ def test_the_current_directory_is_searched_like_celery(project: Project, tmp_pat
         timeout=30,
     )
     assert proc.returncode == 0, proc.stderr
+
+
+def test_dashboard_without_its_extra_is_one_line_naming_the_extra(project: Project) -> None:
+    # sys.modules[name] = None: the package looks uninstalled to import and find_spec alike.
+    code = (
+        "import sys; sys.modules['uvicorn'] = None; sys.argv[0] = 'conveyor'; "
+        "from conveyor.cli.main import main; main()"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, "-A", "proj", "dashboard", "--port", "0"],
+        cwd=project.root,
+        env=project.env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    result = Result(proc.returncode, proc.stdout, proc.stderr)
+    assert_one_line_error(result, "uvicorn not installed", "pip install 'conveyor-tasks[dashboard]'")
+    assert result.out == ""
