@@ -245,6 +245,24 @@ class Conveyor:
                 return _route_queue(route)
         return None
 
+    def split_registry(self) -> dict[str, list[str]]:
+        """Tasks registered on *other* apps of this process that share this app's broker.
+
+        Two ``Conveyor()`` objects in one project split the registry: a worker for one
+        does not know the other's ``@app.task`` functions (``@shared_task`` binds to both).
+        Keyed by the other app's name; empty when there is no such app.
+        """
+        with _state_lock:
+            others = [a for a in _apps if a is not self and a.tasks]
+        split: dict[str, list[str]] = {}
+        for other in others:
+            if other.conf.broker_url != self.conf.broker_url:
+                continue
+            missing = sorted(set(other.tasks) - set(self.tasks))
+            if missing:
+                split[other.main or "__main__"] = missing
+        return split
+
     def known_queues(self) -> list[str]:
         """Every queue this app sends to: the default, tasks' ``queue=``, ``task_routes``, beat entries.
 

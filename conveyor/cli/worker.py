@@ -8,6 +8,11 @@ command line wins over both.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
+import os
+import socket
+
 import click
 
 from conveyor.cli.context import CliState, import_project, pass_state, queues_option, shared_options
@@ -47,7 +52,47 @@ loglevel_option = click.option(
     help="prefork (CPU-bound), threads (I/O-bound) or solo (one task at a time, in-process).",
 )
 @loglevel_option
-@click.option("-n", "--hostname", default=None, help="This worker's name (default: conveyor.PID@HOST).")
+@click.option(
+    "-n",
+    "--hostname",
+    default=None,
+    help="This worker's name (default: conveyor.PID@HOST); %h, %n and %d expand as in Celery.",
+)
+@click.option(
+    "-f",
+    "--logfile",
+    default=None,
+    metavar="PATH",
+    help="Log to this file instead of stderr (%h %n %d %p expand).",
+)
+@click.option(
+    "--pidfile",
+    default=None,
+    metavar="PATH",
+    help="Write the worker's pid here; refuse to start while another live worker holds it.",
+)
+@click.option(
+    "-E", "--task-events", is_flag=True, help="Send task events (on by default: worker_send_task_events)."
+)
+@click.option(
+    "-O",
+    "optimization",
+    type=click.Choice(["fair", "default"]),
+    default=None,
+    help="Accepted for Celery's units: Conveyor always hands a task to a free slot (Celery's 'fair').",
+)
+@click.option(
+    "--detach",
+    is_flag=True,
+    expose_value=False,
+    callback=lambda ctx, param, value: _refuse_detach() if value else None,
+    help="Not supported: run in the foreground under systemd, supervisord or a Procfile.",
+)
+@click.option("--without-gossip", is_flag=True, hidden=True, help="Accepted for Celery's units; no effect.")
+@click.option("--without-mingle", is_flag=True, hidden=True, help="Accepted for Celery's units; no effect.")
+@click.option(
+    "--without-heartbeat", is_flag=True, hidden=True, help="Accepted for Celery's units; no effect."
+)
 @click.option(
     "--max-tasks-per-child",
     type=click.IntRange(min=1),
@@ -77,6 +122,13 @@ def worker(
     pool: str | None,
     loglevel: str,
     hostname: str | None,
+    logfile: str | None,
+    pidfile: str | None,
+    task_events: bool,
+    optimization: str | None,
+    without_gossip: bool,
+    without_mingle: bool,
+    without_heartbeat: bool,
     max_tasks_per_child: int | None,
     prefetch_multiplier: int | None,
     beat: bool,
@@ -94,7 +146,13 @@ def worker(
         # The task modules too: a broken one is one line here, not a traceback from
         # Worker.start() (which imports them again, from the module cache).
         import_project(module_name)
-    setup_logging(loglevel)
+    if hostname:
+        hostname = expand_node_name(hostname)
+    setup_logging(loglevel, logfile=expand_node_name(logfile, hostname) if logfile else None)
+    if task_events:
+        app.conf.worker_send_task_events = True
+    if pidfile:
+        claim_pidfile(expand_node_name(pidfile, hostname))
     process = Worker(
         app,
         queues=split_names(queue_names) or None,
@@ -106,3 +164,68 @@ def worker(
         beat=beat,
     )
     ctx.exit(process.start())
+
+
+def _refuse_detach() -> None:
+    raise click.UsageError(
+        "--detach is not supported: conveyor worker runs in the foreground; let systemd "
+        "(Type=simple), supervisord or your Procfile keep it running, and drop --detach"
+    )
+
+
+def expand_node_name(template: str, node: str | None = None) -> str:
+    """Celery's %-escapes: %h host.domain, %n host (or the node's name before @), %d domain, %p pid.
+
+    ``-n worker1@%h`` names the worker; in ``--logfile``/``--pidfile`` ``%n`` is that
+    name's part before ``@``, so two workers on one host write different files.
+    """
+    fqdn = socket.getfqdn()
+    host, _, domain = fqdn.partition(".")
+    name = node.split("@", 1)[0] if node else host
+    out, i = [], 0
+    while i < len(template):
+        ch = template[i]
+        if ch == "%" and i + 1 < len(template):
+            code = template[i + 1]
+            value = {"h": fqdn, "n": name, "d": domain, "p": str(os.getpid()), "%": "%"}.get(code)
+            if value is not None:
+                out.append(value)
+                i += 2
+                continue
+        out.append(ch)
+        i += 1
+    return "".join(out)
+
+
+def claim_pidfile(path: str) -> None:
+    """Write this process's pid to ``path``; removed at exit. Another live pid there is an error."""
+    try:
+        with open(path) as fh:
+            held = int(fh.read().strip() or 0)
+    except (FileNotFoundError, ValueError):
+        held = 0
+    if held and held != os.getpid() and _alive(held):  # a dead pid: a killed worker's stale file
+        raise click.ClickException(f"pidfile {path} holds pid {held}, which is running: stop it first")
+    try:
+        with open(path, "w") as fh:
+            fh.write(f"{os.getpid()}\n")
+    except OSError as exc:
+        raise click.ClickException(f"cannot write pidfile {path}: {exc.strerror or exc}") from None
+    owner = os.getpid()
+
+    def remove() -> None:
+        if os.getpid() == owner:  # never from a forked child
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+
+    atexit.register(remove)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True

@@ -30,14 +30,16 @@ log = logging.getLogger("conveyor.worker")
 LOG_FORMAT = "[%(asctime)s: %(levelname)s/%(processName)s] %(message)s"
 
 
-def setup_logging(level: str | int = "info") -> None:
-    """Celery-style log lines on stderr, unless the project configured logging itself."""
+def setup_logging(level: str | int = "info", *, logfile: str | None = None) -> None:
+    """Celery-style log lines on stderr (or ``logfile``), unless the project configured logging itself."""
     root = logging.getLogger()
     numeric = level if isinstance(level, int) else logging.getLevelName(str(level).upper())
     if not isinstance(numeric, int):
         raise ValueError(f"unknown log level {level!r}: use debug, info, warning or error")
-    if not root.handlers:
-        handler = logging.StreamHandler(sys.stderr)
+    if not root.handlers or logfile:
+        handler: logging.Handler = (
+            logging.FileHandler(logfile, encoding="utf-8") if logfile else logging.StreamHandler(sys.stderr)
+        )
         handler.setFormatter(logging.Formatter(LOG_FORMAT))
         root.addHandler(handler)
     root.setLevel(numeric)
@@ -127,6 +129,23 @@ class Worker:
         ]
         return "\n".join(lines)
 
+    def startup_warnings(self) -> list[str]:
+        """What makes tasks "unknown" later, said once at start instead."""
+        warnings = []
+        if not self.app.tasks:
+            warnings.append(
+                f"app {self.app.main!r} has no task registered: every message will be dead-lettered "
+                "as unknown. Does -A name the module that defines them (or its include=/autodiscover_tasks)?"
+            )
+        for other, names in self.app.split_registry().items():
+            shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+            warnings.append(
+                f"a second Conveyor app {other!r} on the same broker holds {shown}, which this worker "
+                f"(app {self.app.main!r}) does not know: keep one app per project, and use @shared_task "
+                "or import the app instead of creating another"
+            )
+        return warnings
+
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         cold = signum == signal.SIGQUIT or self._stopping
         name = signal.Signals(signum).name
@@ -169,6 +188,8 @@ class Worker:
         if not self._wait_for_broker():
             return 0
         log.info("%s", self.banner())
+        for warning in self.startup_warnings():
+            log.warning("%s", warning)
         self._stopping = False
         if self._beat is not None:
             self._beat.start()
