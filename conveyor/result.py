@@ -85,6 +85,15 @@ class AsyncResult(Generic[R]):
     def successful(self) -> bool:
         return self.state == states.SUCCESS
 
+    def _why_late(self) -> str:
+        task = self.app.tasks.get(self.task_name) if self.task_name else None
+        if task is not None and task.rate_limit:
+            return (
+                f"is a worker consuming its queue? {task.name} has rate_limit {task.rate_limit!r}, "
+                "shared by every worker: it may be waiting for its turn (the worker logs when it holds one back)"
+            )
+        return "is a worker consuming its queue?"
+
     def failed(self) -> bool:
         return self.state == states.FAILURE
 
@@ -100,7 +109,7 @@ class AsyncResult(Generic[R]):
         if record is None or not record.ready:
             state = record.state if record else states.PENDING
             raise TimeoutError(
-                f"task {self.id} not ready after {timeout}s (state {state}): is a worker consuming its queue?"
+                f"task {self.id} not ready after {timeout}s (state {state}): {self._why_late()}"
             )
         value = _value(record)
         if propagate and record.state in states.PROPAGATE_STATES:

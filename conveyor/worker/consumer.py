@@ -359,7 +359,7 @@ class Consumer:
             self._emit_received(message, now, started=False)
             self._settle_one(delivery, expired(message, now))
             return None
-        if not self._rate_allows(task, delivery, now):
+        if not self._rate_allows(task, delivery, now, message.id):
             return None
         log.info("%s received", label(message.task, message.id))
         self._emit_received(message, now, started=True)
@@ -424,7 +424,7 @@ class Consumer:
             self._rates[task.name] = parse_rate(task.rate_limit)
         return self._rates[task.name]
 
-    def _rate_allows(self, task: Task[Any, Any], delivery: Delivery, now: float) -> bool:
+    def _rate_allows(self, task: Task[Any, Any], delivery: Delivery, now: float, task_id: str) -> bool:
         interval = self.rate_interval(task)
         if not interval:
             return True
@@ -433,8 +433,20 @@ class Consumer:
             return True
         if wait <= RateGate.HOLD_MAX_S and not self.rate_gate.holding(task.name):
             self.rate_gate.hold(task.name, delivery, now + wait)
+            log.info(
+                "%s held back by its rate limit %s: runs in %.1fs",
+                label(task.name, task_id),
+                task.rate_limit,
+                wait,
+            )
         else:
             retry_at = self.rate_gate.give_back_at(wait, interval, now)
+            log.info(
+                "%s held back by its rate limit %s: back in the queue, due in %.1fs",
+                label(task.name, task_id),
+                task.rate_limit,
+                retry_at - now,
+            )
             self._retrying(lambda: self.broker.nack(delivery, retry_at=retry_at, reason="rate limited"))
             self._release([delivery])
         return False

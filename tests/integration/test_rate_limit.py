@@ -30,3 +30,14 @@ def test_rate_limit_is_shared_by_two_workers(project: Any) -> None:
     # The 20 unlimited tasks were not stuck behind the limited ones.
     assert others_done < 2.0
     wait_for(lambda: p.count("limited") == 12)
+
+
+def test_a_task_held_back_by_its_rate_limit_is_logged_and_named_by_get_timeouts(project: Any) -> None:
+    p, proj = project
+    results = proj.limited.map([(n,) for n in range(4)])  # 5/s: three of them wait their turn
+    with pytest.raises(TimeoutError, match=r"proj.limited has rate_limit '5/s', shared by every worker"):
+        results[-1].get(timeout=0.01)
+    p.start_worker("-c", "1")
+    assert sorted(r.get(timeout=20) for r in results) == [0, 1, 2, 3]
+    held = [line for line in p.log(0).splitlines() if "held back by its rate limit 5/s" in line]
+    assert held, p.log(0)
