@@ -47,7 +47,7 @@ from conveyor.periodic import (
     cursor_of,
     decode_record,
 )
-from conveyor.schedules import crontab, get_zone, schedule
+from conveyor.schedules import crontab, get_zone, schedule, show_time
 
 if TYPE_CHECKING:
     from conveyor.app import Conveyor
@@ -420,7 +420,7 @@ class Beat:
 
 
 def _show(epoch: float, zone: dt.tzinfo) -> str:
-    return dt.datetime.fromtimestamp(epoch, zone).isoformat(timespec="seconds")
+    return show_time(epoch, zone)
 
 
 class BeatThread:

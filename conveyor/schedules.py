@@ -188,6 +188,17 @@ def get_zone(name: str | dt.tzinfo | None) -> dt.tzinfo:
     return _zone(name) or UTC
 
 
+def show_time(epoch: float, zone: dt.tzinfo) -> str:
+    """A time as people read it, always with its zone: ``2026-12-07 05:53:11 CET``.
+
+    The zone's abbreviation where it has one, else the UTC offset (``+0530``).
+    """
+    moment = dt.datetime.fromtimestamp(epoch, zone)
+    name = moment.tzname() or ""
+    suffix = name if name.isalpha() else moment.strftime("%z")
+    return f"{moment:%Y-%m-%d %H:%M:%S} {suffix}"
+
+
 class BaseSchedule:
     """What the scheduler needs from a schedule."""
 

@@ -14,6 +14,8 @@ from typing import Any
 
 import click
 
+from conveyor.schedules import show_time
+
 
 def echo_json(value: Any) -> None:
     """One JSON document on stdout; ``default=str`` so an odd value never aborts the output."""
@@ -41,10 +43,17 @@ def format_table(
 
 
 def format_time(epoch: float | None) -> str:
-    """Local time to the second, with the UTC offset so hosts in other zones agree."""
+    """To the second in the app's ``timezone``, with the zone: what beat's log and the dashboard show."""
     if epoch is None:
         return "-"
-    return dt.datetime.fromtimestamp(epoch).astimezone().strftime("%Y-%m-%d %H:%M:%S%z")
+    from conveyor.app import get_current_app
+    from conveyor.schedules import get_zone
+
+    try:
+        zone = get_zone(get_current_app().conf.timezone)
+    except ValueError:  # a bad timezone setting is reported where it is used, not here
+        zone = dt.timezone.utc
+    return show_time(epoch, zone)
 
 
 def iso_time(epoch: float | None) -> str | None:

@@ -47,6 +47,7 @@ from conveyor.dashboard.auth import (
 from conveyor.dashboard.data import DashboardData
 from conveyor.dashboard.metrics import make_registry, render
 from conveyor.exceptions import ConveyorError
+from conveyor.schedules import get_zone, show_time
 
 if TYPE_CHECKING:
     from conveyor.app import Conveyor
@@ -86,13 +87,25 @@ class HTTPError(Exception):
         self.message = message
 
 
-def _fmt_time(value: Any) -> str:
-    if value in (None, ""):
-        return "—"
+def _app_zone(conveyor_app: Conveyor) -> dt.tzinfo:
     try:
-        return dt.datetime.fromtimestamp(float(value), dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
-    except (TypeError, ValueError, OverflowError):
-        return str(value)
+        return get_zone(conveyor_app.conf.timezone)
+    except ValueError:  # a bad setting is the scheduler's error to report; show UTC here
+        return dt.timezone.utc
+
+
+def _time_filter(zone: dt.tzinfo) -> Callable[[Any], str]:
+    """Jinja's ``ts``: times in the app's ``timezone``, each with its zone."""
+
+    def fmt(value: Any) -> str:
+        if value in (None, ""):
+            return "—"
+        try:
+            return show_time(float(value), zone)
+        except (TypeError, ValueError, OverflowError):
+            return str(value)
+
+    return fmt
 
 
 def _fmt_seconds(value: Any) -> str:
@@ -134,7 +147,10 @@ class DashboardApp:
             lstrip_blocks=True,
         )
         self.env.filters.update(
-            ts=_fmt_time, secs=_fmt_seconds, tojson_text=_fmt_json, state_class=_state_class
+            ts=_time_filter(_app_zone(conveyor_app)),
+            secs=_fmt_seconds,
+            tojson_text=_fmt_json,
+            state_class=_state_class,
         )
         self.env.globals.update(version=__version__, nav=NAV)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 from tests.cli.conftest import Project, assert_one_line_error, assert_usage_error
 
@@ -114,3 +115,11 @@ def test_bad_beat_schedule_is_one_line(project: Project) -> None:
         """,
     )
     assert_one_line_error(project.run("-A", "badproj", "periodic", "list"), "beat_schedule['x']", "queu")
+
+
+def test_times_are_shown_in_the_apps_timezone_with_the_zone(project: Project) -> None:
+    # Berlin in December is CET; the next 02:00 run is listed as 02:00:00 CET, as beat logs it.
+    project.write("berlin.py", WITH_CONFIG + '\napp.conf.timezone = "Europe/Berlin"\n')
+    listed = project.run("-A", "berlin", "periodic", "list")
+    assert listed.code == 0, listed
+    assert re.search(r"\d{4}-\d\d-\d\d 02:00:00 CES?T", listed.out), listed

@@ -308,3 +308,13 @@ def test_parse_every_and_maybe_schedule() -> None:
         assert schedule_from_dict(value.to_dict()) == value
     with pytest.raises(ValueError, match="a schedule must be"):
         maybe_schedule([1, 2])
+
+
+def test_show_time_carries_the_zone() -> None:
+    from conveyor.schedules import get_zone, show_time
+
+    moment = 1_765_000_000.0  # 2025-12-06 05:46:40 UTC
+    assert show_time(moment, get_zone("UTC")) == "2025-12-06 05:46:40 UTC"
+    assert show_time(moment, get_zone("Europe/Berlin")) == "2025-12-06 06:46:40 CET"
+    assert show_time(moment, get_zone("Asia/Kolkata")) == "2025-12-06 11:16:40 IST"
+    assert show_time(moment, dt.timezone(dt.timedelta(hours=-3))) == "2025-12-06 02:46:40 -0300"
