@@ -454,7 +454,29 @@ class SoakReport:
     wall_s: float = 0.0
     seconds_sampled: int = 0
     processes: list[ProcessMemory] = field(default_factory=list)
+    done_at: list[int] = field(default_factory=list)  # tasks run, at each sample
+    disk_peak: int = 0  # bytes: the broker's files (SQLite: database, WAL, wal-index)
+    wal_peak: int = 0  # bytes: SQLite's -wal file alone
     timed_out: bool = False
+
+    def rate(self, part: slice) -> float:
+        """Tasks per second over the samples in ``part``."""
+        seen = self.done_at[part]
+        return (seen[-1] - seen[0]) / (len(seen) - 1) if len(seen) > 1 else 0.0
+
+    def sample(self, pgid: int, done: int, store: Path) -> None:
+        for pid, (ppid, kib) in group_rss_kib(pgid).items():
+            role = "supervisor" if pid == pgid else "child" if ppid == pgid else "other"
+            found = next((m for m in self.processes if m.pid == pid), None)
+            if found is None:
+                found = ProcessMemory(pid, role)
+                self.processes.append(found)
+            found.samples.append((done, kib))
+        self.done_at.append(done)
+        sizes = {f.name: f.stat().st_size for f in store.iterdir() if f.is_file()}
+        self.disk_peak = max(self.disk_peak, sum(sizes.values()))
+        self.wal_peak = max(self.wal_peak, sizes.get("broker.sqlite3-wal", 0))
+        self.seconds_sampled += 1
 
 
 def run_soak(kind: str, workdir: Path, n: int, timeout_s: float) -> SoakReport:
@@ -469,7 +491,6 @@ def run_soak(kind: str, workdir: Path, n: int, timeout_s: float) -> SoakReport:
         # At warning level (no line per task, as in production) there is no banner:
         # the first run says the worker is up.
         worker = Worker.start(env, workdir, "soak", 2, 4, level="warning")
-        memory: dict[int, ProcessMemory] = {}
         try:
             deadline = time.monotonic() + READY_TIMEOUT_S
             while runs.poll() == 0:
@@ -482,10 +503,7 @@ def run_soak(kind: str, workdir: Path, n: int, timeout_s: float) -> SoakReport:
             tick = started
             while True:
                 done = runs.poll()
-                for pid, (ppid, kib) in group_rss_kib(worker.pgid).items():
-                    role = "supervisor" if pid == worker.pgid else "child" if ppid == worker.pgid else "other"
-                    memory.setdefault(pid, ProcessMemory(pid, role)).samples.append((done, kib))
-                report.seconds_sampled += 1
+                report.sample(worker.pgid, done, target.directory)
                 if done >= n and settled(app):
                     break
                 if worker.proc.poll() is not None:
@@ -500,7 +518,7 @@ def run_soak(kind: str, workdir: Path, n: int, timeout_s: float) -> SoakReport:
             worker.kill()
             app.close()
         report.ran = runs.lines
-        report.processes = sorted(memory.values(), key=lambda m: (m.role != "supervisor", m.pid))
+        report.processes.sort(key=lambda m: (m.role != "supervisor", m.pid))
     return report
 
 
@@ -556,10 +574,15 @@ def soak_table(reports: list[SoakReport]) -> str:
                 f"{signed(end - start):>11}{signed(end - m.at_half(r.n)):>11}"
             )
         rate = r.ran / r.wall_s if r.wall_s else 0.0
+        tenth = max(2, len(r.done_at) // 10)
         lines.append(
-            f"{r.broker:<8}{r.ran:,}/{r.n:,} tasks ran in {r.wall_s:.1f} s ({rate:,.0f}/s), "
+            f"{r.broker:<8}{r.ran:,}/{r.n:,} tasks ran in {r.wall_s:.1f} s ({rate:,.0f}/s; first tenth "
+            f"{r.rate(slice(0, tenth)):,.0f}/s, last tenth {r.rate(slice(-tenth, None)):,.0f}/s), "
             f"{r.seconds_sampled} samples" + (" (TIMED OUT)" if r.timed_out else "")
         )
+        if r.broker == "sqlite":
+            wal = f" (WAL {r.wal_peak / 2**20:,.0f} MiB)" if r.wal_peak else ""
+            lines.append(f"{'':<8}broker files on disk, peak: {r.disk_peak / 2**20:,.0f} MiB{wal}")
     return "\n".join(lines)
 
 
