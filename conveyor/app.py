@@ -106,9 +106,11 @@ class Conveyor:
         backend: str | bool | None = None,
         include: Sequence[str] | None = None,
         set_as_current: bool = True,
+        task_cls: type[Task[Any, Any]] | str | None = None,
         **settings: Any,
     ) -> None:
         self.main = main
+        self._task_cls: type[Task[Any, Any]] | str = task_cls or Task
         self.conf = Settings()
         if settings:
             self.conf.update(settings)
@@ -195,8 +197,10 @@ class Conveyor:
         """Register a function as a task: ``@app.task`` or ``@app.task(queue="email", ...)``."""
 
         def decorate(func: Callable[..., Any]) -> Task[Any, Any]:
-            name = options.pop("name", None) or self.default_task_name(func)
-            task: Task[Any, Any] = Task(func, app=self, name=name, **options)
+            opts = dict(options)
+            name = opts.pop("name", None) or self.default_task_name(func)
+            cls = task_class(opts.pop("base", None) or self.Task, name)
+            task: Task[Any, Any] = cls(func, app=self, name=name, **opts)
             self.register(task)
             return task
 
@@ -450,6 +454,12 @@ class Conveyor:
         if backend is not None:
             backend.close()
 
+    # Last in the class body: from here on, ``Task`` in this class's scope is this property.
+    @property
+    def Task(self) -> type[Task[Any, Any]]:  # noqa: N802 - Celery's name: class MyTask(app.Task)
+        """The class ``@app.task`` instantiates unless ``base=`` names another (``task_cls=``)."""
+        return task_class(self._task_cls, "task_cls")
+
 
 def _route_queue(route: Any) -> str | None:
     if isinstance(route, str):
@@ -494,7 +504,8 @@ def shared_task(fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
     def decorate(func: Callable[..., Any]) -> Task[Any, Any]:
         opts = dict(options)
         name = opts.pop("name", None) or f"{func.__module__}.{func.__qualname__}"
-        task: Task[Any, Any] = Task(func, app=None, name=name, **opts)
+        cls = task_class(opts.pop("base", None) or Task, name)
+        task: Task[Any, Any] = cls(func, app=None, name=name, **opts)
 
         def register(app: Conveyor) -> None:
             app.register(task)
@@ -506,3 +517,16 @@ def shared_task(fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
         return task
 
     return decorate(fn) if fn is not None else decorate
+
+
+def task_class(cls: type[Task[Any, Any]] | str, where: str) -> type[Task[Any, Any]]:
+    """``base=``/``task_cls=``: a Task subclass, or its ``"module:Class"``/``"module.Class"`` path."""
+    if isinstance(cls, str):
+        module, _, attr = cls.rpartition(":") if ":" in cls else cls.rpartition(".")
+        try:
+            cls = getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError, ValueError) as exc:
+            raise ConfigurationError(f"{where}: cannot import task class {cls!r}: {exc}") from None
+    if not (isinstance(cls, type) and issubclass(cls, Task)):
+        raise TypeError(f"{where}: base/task_cls must be a subclass of conveyor.Task, got {cls!r}")
+    return cls

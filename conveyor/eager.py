@@ -23,6 +23,9 @@ def run_eagerly(
 ) -> EagerResult[Any]:
     # Same check as a real send, so eager tests catch arguments a worker could never receive.
     check_arguments(args, kwargs, task.name)
+    from conveyor.worker.runner import observed_by_hooks, report_end, report_start
+
+    observed = observed_by_hooks(task)
     retries = 0
     while True:
         request = Request(
@@ -30,30 +33,43 @@ def run_eagerly(
         )
         token = push_request(request)
         try:
+            if observed:
+                report_start(task, task_id, args, kwargs)
             try:
-                value = task(*args, **kwargs)
-            except Exception as exc:
-                if task.autoretry_for and isinstance(exc, task.autoretry_for) and not isinstance(exc, Retry):
-                    from conveyor.worker.runner import autoretry
+                try:
+                    value = task(*args, **kwargs)
+                except Exception as exc:
+                    if (
+                        task.autoretry_for
+                        and isinstance(exc, task.autoretry_for)
+                        and not isinstance(exc, Retry)
+                    ):
+                        from conveyor.worker.runner import autoretry
 
-                    autoretry(task, exc)  # raises Retry, or exc when exhausted
-                raise
-        except Retry as retry:
-            retries += 1
-            args = getattr(retry, "args_override", None) or args
-            kwargs = getattr(retry, "kwargs_override", None) or kwargs
-            continue
-        except Exception as exc:
-            if task.app.conf.task_eager_propagates:
-                raise
-            return EagerResult(
-                task_id,
-                exc,
-                states.FAILURE,
-                traceback=format_traceback(exc),
-                retries=retries,
-                task_name=task.name,
-            )
+                        autoretry(task, exc)  # raises Retry, or exc when exhausted
+                    raise
+            except Retry as retry:
+                if observed:
+                    report_end(task, request, states.RETRY, retry, None)
+                retries += 1
+                args = getattr(retry, "args_override", None) or args
+                kwargs = getattr(retry, "kwargs_override", None) or kwargs
+                continue
+            except Exception as exc:
+                if observed:
+                    report_end(task, request, states.FAILURE, exc, None)
+                if task.app.conf.task_eager_propagates:
+                    raise
+                return EagerResult(
+                    task_id,
+                    exc,
+                    states.FAILURE,
+                    traceback=format_traceback(exc),
+                    retries=retries,
+                    task_name=task.name,
+                )
+            if observed:
+                report_end(task, request, states.SUCCESS, None, value)
         finally:
             pop_request(token)
         return EagerResult(task_id, value, states.SUCCESS, retries=retries, task_name=task.name)

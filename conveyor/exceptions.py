@@ -140,3 +140,24 @@ __all__ = [
     "TimeoutError",
     "WorkerLostError",
 ]
+
+
+class ExceptionInfo:
+    """An exception with its traceback, as hooks and signals receive it (Celery's ``einfo``).
+
+    ``type``, ``exception``, ``tb`` (the traceback object) and ``traceback`` (the text).
+    """
+
+    def __init__(self, exception: BaseException) -> None:
+        import traceback as tb_module
+
+        self.exception = exception
+        self.type = type(exception)
+        self.tb = exception.__traceback__
+        self.traceback = "".join(tb_module.format_exception(self.type, exception, self.tb))
+
+    def __str__(self) -> str:
+        return self.traceback
+
+    def __repr__(self) -> str:
+        return f"<ExceptionInfo: {self.exception!r}>"

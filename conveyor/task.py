@@ -90,10 +90,56 @@ def pop_request(token: contextvars.Token[Request | None]) -> None:
 
 
 _UNSET: Any = object()
+HOOKS = ("before_start", "on_success", "on_failure", "on_retry", "after_return")
+# Every option @app.task accepts (besides name and base): Task's class attributes.
+TASK_OPTIONS = frozenset(
+    {
+        "bind", "queue", "priority", "max_retries", "default_retry_delay", "autoretry_for",
+        "retry_kwargs", "retry_backoff", "retry_backoff_max", "retry_jitter", "acks_late",
+        "time_limit", "soft_time_limit", "rate_limit", "expires", "ignore_result", "track_started",
+    }
+)  # fmt: skip
 
 
 class Task(Generic[P, R]):
-    """A registered task. Made by ``@app.task`` or ``@shared_task``; not instantiated directly."""
+    """A registered task. Made by ``@app.task`` or ``@shared_task``; not instantiated directly.
+
+    Subclass it for a base class shared by several tasks, as in Celery: class
+    attributes are the defaults of the options (``autoretry_for``, ``max_retries``,
+    ``acks_late``, ``rate_limit``, ``queue``...), an option given to the decorator
+    wins, and the hooks below run in the worker around each call::
+
+        class Tracked(conveyor.Task):
+            autoretry_for = (ConnectionError,)
+            max_retries = 5
+
+            def on_failure(self, exc, task_id, args, kwargs, einfo):
+                alert(task_id, exc)
+
+        @app.task(base=Tracked)
+        def sync(feed): ...
+    """
+
+    # Plain options: class attributes, so a subclass's value is the default.
+    queue: str | None = None
+    priority: int | None = None
+    autoretry_for: tuple[type[BaseException], ...] = ()
+    retry_kwargs: dict[str, Any] = {}  # noqa: RUF012 - copied per task in __init__
+    retry_backoff: bool | float = False
+    retry_backoff_max: float = 600.0
+    retry_jitter: bool = True
+    expires: float | dt.datetime | dt.timedelta | None = None
+    bind: bool = False
+    # Options resolved against the app's settings when unset (the properties below);
+    # a subclass may set the public name as a plain class attribute instead.
+    _max_retries: int | None = _UNSET
+    _default_retry_delay: float | None = None
+    _acks_late: bool | None = None
+    _time_limit: float | None = None
+    _soft_time_limit: float | None = None
+    _rate_limit: str | float | None = None
+    _ignore_result: bool | None = None
+    _track_started: bool | None = None
 
     def __init__(
         self,
@@ -101,51 +147,61 @@ class Task(Generic[P, R]):
         *,
         app: Conveyor | None,
         name: str,
-        bind: bool = False,
-        queue: str | None = None,
-        priority: int | None = None,
-        max_retries: int | None = _UNSET,
-        default_retry_delay: float | None = None,
-        autoretry_for: Sequence[type[BaseException]] = (),
-        retry_kwargs: Mapping[str, Any] | None = None,
-        retry_backoff: bool | float = False,
-        retry_backoff_max: float = 600.0,
-        retry_jitter: bool = True,
-        acks_late: bool | None = None,
-        time_limit: float | None = None,
-        soft_time_limit: float | None = None,
-        rate_limit: str | float | None = None,
-        expires: float | dt.datetime | dt.timedelta | None = None,
-        ignore_result: bool | None = None,
-        track_started: bool | None = None,
+        **options: Any,
     ) -> None:
+        unknown = set(options) - TASK_OPTIONS
+        if unknown:
+            raise TypeError(f"task {name!r}: unknown option(s) {', '.join(sorted(unknown))}")
         self.fn = fn
         self._app = app
         self.name = name
-        self.bind = bind
-        self.queue = queue
-        if priority is not None and not MIN_PRIORITY <= priority <= MAX_PRIORITY:
-            raise ValueError(f"task {name!r}: priority must be 0..9, got {priority}")
-        self.priority = priority
-        self._max_retries = max_retries
-        self._default_retry_delay = default_retry_delay
-        self.autoretry_for = tuple(autoretry_for)
-        self.retry_kwargs = dict(retry_kwargs or {})
-        self.retry_backoff = retry_backoff
-        self.retry_backoff_max = retry_backoff_max
-        self.retry_jitter = retry_jitter
-        self._acks_late = acks_late
-        self._time_limit = time_limit
-        self._soft_time_limit = soft_time_limit
-        parse_rate(rate_limit)  # fail at import time on "10/minutes", not in the worker
-        self._rate_limit = rate_limit
-        self.expires = expires
-        self._ignore_result = ignore_result
-        self._track_started = track_started
+        for option, value in options.items():
+            if isinstance(getattr(type(self), option, None), property):
+                setattr(self, f"_{option}", value)
+            else:
+                setattr(self, option, value)
+        if self.priority is not None and not MIN_PRIORITY <= self.priority <= MAX_PRIORITY:
+            raise ValueError(f"task {name!r}: priority must be 0..9, got {self.priority}")
+        self.autoretry_for = tuple(self.autoretry_for)
+        self.retry_kwargs = dict(self.retry_kwargs or {})
+        declared = getattr(type(self), "rate_limit", None)
+        # Fail at import time on "10/minutes", not in the worker.
+        parse_rate(self._rate_limit if isinstance(declared, property) else declared)
+        cls = type(self)
+        # Looked up once: the worker skips the hook calls for tasks that define none.
+        self.has_hooks = cls is not Task and any(getattr(cls, h) is not getattr(Task, h) for h in HOOKS)
         self.__doc__ = fn.__doc__
         self.__name__ = getattr(fn, "__name__", name)
         self.__module__ = getattr(fn, "__module__", __name__)
         self.__wrapped__ = fn
+
+    # -- hooks: Celery's signatures; run in the worker, where the task ran -----------
+    def before_start(self, task_id: str, args: Sequence[Any], kwargs: Mapping[str, Any]) -> None:
+        """Before the task's code runs."""
+
+    def on_success(self, retval: Any, task_id: str, args: Sequence[Any], kwargs: Mapping[str, Any]) -> None:
+        """After the task returned ``retval``."""
+
+    def on_failure(
+        self, exc: BaseException, task_id: str, args: Sequence[Any], kwargs: Mapping[str, Any], einfo: Any
+    ) -> None:
+        """After the task raised ``exc`` (for good: no retry follows)."""
+
+    def on_retry(
+        self, exc: BaseException, task_id: str, args: Sequence[Any], kwargs: Mapping[str, Any], einfo: Any
+    ) -> None:
+        """After the task asked to be retried."""
+
+    def after_return(
+        self,
+        status: str,
+        retval: Any,
+        task_id: str,
+        args: Sequence[Any],
+        kwargs: Mapping[str, Any],
+        einfo: Any,
+    ) -> None:
+        """After any outcome; ``retval`` is the return value or the exception."""
 
     # -- options resolved against the app's settings at use time -------------------
     @property

@@ -8,12 +8,14 @@ nothing is acknowledged that was not done).
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from conveyor import states
+from conveyor import signals, states
 from conveyor.exceptions import (
+    ExceptionInfo,
     NotRegistered,
     Reject,
     Retry,
@@ -29,6 +31,8 @@ from conveyor.worker.limits import TaskTerminated, soft_time_limit
 if TYPE_CHECKING:
     from conveyor.app import Conveyor
     from conveyor.task import Task
+
+log = logging.getLogger("conveyor.worker")
 
 # What the consumer does with the message after the outcome is stored.
 ACK = "ack"  # done (success, failure, revoked)
@@ -183,6 +187,23 @@ def execute(
     request = Request.from_message(message, hostname=hostname, attempt=attempt)
     token = push_request(request)
     started = time.time()
+    observed = observed_by_hooks(task)
+    try:
+        if observed:
+            report_start(task, message.id, message.args, message.kwargs)
+        outcome, raised, value = _run(task, message, request, started, use_soft_limit)
+        if observed:
+            state = outcome.state or (states.SUCCESS if raised is None else states.FAILURE)
+            report_end(task, request, state, raised, value)
+        return outcome
+    finally:
+        pop_request(token)
+
+
+def _run(
+    task: Task[Any, Any], message: Message, request: Request, started: float, use_soft_limit: bool
+) -> tuple[Outcome, BaseException | None, Any]:
+    """The call itself: the outcome, plus what the hooks report (the exception or the value)."""
     try:
         with soft_time_limit(task.soft_time_limit if use_soft_limit else None):
             try:
@@ -196,16 +217,79 @@ def execute(
                     autoretry(task, exc)
                 raise
     except Retry as retry:
-        return _retried(task, message, retry, started)
+        return _retried(task, message, retry, started), retry, None
     except Reject as reject:
-        return _rejected(message, reject, started)
+        return _rejected(message, reject, started), reject, None
     except BaseException as exc:  # noqa: BLE001 - SystemExit in a task must not end the child silently
         if isinstance(exc, (KeyboardInterrupt, TaskTerminated)):
             raise
-        return _failed(task, message, request, exc, started)
-    finally:
-        pop_request(token)
-    return _succeeded(task, message, value, started)
+        return _failed(task, message, request, exc, started), exc, None
+    return _succeeded(task, message, value, started), None, value
+
+
+_TASK_SIGNALS = (
+    signals.task_prerun,
+    signals.task_postrun,
+    signals.task_success,
+    signals.task_failure,
+    signals.task_retry,
+)
+
+
+def observed_by_hooks(task: Task[Any, Any]) -> bool:
+    """Does anything watch this call? Neither hooks nor receivers: run it bare (the common case)."""
+    return task.has_hooks or any(sig.receivers for sig in _TASK_SIGNALS)
+
+
+def _guarded(what: str, task: Task[Any, Any], fn: Any, *args: Any, **kwargs: Any) -> None:
+    """A hook's error is logged with its traceback; the task's outcome stands."""
+    try:
+        fn(*args, **kwargs)
+    except Exception:
+        log.exception("%s: %s raised; the task's outcome is kept", task.name, what)
+
+
+def report_start(task: Task[Any, Any], task_id: str, args: list[Any], kwargs: dict[str, Any]) -> None:
+    """task_prerun, then the task's before_start hook (in the request's context)."""
+    signals.task_prerun.send(sender=task, task_id=task_id, task=task, args=args, kwargs=kwargs)
+    _guarded("before_start", task, task.before_start, task_id, args, kwargs)
+
+
+def report_end(
+    task: Task[Any, Any],
+    request: Request,
+    state: str,
+    raised: BaseException | None,
+    value: Any,
+) -> None:
+    """The outcome's hook and signal (success, retry or failure), then after_return and task_postrun."""
+    task_id, args, kwargs = request.id, request.args, request.kwargs
+    einfo = None
+    if raised is None:
+        _guarded("on_success", task, task.on_success, value, task_id, args, kwargs)
+        signals.task_success.send(sender=task, result=value)
+    elif isinstance(raised, Retry):
+        cause = raised.exc if raised.exc is not None else raised
+        einfo = ExceptionInfo(cause)
+        _guarded("on_retry", task, task.on_retry, cause, task_id, args, kwargs, einfo)
+        signals.task_retry.send(sender=task, request=request, reason=cause, einfo=einfo)
+    else:
+        einfo = ExceptionInfo(raised)
+        _guarded("on_failure", task, task.on_failure, raised, task_id, args, kwargs, einfo)
+        signals.task_failure.send(
+            sender=task,
+            task_id=task_id,
+            exception=raised,
+            args=args,
+            kwargs=kwargs,
+            traceback=raised.__traceback__,
+            einfo=einfo,
+        )
+    retval = value if einfo is None else einfo.exception
+    _guarded("after_return", task, task.after_return, state, retval, task_id, args, kwargs, einfo)
+    signals.task_postrun.send(
+        sender=task, task_id=task_id, task=task, args=args, kwargs=kwargs, retval=retval, state=state
+    )
 
 
 def autoretry(task: Task[Any, Any], exc: Exception) -> None:
