@@ -22,6 +22,8 @@ from starlette.datastructures import Headers
 from starlette.responses import PlainTextResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from conveyor.dashboard import is_loopback
+
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 WILDCARD_BINDS = ("", "0.0.0.0", "::")
 ALLOWED_HOSTS_ENV = "CONVEYOR_DASHBOARD_ALLOWED_HOSTS"
@@ -58,7 +60,7 @@ def bound_hosts(bind: str) -> list[str]:
     """
     name = _normalize(bind)
     names = [name] if name else []
-    if name in WILDCARD_BINDS or _is_loopback(name):
+    if name in WILDCARD_BINDS or is_loopback(name):
         names += [n for n in LOOPBACK_NAMES if n != name]
     return names
 
@@ -134,12 +136,3 @@ def _is_ip(name: str) -> bool:
     except ValueError:
         return False
     return True
-
-
-def _is_loopback(name: str) -> bool:
-    if name == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False

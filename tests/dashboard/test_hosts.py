@@ -24,6 +24,7 @@ pytest.importorskip(
 pytest.importorskip("httpx", reason="starlette's TestClient needs httpx (the dev extra)")
 
 from conveyor import Conveyor  # noqa: E402
+from conveyor.dashboard.hosts import bound_hosts  # noqa: E402
 from conveyor.testing import wait_for  # noqa: E402
 from tests.cli.conftest import PROJECT, REPO_ROOT  # noqa: E402
 from tests.dashboard.conftest import client  # noqa: E402
@@ -57,6 +58,15 @@ def test_a_foreign_host_is_refused_on_pages_api_and_actions(app: Conveyor) -> No
     purged = c.post("/api/queues/default/purge", headers={"Host": "localhost:5555", "X-CSRF-Token": token})
     assert purged.status_code == 200, purged.text
     assert sum(s.ready for s in app.broker.queue_stats()) == 0
+
+
+def test_the_names_of_a_bind_address() -> None:
+    # Loopback and every-interface binds are reached as localhost too; others only by themselves.
+    assert bound_hosts("127.0.0.1") == ["127.0.0.1", "localhost", "::1"]
+    assert bound_hosts("::1") == ["::1", "localhost", "127.0.0.1"]
+    assert bound_hosts("0.0.0.0") == ["0.0.0.0", "localhost", "127.0.0.1", "::1"]
+    assert bound_hosts("10.1.2.3") == ["10.1.2.3"]
+    assert bound_hosts("Dash.Example") == ["dash.example"]
 
 
 def test_allowed_hosts_from_the_argument_and_the_setting(app: Conveyor) -> None:
