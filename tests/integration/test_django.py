@@ -150,7 +150,9 @@ def test_both_installed_apps_forms_are_discovered(django_project: Project) -> No
 
 def test_a_worker_runs_tasks_of_an_app_listed_by_its_appconfig(django_project: Project) -> None:
     django_project.start_worker("-P", "threads", "-c", "2")
-    client = Conveyor("client", broker=f"sqlite:///{django_project.root / 'broker.sqlite3'}")
+    client = Conveyor(
+        "client", broker=f"sqlite:///{django_project.root / 'broker.sqlite3'}", set_as_current=False
+    )
     try:
         sent = client.send_task("accounts.tasks.send_activation_email", args=[42])
         polled = client.send_task("feeds.tasks.poll", args=["rss"])
