@@ -154,28 +154,24 @@ class Conveyor:
         self._reset_connections()
 
     def autodiscover_tasks(
-        self, packages: Iterable[str] | None = None, related_name: str = "tasks"
+        self,
+        packages: Iterable[str] | Callable[[], Iterable[str]] | None = None,
+        related_name: str = "tasks",
     ) -> list[str]:
         """Import ``<package>.<related_name>`` for each package; returns the modules imported.
 
-        With no packages and Django configured, INSTALLED_APPS is used. A package
-        without a tasks module is skipped; an error *inside* a tasks module is raised,
-        because hiding it would leave its tasks unregistered and their messages
-        dead-lettered as unknown.
+        With no packages and Django configured, INSTALLED_APPS is used, AppConfig paths
+        (``"accounts.apps.AccountsConfig"``) included. A package without a tasks module
+        is skipped.
+
+        Raises:
+            ConfigurationError: an entry names no package or AppConfig, or a tasks
+                module raised while importing (hiding it would leave its tasks
+                unregistered and their messages dead-lettered as unknown).
         """
-        if packages is None:
-            packages = _django_installed_apps()
-        imported = []
-        for package in packages:
-            name = f"{package}.{related_name}" if related_name else package
-            try:
-                importlib.import_module(name)
-            except ModuleNotFoundError as exc:
-                if exc.name in (name, package):
-                    continue
-                raise
-            imported.append(name)
-        return imported
+        from conveyor.discovery import autodiscover
+
+        return autodiscover(packages, related_name)
 
     def import_includes(self) -> None:
         for module in self.include:
@@ -468,16 +464,6 @@ def _route_queue(route: Any) -> str | None:
         queue = route.get("queue")
         return str(queue) if queue else None
     raise ConfigurationError(f"task_routes values must be a queue name or {{'queue': name}}, got {route!r}")
-
-
-def _django_installed_apps() -> list[str]:
-    try:
-        from django.conf import settings  # type: ignore[import-not-found]
-    except ImportError:
-        raise ConfigurationError(
-            "autodiscover_tasks() needs a list of packages when Django is not installed"
-        ) from None
-    return list(settings.INSTALLED_APPS)
 
 
 @overload

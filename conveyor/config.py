@@ -135,6 +135,12 @@ SETTINGS: tuple[Setting, ...] = (
         _to_opt_str,
         "dashboard read-only users: user:password, comma-separated",
     ),
+    Setting(
+        "dashboard_allowed_hosts",
+        None,
+        _to_opt_str,
+        "Host names the dashboard answers to besides its bind address's, comma-separated",
+    ),
     Setting("dashboard_secret_key", None, _to_opt_str, "signs dashboard logins; None = random per process"),
     Setting("dashboard_session_max_age", 43200.0, float, "seconds a dashboard login lasts"),
     Setting(
@@ -190,6 +196,7 @@ class Settings:
     beat_max_loop_interval: float
     dashboard_auth: str | None
     dashboard_viewer_auth: str | None
+    dashboard_allowed_hosts: str | list[str] | None
     dashboard_secret_key: str | None
     dashboard_session_max_age: float
     dashboard_refresh_interval: float

@@ -7,9 +7,27 @@ the project's broker and settings (``dashboard_auth`` and friends).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any, TypeVar
+
 import click
 
 from conveyor.cli.context import CliState, pass_state, shared_options
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def allowed_host_option(func: F) -> F:
+    """``--allowed-host``, shared by ``dashboard`` and ``run``."""
+    return click.option(
+        "--allowed-host",
+        "allowed_hosts",
+        multiple=True,
+        metavar="HOST",
+        help="Another Host name the dashboard answers to (a proxy's, a LAN name); repeatable, "
+        "added to the dashboard_allowed_hosts setting (env CONVEYOR_DASHBOARD_ALLOWED_HOSTS). "
+        "Any other name is refused, which stops DNS-rebinding pages.",
+    )(func)
 
 
 @click.command()
@@ -41,15 +59,24 @@ from conveyor.cli.context import CliState, pass_state, shared_options
     show_default=True,
     help="Access and server log level.",
 )
+@allowed_host_option
 @shared_options(envvars=False)
 @pass_state
 def dashboard(
-    state: CliState, host: str, port: int, admins: tuple[str, ...], viewers: tuple[str, ...], loglevel: str
+    state: CliState,
+    host: str,
+    port: int,
+    admins: tuple[str, ...],
+    viewers: tuple[str, ...],
+    loglevel: str,
+    allowed_hosts: tuple[str, ...],
 ) -> None:
     """Serve the web dashboard: workers, tasks, queues, dead letters, periodic tasks, /metrics.
 
     Without users anyone who can reach the port is an admin, so the dashboard
     refuses to listen beyond loopback then: give --auth (or CONVEYOR_DASHBOARD_AUTH).
+    It answers only to the names of --host (and localhost's for a loopback bind)
+    and --allowed-host ones.
     """
     from conveyor.dashboard import missing_requirements, serve
 
@@ -67,5 +94,6 @@ def dashboard(
         port=port,
         auth=list(admins) or None,
         viewer_auth=list(viewers) or None,
+        allowed_hosts=allowed_hosts,
         log_level=loglevel.lower(),
     )

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import click
 
 from conveyor.cli.context import CliState, import_project, pass_state, queues_option, shared_options
+from conveyor.cli.dashboard import allowed_host_option
 from conveyor.cli.output import split_names
 from conveyor.cli.worker import POOLS, loglevel_option
 
@@ -34,14 +35,14 @@ def dashboard_available() -> bool:
     return not missing_requirements()
 
 
-def _serve_dashboard(app: Conveyor, host: str, port: int) -> None:
+def _serve_dashboard(app: Conveyor, host: str, port: int, allowed_hosts: tuple[str, ...]) -> None:
     """The dashboard child: Ctrl+C in the terminal reaches it too; it exits quietly."""
     from conveyor.dashboard import serve
 
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     try:
-        serve(app, host=host, port=port, auth=None)
+        serve(app, host=host, port=port, auth=None, allowed_hosts=allowed_hosts)
     except Exception as exc:  # one line in the shared log, not a child's traceback
         log.error("dashboard stopped: %s", exc)
         os._exit(1)
@@ -61,6 +62,7 @@ def _serve_dashboard(app: Conveyor, host: str, port: int) -> None:
 @click.option(
     "--port", type=click.IntRange(0, 65535), default=5555, show_default=True, help="Dashboard port."
 )
+@allowed_host_option
 @click.option("--no-dashboard", is_flag=True, help="Run only the worker and the scheduler.")
 @shared_options(envvars=False)
 @pass_state
@@ -74,6 +76,7 @@ def run(
     loglevel: str,
     host: str,
     port: int,
+    allowed_hosts: tuple[str, ...],
     no_dashboard: bool,
 ) -> None:
     """Worker + scheduler + dashboard in one command, for development.
@@ -94,7 +97,10 @@ def run(
     child: BaseProcess | None = None
     if not no_dashboard and dashboard_available():
         child = multiprocessing.get_context("fork").Process(
-            target=_serve_dashboard, args=(app, host, port), name="conveyor-dashboard", daemon=True
+            target=_serve_dashboard,
+            args=(app, host, port, allowed_hosts),
+            name="conveyor-dashboard",
+            daemon=True,
         )
         from conveyor._forkguard import fork_guard
 

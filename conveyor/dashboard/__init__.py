@@ -63,13 +63,32 @@ def create_app(
     auth: str | Iterable[str] | Auth | None = None,
     viewer_auth: str | Iterable[str] | None = None,
     refresh_ms: int | None = None,
+    bind: str = "127.0.0.1",
+    allowed_hosts: str | Iterable[str] | None = None,
 ) -> Starlette:
-    """The dashboard as an ASGI app, to serve with any ASGI server or mount in another app."""
+    """The dashboard as an ASGI app, to serve with any ASGI server or mount in another app.
+
+    Args:
+        bind: the address it is served on; its names are the ``Host`` names it
+            answers to (for loopback: localhost, 127.0.0.1, [::1]).
+        allowed_hosts: more names, added to the ``dashboard_allowed_hosts`` setting's;
+            ``*.example.com`` allows the subdomains, ``*`` any name (when a proxy in
+            front checks it). Any other Host gets a 400, which is what stops a
+            DNS-rebinding page from using the dashboard.
+    """
+    from conveyor.dashboard.hosts import bound_hosts, split_hosts
     from conveyor.dashboard.web import build_starlette
 
     if refresh_ms is None:
         refresh_ms = int(1000 * float(conveyor_app.conf.dashboard_refresh_interval or 0))
-    return build_starlette(conveyor_app, make_auth(conveyor_app, auth, viewer_auth), refresh_ms=refresh_ms)
+    vouched = split_hosts(allowed_hosts) + split_hosts(conveyor_app.conf.dashboard_allowed_hosts)
+    return build_starlette(
+        conveyor_app,
+        make_auth(conveyor_app, auth, viewer_auth),
+        refresh_ms=refresh_ms,
+        allowed_hosts=bound_hosts(bind) + vouched,
+        vouched_hosts=vouched,
+    )
 
 
 def is_loopback(host: str) -> bool:
@@ -88,10 +107,14 @@ def serve(
     port: int = 5555,
     auth: str | Iterable[str] | Auth | None = None,
     viewer_auth: str | Iterable[str] | None = None,
+    allowed_hosts: str | Iterable[str] | None = None,
     log_level: str = "warning",
     **uvicorn_options: Any,
 ) -> None:
     """Run the dashboard until interrupted (blocking).
+
+    It answers to ``host``'s names, ``allowed_hosts`` and the ``dashboard_allowed_hosts``
+    setting's: see ``create_app``.
 
     Raises:
         ConfigurationError: ``host`` is reachable from other machines and no user is
@@ -105,6 +128,6 @@ def serve(
         )
     import uvicorn
 
-    app = create_app(conveyor_app, auth=users)
+    app = create_app(conveyor_app, auth=users, bind=host, allowed_hosts=allowed_hosts)
     log.info("dashboard on http://%s:%d/", host, port)
     uvicorn.run(app, host=host, port=port, log_level=log_level, **uvicorn_options)

@@ -19,7 +19,7 @@ import datetime as dt
 import json
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,6 +28,7 @@ from urllib.parse import parse_qs, urlencode
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
@@ -45,6 +46,7 @@ from conveyor.dashboard.auth import (
     anonymous_nonce,
 )
 from conveyor.dashboard.data import DashboardData
+from conveyor.dashboard.hosts import HostCheck
 from conveyor.dashboard.metrics import make_registry, render
 from conveyor.exceptions import ConveyorError
 from conveyor.schedules import get_zone, show_time
@@ -547,7 +549,14 @@ def _parse_schedule(cron: str, every: str) -> Any:
     return schedules.parse_every(every)
 
 
-def build_starlette(conveyor_app: Conveyor, auth: Auth, *, refresh_ms: int = 2000) -> Starlette:
+def build_starlette(
+    conveyor_app: Conveyor,
+    auth: Auth,
+    *,
+    refresh_ms: int = 2000,
+    allowed_hosts: Sequence[str] = ("*",),
+    vouched_hosts: Sequence[str] = (),
+) -> Starlette:
     dash = DashboardApp(conveyor_app, auth, refresh_ms=refresh_ms)
 
     @contextlib.asynccontextmanager
@@ -557,7 +566,8 @@ def build_starlette(conveyor_app: Conveyor, auth: Auth, *, refresh_ms: int = 200
         threading.Thread(target=dash.data.warm_up, name="conveyor-dashboard-warm-up", daemon=True).start()
         yield
 
-    app = Starlette(routes=dash.routes(), lifespan=lifespan)
+    host_check = Middleware(HostCheck, allowed=allowed_hosts, vouched=vouched_hosts)
+    app = Starlette(routes=dash.routes(), lifespan=lifespan, middleware=[host_check])
     app.state.dashboard = dash
     app.state.started_at = time.time()
     return app

@@ -22,9 +22,9 @@ def test_list_and_show_a_dead_letter(project: Project) -> None:
     listed = project.run("-A", "proj", "dlq", "list")
     assert listed.code == 0, listed
     header, row = listed.out.splitlines()
-    assert header.split() == ["ID", "QUEUE", "TASK", "FAILED", "AT", "REASON"]
+    assert header.split() == ["ID", "TASK", "ID", "TASK", "QUEUE", "FAILED", "AT", "REASON"]
     entry_id = row.split()[0]
-    assert row.split()[1:3] == ["email", "proj.add"]
+    assert row.split()[1:4] == [task_id, "proj.add", "email"]
     assert "exhausted retries: ConnectionError: smtp down" in row
 
     entries = json.loads(project.run("-A", "proj", "dlq", "list", "-Q", "email", "--json").out)
@@ -37,8 +37,11 @@ def test_list_and_show_a_dead_letter(project: Project) -> None:
     assert "reason:     exhausted retries: ConnectionError: smtp down" in shown.out
     assert '    "args": [\n      1,\n      "x"\n    ],' in shown.out  # pretty-printed body
 
+    by_task_id = project.run("-A", "proj", "dlq", "show", task_id)
+    assert by_task_id.code == 0 and by_task_id.out == shown.out, by_task_id
+
     assert_one_line_error(
-        project.run("-A", "proj", "dlq", "show", "424242"), "no dead letter with id '424242'"
+        project.run("-A", "proj", "dlq", "show", "424242"), "no dead letter with id or task id '424242'"
     )
 
 
@@ -80,6 +83,11 @@ def test_replay_puts_dead_letters_back_on_their_queue(project: Project) -> None:
     everything = project.run("-A", "proj", "dlq", "replay", "--all")
     assert everything.code == 0 and "Replayed 1 dead letter(s)." in everything.out, everything
 
+    by_task = dead_letter_one(app, queue="other")
+    mixed = project.run("-A", "proj", "dlq", "replay", by_task, "no-such-task-id")
+    assert_one_line_error(mixed, "replayed 1 of 2: 1 not in the dead-letter queue")
+    assert app.broker.dead_letters() == []
+
     assert_usage_error(project.run("-A", "proj", "dlq", "replay"), "--all")
     assert_usage_error(project.run("-A", "proj", "dlq", "replay", "1", "--all"), "not both")
 
@@ -97,9 +105,12 @@ def test_purge_deletes_dead_letters_after_confirmation(project: Project) -> None
     one = project.run("-A", "proj", "dlq", "purge", newest, input="y\n")
     assert one.code == 0 and one.out.strip() == "Purged 1 dead letter(s).", one
     assert _dead_ids(project) == [middle, oldest]
+    by_task = project.run("-A", "proj", "dlq", "purge", app.broker.dead_letters()[0].task_id or "", "-f")
+    assert by_task.code == 0 and by_task.out.strip() == "Purged 1 dead letter(s).", by_task
+    assert _dead_ids(project) == [oldest]
 
     every = project.run("-A", "proj", "dlq", "purge", "--all", "-f")
-    assert every.code == 0 and every.out.strip() == "Purged 2 dead letter(s).", every
+    assert every.code == 0 and every.out.strip() == "Purged 1 dead letter(s).", every
     assert _dead_ids(project) == []
     empty = project.run("-A", "proj", "dlq", "list")
     assert empty.code == 0 and empty.out.startswith("No dead letters on sqlite:///"), empty

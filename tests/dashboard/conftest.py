@@ -35,7 +35,8 @@ def client(app: Conveyor, **options: Any) -> TestClient:
 
     from conveyor.dashboard import create_app
 
-    return TestClient(create_app(app, **options), follow_redirects=False)
+    # The Host of a dashboard on 127.0.0.1:5555 (TestClient's own "testserver" is refused).
+    return TestClient(create_app(app, **options), base_url="http://127.0.0.1:5555", follow_redirects=False)
 
 
 def emit(app: Conveyor, *events: dict[str, Any]) -> None:
