@@ -46,18 +46,21 @@ class Reply(Generic[T]):
     """The answer of a write that may wait in a broker ``batch()``.
 
     SQLite and memory answer at once; Redis queues the write in the batch's
-    MULTI/EXEC and sets the answer when the batch is sent.
+    MULTI/EXEC and sets the answer when the batch is sent. ``committed``: the write
+    is committed on its own already (no batch around it, or another store's), so it
+    stands even if the batch around it fails.
     """
 
-    __slots__ = ("_ready", "_value")
+    __slots__ = ("_ready", "_value", "committed")
 
-    def __init__(self) -> None:
+    def __init__(self, *, committed: bool = False) -> None:
         self._ready = False
         self._value: Any = None
+        self.committed = committed
 
     @classmethod
-    def now(cls, value: T) -> Reply[T]:
-        reply: Reply[T] = cls()
+    def now(cls, value: T, *, committed: bool = True) -> Reply[T]:
+        reply: Reply[T] = cls(committed=committed)
         reply.set(value)
         return reply
 

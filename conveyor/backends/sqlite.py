@@ -169,7 +169,8 @@ class SQLiteBackend:
 
         # Inside the broker's batch (one file) this joins the transaction that stores
         # the member's result and acks it, so a crash cannot store one without the other.
-        return Reply.now(self._db.transaction(count))
+        joined = self._db._in_batch()
+        return Reply.now(self._db.transaction(count), committed=not joined)
 
     def cleanup(self, *, now: float | None = None) -> int:
         limit = time.time() if now is None else now

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from conveyor import states
-from conveyor.backends.base import ResultRecord
+from conveyor.backends.base import Reply, ResultRecord
 from conveyor.brokers.base import Delivery
 from conveyor.canvas import complete_chord, count_chord_member
 from conveyor.exceptions import BrokerError, WorkerLostError
@@ -71,8 +71,12 @@ class Settler:
             if finished:
                 events.emit_many(finished)
             batch.events = events.take_due()
+        # Chords a count completed in a store that committed it apart from the batch
+        # (results kept elsewhere): were the batch retried, counting again would
+        # answer False and the body would never be sent.
+        won: set[tuple[str, str]] = set()
         try:
-            completed = self.retrying(lambda: self._write(batch))
+            completed = self.retrying(lambda: self._write(batch, won))
         except BrokerError:
             if events is not None:
                 events.put_back(batch.events)
@@ -83,7 +87,7 @@ class Settler:
     def _complete(self, spec: Mapping[str, Any]) -> None:
         self.retrying(lambda: complete_chord(self.app, spec))
 
-    def _write(self, batch: _Settlement) -> list[Mapping[str, Any]]:
+    def _write(self, batch: _Settlement, won: set[tuple[str, str]]) -> list[Mapping[str, Any]]:
         """Write one batch; returns the chords it completed whose body is still to send.
 
         One transaction where the store allows it (SQLite). Where it does not, the
@@ -93,14 +97,7 @@ class Settler:
         with self.broker.batch():
             if batch.records:
                 self.backend.store(batch.records)
-            # Counted in the same transaction (MULTI) as the members' results and
-            # acks: a crash cannot count a member whose result was lost, nor lose the
-            # count of one whose result was stored.
-            counts = [
-                (outcome.chord, count_chord_member(self.app, outcome.chord, outcome.task_id or ""))
-                for outcome in batch.chords
-                if outcome.chord
-            ]
+            counts = self._count_chords(batch.chords, won)
             if batch.publish:
                 self.broker.publish_many(batch.publish)
             for delivery, reason in batch.dead:
@@ -118,6 +115,26 @@ class Settler:
                 self.events.append(batch.events)
         # Answered by the EXEC (Redis): the body follows the batch.
         return [spec for spec, reply in waiting if reply.get()]
+
+    def _count_chords(
+        self, outcomes: Sequence[Outcome], won: set[tuple[str, str]]
+    ) -> list[tuple[Mapping[str, Any], Reply[bool]]]:
+        """Count finished chord members, in the same transaction (MULTI) as their
+        results and acks where the store shares the broker's: a crash cannot count a
+        member whose result was lost, nor lose the count of one whose result was stored."""
+        counts: list[tuple[Mapping[str, Any], Reply[bool]]] = []
+        for outcome in outcomes:
+            if not outcome.chord:
+                continue
+            key = (str(outcome.chord["id"]), outcome.task_id or "")
+            if key in won:
+                reply = Reply.now(True)
+            else:
+                reply = count_chord_member(self.app, outcome.chord, key[1])
+                if reply.ready and reply.committed and reply.get():
+                    won.add(key)
+            counts.append((outcome.chord, reply))
+        return counts
 
     def lost(self, job: Job, outcome: Outcome) -> Outcome:
         """The process running ``job`` died (OOM killer, segfault, os._exit, SIGKILL)."""

@@ -1,8 +1,9 @@
-"""Chord completion through the worker's real settling path, on the memory broker."""
+"""Chord completion through the worker's real settling path."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -10,6 +11,8 @@ import pytest
 from conveyor import Conveyor, chord, states
 from conveyor.backends.base import ResultRecord
 from conveyor.brokers import memory
+from conveyor.brokers.base import Delivery
+from conveyor.exceptions import BrokerError
 from conveyor.testing import run_until_empty
 from conveyor.worker.pools import Completion, Job
 from conveyor.worker.runner import run_one
@@ -85,3 +88,47 @@ def test_a_failed_member_fails_the_body_without_running_it(app: Conveyor, runs: 
     assert result.state == states.FAILURE
     assert "ended FAILURE" in str(result.result)
     assert runs == []
+
+
+def test_a_retried_batch_still_sends_the_body_when_results_live_elsewhere(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Results in another file: the count commits there, apart from the broker's
+    # transaction, which fails once and is written again.
+    app = Conveyor(
+        "t",
+        broker=f"sqlite:///{tmp_path / 'broker.sqlite3'}",
+        backend=f"sqlite:///{tmp_path / 'results.sqlite3'}",
+    )
+
+    @app.task(name="t.add")
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    @app.task(name="t.total")
+    def total(values: list[int]) -> int:
+        return sum(values)
+
+    result = chord([add.s(1, 1), add.s(2, 2)], total.s())()
+    deliveries = app.broker.fetch(["default"], limit=2, lease_s=30, timeout_s=0)
+    completions = [
+        Completion(
+            Job(d, task_id=d.message_id, task_name="t.add", acks_late=True),
+            run_one(app, d.body, attempt=d.attempt, hostname="w@host"),
+        )
+        for d in deliveries
+    ]
+    ack = app.broker.ack
+    failures = [BrokerError("database is locked")]
+
+    def flaky_ack(done: Sequence[Delivery]) -> None:
+        if failures:
+            raise failures.pop()
+        ack(done)
+
+    monkeypatch.setattr(app.broker, "ack", flaky_ack)
+    Settler(app, hostname="w@host").settle(completions)
+    assert not failures  # the first write failed and was retried
+    assert run_until_empty(app) == 1  # the body, once
+    assert result.get(timeout=1) == 6
+    app.close()
