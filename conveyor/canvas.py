@@ -237,12 +237,12 @@ def complete_chord(app: Conveyor, spec: Mapping[str, Any]) -> None:
     members = list(spec.get("members") or [])
     records = app.backend.get_many(members)
     body = Signature.from_dict(spec["body"], app=app)
-    failed = [records.get(m) for m in members if m not in records or records[m].state != states.SUCCESS]
-    if failed:
+    failed = next((m for m in members if m not in records or records[m].state != states.SUCCESS), None)
+    if failed is not None:
         from conveyor.exceptions import TaskError
 
-        first = failed[0]
-        what = "ended PENDING" if first is None else f"{first.task}[{first.task_id}] ended {first.state}"
+        found = records.get(failed)
+        what = f"[{failed}] has no result" if found is None else f"{found.task}[{failed}] ended {found.state}"
         error = TaskError(f"chord member {what}")
         body_id = body.options.get("task_id") or new_id()
         app.backend.store(
