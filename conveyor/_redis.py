@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 from conveyor import _redis_wire as wire
+from conveyor.backends.base import Reply
 from conveyor.exceptions import BrokerConnectionError, BrokerError, ConfigurationError
 
 T = TypeVar("T")
@@ -434,6 +435,18 @@ class RedisLink:
             return None
         return self.send([("EVALSHA", script.sha, 0, *args)], retry_s=retry_s)[0]
 
+    def run_replied(self, script: Script, args: Sequence[Any], *, convert: Callable[[Any], T]) -> Reply[T]:
+        """Run a script now, or queue it in this thread's batch and answer once the
+        batch's MULTI/EXEC is sent; ``convert`` turns the raw reply into the answer."""
+        pending = self._pending()
+        if pending is None:
+            return Reply.now(convert(self.run(script, args)))
+        self._sources.setdefault(script.sha, script.source)
+        reply: Reply[T] = Reply()
+        self._local.replies.append((len(pending), lambda raw: reply.set(convert(raw))))
+        pending.append(("EVALSHA", script.sha, 0, *args))
+        return reply
+
     def write(
         self, commands: Sequence[tuple[Any, ...]], *, retry_s: float = 0.0, atomic: bool = False
     ) -> None:
@@ -478,13 +491,17 @@ class RedisLink:
             return
         commands = list(pending)
         pending.clear()
+        replies: list[tuple[int, Callable[[Any], None]]] = list(self._local.replies)
+        self._local.replies.clear()
         self._local.pending = None
         try:
-            self.call(lambda: self._transact(commands))
+            results = self.call(lambda: self._transact(commands))
         finally:
             self._local.pending = pending if getattr(self._local, "depth", 0) else None
+        for index, answer in replies:
+            answer(results[index])
 
-    def _transact(self, commands: list[tuple[Any, ...]]) -> None:
+    def _transact(self, commands: list[tuple[Any, ...]]) -> list[Any]:
         """MULTI/EXEC with scripts by SHA, loaded first on a connection that lacks them.
 
         A NOSCRIPT inside MULTI fails only that command while the others apply, so
@@ -511,10 +528,13 @@ class RedisLink:
         for reply in results or []:
             if wire.is_error(reply) and not wire.is_noscript(reply):
                 raise translate(reply, self.url)
+        answers = list(results or [])
         if refused:
             loaded.clear()
             again = [("EVAL", self._sources[a[1]], *a[2:]) if a[0] == "EVALSHA" else a for a in refused]
-            self._exchange([("MULTI",), *again, ("EXEC",)])
+            retried = iter(self._exchange([("MULTI",), *again, ("EXEC",)])[-1] or [])
+            answers = [next(retried) if wire.is_noscript(a) else a for a in answers]
+        return answers
 
     def close(self) -> None:
         self._drop_connection()
@@ -539,6 +559,7 @@ class _Batch:
         local.depth = depth + 1
         if depth == 0:
             local.pending = []
+            local.replies = []  # (index in pending, setter of its Reply): run_replied
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         local = self.link._local

@@ -7,9 +7,10 @@ has to stay alive to drive a workflow:
   worker that finishes one step sends the next with the result prepended to its
   arguments.
 - ``group``: every member is sent in one ``publish_many``.
-- ``chord``: each header member carries the chord (``headers["chord"]``); the worker
-  that stores the last member's result sends the body once, guarded by a broker
-  lease so two workers finishing together cannot both send it.
+- ``chord``: each header member carries the chord (``headers["chord"]``). Each
+  finished member is counted once in the result store, in the same write as its
+  result; the one count that reaches the chord's size sends the body, so the body
+  is sent once however many workers finish members together.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from conveyor.message import Message, new_id
 
 if TYPE_CHECKING:
     from conveyor.app import Conveyor
+    from conveyor.backends.base import Reply
     from conveyor.result import AsyncResult, GroupResult
 
 
@@ -216,12 +218,17 @@ def next_in_chain(app: Conveyor, message: Message, result: Any) -> Message | Non
     return step.message((result,), headers=headers)
 
 
-def complete_chord(app: Conveyor, spec: Mapping[str, Any], worker: str) -> bool:
-    """Send the chord's body if every member is done; True when this call sent it.
+def count_chord_member(app: Conveyor, spec: Mapping[str, Any], task_id: str) -> Reply[bool]:
+    """Count a finished member; True for the one call that counted the last member."""
+    return app.backend.count_chord_member(str(spec["id"]), task_id, size=len(spec.get("members") or []))
 
-    Called after a member's result is stored. Two workers storing the last two
-    members at the same moment both see "all done"; the broker lease named after the
-    chord lets exactly one of them send the body.
+
+def complete_chord(app: Conveyor, spec: Mapping[str, Any]) -> None:
+    """Send the body of a chord whose last member was just counted, with the
+    members' results in header order: called once per chord, by whoever counted
+    the last member (``count_chord_member``), so the members are read only here.
+
+    A member that did not succeed fails the body instead, without running it.
     """
     from conveyor import states
     from conveyor.backends.base import ResultRecord
@@ -229,21 +236,17 @@ def complete_chord(app: Conveyor, spec: Mapping[str, Any], worker: str) -> bool:
 
     members = list(spec.get("members") or [])
     records = app.backend.get_many(members)
-    if len(records) < len(members) or not all(r.ready for r in records.values()):
-        return False
-    ttl = float(app.conf.result_expires or 86400)
-    if not app.broker.acquire_lease(f"chord:{spec['id']}", worker, ttl):
-        return False
     body = Signature.from_dict(spec["body"], app=app)
-    failed = [r for r in (records[m] for m in members) if r.state != states.SUCCESS]
-    if failed:
+    failed = next((m for m in members if m not in records or records[m].state != states.SUCCESS), None)
+    if failed is not None:
         from conveyor.exceptions import TaskError
 
-        error = TaskError(f"chord member {failed[0].task}[{failed[0].task_id}] ended {failed[0].state}")
+        found = records.get(failed)
+        what = f"[{failed}] has no result" if found is None else f"{found.task}[{failed}] ended {found.state}"
+        error = TaskError(f"chord member {what}")
         body_id = body.options.get("task_id") or new_id()
         app.backend.store(
             [ResultRecord(body_id, states.FAILURE, task=body.task, exception=exception_to_dict(error))]
         )
-        return True
+        return
     app.publish(body.message(([records[m].result for m in members],)))
-    return True

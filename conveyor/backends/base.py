@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 
 from conveyor.exceptions import ConfigurationError
 from conveyor.states import READY_STATES
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +42,42 @@ class ResultRecord:
         return replace(self, **changes)
 
 
+class Reply(Generic[T]):
+    """The answer of a write that may wait in a broker ``batch()``.
+
+    SQLite and memory answer at once; Redis queues the write in the batch's
+    MULTI/EXEC and sets the answer when the batch is sent. ``committed``: the write
+    is committed on its own already (no batch around it, or another store's), so it
+    stands even if the batch around it fails.
+    """
+
+    __slots__ = ("_ready", "_value", "committed")
+
+    def __init__(self, *, committed: bool = False) -> None:
+        self._ready = False
+        self._value: Any = None
+        self.committed = committed
+
+    @classmethod
+    def now(cls, value: T, *, committed: bool = True) -> Reply[T]:
+        reply: Reply[T] = cls(committed=committed)
+        reply.set(value)
+        return reply
+
+    @property
+    def ready(self) -> bool:
+        return self._ready
+
+    def set(self, value: T) -> None:
+        self._value, self._ready = value, True
+
+    def get(self) -> T:
+        if not self._ready:
+            raise RuntimeError("a batched write's answer was asked for before its batch was sent")
+        value: T = self._value
+        return value
+
+
 @runtime_checkable
 class ResultBackend(Protocol):
     url: str
@@ -59,8 +97,18 @@ class ResultBackend(Protocol):
 
     def forget(self, task_id: str) -> None: ...
 
+    def count_chord_member(self, chord_id: str, task_id: str, *, size: int) -> Reply[bool]:
+        """Count ``task_id`` as a finished member of the chord, once per task id.
+
+        Answers True to exactly one call per chord, across every process: the one
+        that counted the ``size``-th distinct member, which then sends the body. A
+        member counted again (redelivered, retried) is not counted twice. Inside a
+        broker ``batch()`` it joins the batch, so the count commits with the
+        member's result and ack; the answer is known once the batch is sent.
+        """
+
     def cleanup(self, *, now: float | None = None) -> int:
-        """Delete records older than result_expires; returns how many."""
+        """Delete records (and chord counts) older than result_expires; returns how many records."""
 
     def close(self) -> None: ...
 
@@ -89,6 +137,9 @@ class DisabledBackend:
 
     def forget(self, task_id: str) -> None:
         return None
+
+    def count_chord_member(self, chord_id: str, task_id: str, *, size: int) -> Reply[bool]:
+        raise self._refuse()
 
     def cleanup(self, *, now: float | None = None) -> int:
         return 0

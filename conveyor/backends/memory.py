@@ -11,13 +11,14 @@ import threading
 import time
 from collections.abc import Sequence
 
-from conveyor.backends.base import ResultRecord
+from conveyor.backends.base import Reply, ResultRecord
 
 
 class _Store:
     def __init__(self) -> None:
         self.cond = threading.Condition()
         self.records: dict[str, tuple[ResultRecord, float | None]] = {}  # task id -> (record, expires_at)
+        self.chords: dict[str, set[str]] = {}  # chord id -> ids of the members counted
 
 
 _stores: dict[str, _Store] = {}
@@ -99,6 +100,15 @@ class MemoryBackend:
         store = self._store
         with store.cond:
             store.records.pop(task_id, None)
+
+    def count_chord_member(self, chord_id: str, task_id: str, *, size: int) -> Reply[bool]:
+        store = self._store
+        with store.cond:
+            done = store.chords.setdefault(chord_id, set())
+            if task_id in done:
+                return Reply.now(False)
+            done.add(task_id)
+            return Reply.now(len(done) == size)
 
     def cleanup(self, *, now: float | None = None) -> int:
         if now is None:

@@ -7,6 +7,8 @@ Keys (``P`` is the URL's ``?prefix=``, ``conveyor`` by default):
 - ``P:rn:<task id>`` a list the storing script pushes one copy of the finished
   record onto per waiter; each waiter BLPOPs its copy, so it wakes the moment the
   result is stored and needs no second read. Nobody waiting: nothing is pushed.
+- ``P:chord:<chord id>`` the set of a chord's members counted so far, with the
+  records' TTL: its size is the chord's counter, and a member added twice counts once.
 
 Storing is one Lua script for the whole batch; inside a broker ``batch()`` it joins
 the worker's MULTI/EXEC with the acks.
@@ -19,7 +21,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from conveyor._redis import RedisLink, Script
-from conveyor.backends.base import ResultRecord
+from conveyor.backends.base import Reply, ResultRecord
 from conveyor.serialization import dumps, loads
 from conveyor.states import READY_STATES
 
@@ -57,6 +59,19 @@ for j, count in ipairs(counts) do
   end
 end
 return 1
+"""
+)
+
+# ARGV: the chord's set key, member task id, chord size, ttl ms ("0": none).
+# Returns 1 only to the call that added the size-th member: SADD and SCARD in one
+# script, so two workers counting the last two members cannot both see "complete".
+_COUNT_CHORD = Script(
+    """
+local key, ttl = ARGV[1], tonumber(ARGV[4])
+local added = redis.call('SADD', key, ARGV[2])
+if ttl > 0 then redis.call('PEXPIRE', key, ttl) end
+if added == 1 and redis.call('SCARD', key) == tonumber(ARGV[3]) then return 1 end
+return 0
 """
 )
 
@@ -196,6 +211,13 @@ class RedisBackend:
     def forget(self, task_id: str) -> None:
         self.link.command("DEL", self._key(task_id))
 
+    def count_chord_member(self, chord_id: str, task_id: str, *, size: int) -> Reply[bool]:
+        ttl_ms = int(self.result_expires_s * 1000) if self.result_expires_s > 0 else 0
+        # In the broker's batch this joins the MULTI/EXEC that stores the member's
+        # result and acks it; the answer comes back with the EXEC.
+        key = self.link.key("chord", chord_id)
+        return self.link.run_replied(_COUNT_CHORD, [key, task_id, size, ttl_ms], convert=_is_one)
+
     def cleanup(self, *, now: float | None = None) -> int:
         """Delete records whose expiry falls before ``now``.
 
@@ -225,6 +247,10 @@ class RedisBackend:
     def close(self) -> None:
         if self._owns_link:
             self.link.close()
+
+
+def _is_one(reply: Any) -> bool:
+    return bool(reply == 1)
 
 
 def _encode(record: ResultRecord) -> bytes:

@@ -14,12 +14,14 @@ from collections.abc import Sequence
 from typing import Any
 
 from conveyor._sqlite import SAFETY_POLL_S, Database, WakeChannel
-from conveyor.backends.base import ResultRecord
+from conveyor.backends.base import Reply, ResultRecord
 from conveyor.serialization import dumps, loads
 from conveyor.states import READY_STATES
 
 RESULTS = "results"
-TABLES = (RESULTS,)
+CHORDS = "chords"
+CHORD_MEMBERS = "chord_members"
+TABLES = (RESULTS, CHORDS, CHORD_MEMBERS)
 CLEANUP_EVERY_S = 60.0
 
 SCHEMA = (
@@ -41,6 +43,14 @@ SCHEMA = (
         expires_at REAL
     ) WITHOUT ROWID""",
     f"CREATE INDEX IF NOT EXISTS {RESULTS}_expires ON {RESULTS} (expires_at)",
+    # A chord's counter, and the members it counted: the primary key is what makes
+    # a member that finishes twice (redelivered, retried) count once.
+    f"""CREATE TABLE IF NOT EXISTS {CHORDS} (
+        chord_id TEXT PRIMARY KEY, done INTEGER NOT NULL, expires_at REAL
+    ) WITHOUT ROWID""",
+    f"""CREATE TABLE IF NOT EXISTS {CHORD_MEMBERS} (
+        chord_id TEXT NOT NULL, task_id TEXT NOT NULL, expires_at REAL, PRIMARY KEY (chord_id, task_id)
+    ) WITHOUT ROWID""",
 )
 
 _COLUMNS = "task_id, task, state, result, exception, traceback, retries, worker, queue, args, kwargs, started_at, finished_at"
@@ -53,6 +63,16 @@ _SQL_GET_MANY = f"SELECT {_COLUMNS} FROM {RESULTS} WHERE task_id IN (SELECT valu
 _SQL_STATE = f"SELECT state FROM {RESULTS} WHERE task_id = ?"
 _SQL_FORGET = f"DELETE FROM {RESULTS} WHERE task_id = ?"
 _SQL_CLEANUP = f"DELETE FROM {RESULTS} WHERE expires_at <= ?"
+_SQL_CHORD_MEMBER = f"INSERT OR IGNORE INTO {CHORD_MEMBERS} (chord_id, task_id, expires_at) VALUES (?, ?, ?)"
+_SQL_CHORD_COUNT = f"""
+INSERT INTO {CHORDS} (chord_id, done, expires_at) VALUES (?, 1, ?)
+ON CONFLICT (chord_id) DO UPDATE SET done = done + 1, expires_at = excluded.expires_at
+RETURNING done
+"""
+_SQL_CHORD_CLEANUP = (
+    f"DELETE FROM {CHORDS} WHERE expires_at <= ?",
+    f"DELETE FROM {CHORD_MEMBERS} WHERE expires_at <= ?",
+)
 
 
 class SQLiteBackend:
@@ -137,8 +157,30 @@ class SQLiteBackend:
     def forget(self, task_id: str) -> None:
         self._db.write(_SQL_FORGET, (task_id,))
 
+    def count_chord_member(self, chord_id: str, task_id: str, *, size: int) -> Reply[bool]:
+        expires_at = time.time() + self.result_expires_s if self.result_expires_s > 0 else None
+
+        def count(conn: sqlite3.Connection) -> bool:
+            if conn.execute(_SQL_CHORD_MEMBER, (chord_id, task_id, expires_at)).rowcount == 0:
+                return False  # counted before
+            done: int = conn.execute(_SQL_CHORD_COUNT, (chord_id, expires_at)).fetchone()[0]
+            # Equal, not at least: a member counted after completion makes it N + 1.
+            return done == size
+
+        # Inside the broker's batch (one file) this joins the transaction that stores
+        # the member's result and acks it, so a crash cannot store one without the other.
+        joined = self._db._in_batch()
+        return Reply.now(self._db.transaction(count), committed=not joined)
+
     def cleanup(self, *, now: float | None = None) -> int:
-        return self._db.write(_SQL_CLEANUP, (time.time() if now is None else now,))
+        limit = time.time() if now is None else now
+
+        def delete(conn: sqlite3.Connection) -> int:
+            for sql in _SQL_CHORD_CLEANUP:
+                conn.execute(sql, (limit,))
+            return conn.execute(_SQL_CLEANUP, (limit,)).rowcount
+
+        return self._db.transaction(delete)
 
     def close(self) -> None:
         self._wake.close()

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from conveyor import states
-from conveyor.backends.base import ResultRecord
+from conveyor.backends.base import Reply, ResultRecord
 from conveyor.brokers.base import Delivery
-from conveyor.canvas import complete_chord
+from conveyor.canvas import complete_chord, count_chord_member
 from conveyor.exceptions import BrokerError, WorkerLostError
 from conveyor.message import Message, decode
 from conveyor.monitor.events import EventBuffer, outcome_events
@@ -71,32 +71,70 @@ class Settler:
             if finished:
                 events.emit_many(finished)
             batch.events = events.take_due()
+        # Chords a count completed in a store that committed it apart from the batch
+        # (results kept elsewhere): were the batch retried, counting again would
+        # answer False and the body would never be sent.
+        won: set[tuple[str, str]] = set()
         try:
-            self.retrying(lambda: self._write(batch))
+            completed = self.retrying(lambda: self._write(batch, won))
         except BrokerError:
             if events is not None:
                 events.put_back(batch.events)
             raise
+        for spec in completed:
+            self._complete(spec)
 
-    def _write(self, batch: _Settlement) -> None:
-        # One transaction where the store allows it (SQLite). Where it does not, the
-        # order still matters: results and follow-up messages are written before the
-        # ack, so a crash in between repeats a task rather than losing its outcome.
+    def _complete(self, spec: Mapping[str, Any]) -> None:
+        self.retrying(lambda: complete_chord(self.app, spec))
+
+    def _write(self, batch: _Settlement, won: set[tuple[str, str]]) -> list[Mapping[str, Any]]:
+        """Write one batch; returns the chords it completed whose body is still to send.
+
+        One transaction where the store allows it (SQLite). Where it does not, the
+        order still matters: results and follow-up messages are written before the
+        ack, so a crash in between repeats a task rather than losing its outcome.
+        """
         with self.broker.batch():
             if batch.records:
                 self.backend.store(batch.records)
+            counts = self._count_chords(batch.chords, won)
             if batch.publish:
                 self.broker.publish_many(batch.publish)
             for delivery, reason in batch.dead:
                 self.broker.dead_letter(delivery, reason=reason)
             for delivery in batch.requeue:
                 self.broker.nack(delivery, retry_at=None, reason="requeued")
-            for outcome in batch.chords:
-                complete_chord(self.app, outcome.chord or {}, self.hostname)
+            # Answered already (SQLite, memory): the body joins this transaction too.
+            waiting = [(spec, reply) for spec, reply in counts if not reply.ready]
+            for spec, reply in counts:
+                if reply.ready and reply.get():
+                    complete_chord(self.app, spec)
             if batch.acks:
                 self.broker.ack(batch.acks)
             if batch.events and self.events is not None:
                 self.events.append(batch.events)
+        # Answered by the EXEC (Redis): the body follows the batch.
+        return [spec for spec, reply in waiting if reply.get()]
+
+    def _count_chords(
+        self, outcomes: Sequence[Outcome], won: set[tuple[str, str]]
+    ) -> list[tuple[Mapping[str, Any], Reply[bool]]]:
+        """Count finished chord members, in the same transaction (MULTI) as their
+        results and acks where the store shares the broker's: a crash cannot count a
+        member whose result was lost, nor lose the count of one whose result was stored."""
+        counts: list[tuple[Mapping[str, Any], Reply[bool]]] = []
+        for outcome in outcomes:
+            if not outcome.chord:
+                continue
+            key = (str(outcome.chord["id"]), outcome.task_id or "")
+            if key in won:
+                reply = Reply.now(True)
+            else:
+                reply = count_chord_member(self.app, outcome.chord, key[1])
+                if reply.ready and reply.committed and reply.get():
+                    won.add(key)
+            counts.append((outcome.chord, reply))
+        return counts
 
     def lost(self, job: Job, outcome: Outcome) -> Outcome:
         """The process running ``job`` died (OOM killer, segfault, os._exit, SIGKILL)."""

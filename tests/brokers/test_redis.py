@@ -121,6 +121,18 @@ def test_script_cache_flushed_under_live_connections(broker: RedisBroker) -> Non
     assert len(broker.fetch(["after"], limit=5, lease_s=30, timeout_s=0)) == 1  # outside a batch too
 
 
+def test_a_batched_chord_count_answers_after_a_script_cache_flush(broker: RedisBroker) -> None:
+    backend = broker.result_backend(result_expires_s=60)
+    with broker.batch():  # loads the counting script on this connection
+        assert not backend.count_chord_member("c1", "a", size=2).ready
+    broker.link.send([("SCRIPT", "FLUSH")])
+    with broker.batch():  # refused inside MULTI, sent again with its source: its answer too
+        broker.publish(msg("after"))
+        last = backend.count_chord_member("c1", "b", size=2)
+    assert last.get() is True
+    assert broker.queue_stats(["after"])[0].ready == 1
+
+
 def test_reconnects_after_a_restart(tmp_path: Path) -> None:
     redis_server_or_skip()
     server = RedisServer(tmp_path, durable=True)

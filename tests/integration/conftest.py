@@ -110,6 +110,12 @@ def total(values):
     return sum(values)
 
 
+@app.task(name="proj.tally")
+def tally(values):
+    record("tally", len(values))
+    return sum(values)
+
+
 @app.task(name="proj.order")
 def order(n):
     record("order", n)
