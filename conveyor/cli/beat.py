@@ -8,6 +8,7 @@ hands the lease over at once.
 
 from __future__ import annotations
 
+import logging
 import signal
 from types import FrameType
 
@@ -28,9 +29,18 @@ from conveyor.cli.worker import loglevel_option
     metavar="SECONDS",
     help="Leader lease (default: beat_lease_seconds, 10): how soon a follower takes over.",
 )
+@click.option(
+    "-S",
+    "--scheduler",
+    "scheduler_class",
+    default=None,
+    metavar="CLASS",
+    help="Celery's scheduler class; django_celery_beat's DatabaseScheduler maps to Conveyor's "
+    "store-backed schedules (the only scheduler).",
+)
 @shared_options(envvars=False)
 @pass_state
-def beat(state: CliState, loglevel: str, lease_s: float | None) -> None:
+def beat(state: CliState, loglevel: str, lease_s: float | None, scheduler_class: str | None) -> None:
     """Send periodic tasks when due: beat_schedule and run-time schedules (`conveyor periodic`).
 
     \b
@@ -43,6 +53,7 @@ def beat(state: CliState, loglevel: str, lease_s: float | None) -> None:
     for module_name in app.include:
         import_project(module_name)
     setup_logging(loglevel)
+    _note_scheduler_class(scheduler_class)
     scheduler = Beat(app, lease_s=lease_s)
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -52,3 +63,32 @@ def beat(state: CliState, loglevel: str, lease_s: float | None) -> None:
         signal.signal(sig, on_signal)
     click.echo(f"beat {scheduler.owner} on {mask_url(app.conf.broker_url)} (Ctrl+C to stop)", err=True)
     scheduler.run()
+
+
+# Celery's scheduler classes and what each becomes here: one scheduler, whose run-time
+# schedules already live in the broker's store (what django_celery_beat's tables are for).
+KNOWN_SCHEDULERS = {
+    "django_celery_beat.schedulers:DatabaseScheduler": "django_celery_beat's DatabaseScheduler",
+    "django_celery_beat.schedulers.DatabaseScheduler": "django_celery_beat's DatabaseScheduler",
+    "django": "django_celery_beat's DatabaseScheduler",
+    "celery.beat:PersistentScheduler": "Celery's PersistentScheduler",
+    "celery.beat.PersistentScheduler": "Celery's PersistentScheduler",
+}
+
+
+def _note_scheduler_class(name: str | None) -> None:
+    if name is None:
+        return
+    known = KNOWN_SCHEDULERS.get(name)
+    if known is None:
+        raise click.BadParameter(
+            f"{name!r} is not a scheduler Conveyor knows: leave --scheduler out (Conveyor's scheduler "
+            "keeps run-time schedules in the broker) or name django_celery_beat.schedulers:DatabaseScheduler",
+            param_hint="--scheduler",
+        )
+    logging.getLogger("conveyor.beat").info(
+        "--scheduler %s: %s maps to Conveyor's scheduler, whose run-time schedules live in the broker's "
+        "store (edit them with `conveyor periodic`, the dashboard or the Django admin)",
+        name,
+        known,
+    )

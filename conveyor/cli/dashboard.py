@@ -97,3 +97,45 @@ def dashboard(
         allowed_hosts=allowed_hosts,
         log_level=loglevel.lower(),
     )
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--port", type=click.IntRange(0, 65535), default=5555, show_default=True, help="Port (Flower's)."
+)
+@click.option(
+    "--address",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to listen on (Flower's --address; beyond loopback it needs --basic_auth).",
+)
+@click.option(
+    "--basic_auth",
+    "--basic-auth",
+    "basic_auth",
+    default=None,
+    metavar="USER:PASSWORD[,USER:PASSWORD]",
+    help="Flower's users; here they are the dashboard's admins.",
+)
+@allowed_host_option
+@shared_options(envvars=False)
+@pass_state
+@click.pass_context
+def flower(
+    ctx: click.Context,
+    state: CliState,
+    port: int,
+    address: str,
+    basic_auth: str | None,
+    allowed_hosts: tuple[str, ...],
+) -> None:
+    """Celery's `flower` command: serves Conveyor's dashboard with Flower's flags."""
+    ctx.invoke(
+        dashboard,
+        host=address,
+        port=port,
+        admins=(basic_auth,) if basic_auth else (),
+        viewers=(),
+        loglevel="info",
+        allowed_hosts=allowed_hosts,
+    )

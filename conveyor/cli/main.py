@@ -34,6 +34,9 @@ COMMANDS = {
     "purge": "conveyor.cli.queues:purge",
     "dlq": "conveyor.cli.dlq:dlq",
     "periodic": "conveyor.cli.periodic:periodic",
+    "control": "conveyor.cli.control:control",
+    "report": "conveyor.cli.report:report",
+    "flower": "conveyor.cli.dashboard:flower",
 }
 
 
