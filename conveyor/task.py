@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
+from conveyor import states
 from conveyor.exceptions import MaxRetriesExceededError, Retry
 from conveyor.message import MAX_PRIORITY, MIN_PRIORITY, Message, new_id
 from conveyor.retry import parse_rate
@@ -364,6 +365,48 @@ class Task(Generic[P, R]):
         return Signature(self.name, args, kwargs, app=self._app, immutable=True)
 
     signature = s
+
+    # -- progress ------------------------------------------------------------------------
+    def update_state(
+        self,
+        task_id: str | None = None,
+        state: str | None = None,
+        meta: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        """Store a state now, while the task runs: ``self.update_state(state="PROGRESS",
+        meta={"current": 3, "total": 10})``. Custom state names are allowed.
+
+        A client polling ``AsyncResult.state``/``.info`` sees it at once, on every
+        backend; the task's final state replaces it. With task events on, the event log
+        records it too (``task-progress``), for the dashboard.
+        """
+        request = current_request()
+        task_id = task_id or (request.id if request is not None else None)
+        if task_id is None:
+            raise RuntimeError(f"{self.name}: update_state() needs task_id outside a running task")
+        state = state or states.STARTED
+        if state in states.READY_STATES:
+            raise ValueError(f"{self.name}: update_state() cannot set {state}: return or raise instead")
+        from conveyor.backends.base import ResultRecord
+
+        record = ResultRecord(
+            task_id,
+            state,
+            task=self.name,
+            result=meta,
+            retries=request.retries if request is not None else 0,
+            worker=request.hostname if request is not None else None,
+            queue=request.queue if request is not None else None,
+            args=list(request.args) if request is not None else [],
+            kwargs=dict(request.kwargs) if request is not None else {},
+        )
+        app = self.app
+        app.backend.store([record])
+        if app.conf.worker_send_task_events and request is not None and not request.is_eager:
+            from conveyor.monitor.events import progress_event, write_now
+
+            write_now(app, progress_event(task_id, self.name, state, meta, request.hostname))
 
     # -- retrying --------------------------------------------------------------------
     def retry(

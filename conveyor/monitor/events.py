@@ -48,7 +48,8 @@ FAILED = "task-failed"
 RETRIED = "task-retried"
 REVOKED = "task-revoked"
 DEAD_LETTERED = "task-dead-lettered"
-TYPES = (RECEIVED, STARTED, SUCCEEDED, FAILED, RETRIED, REVOKED, DEAD_LETTERED)
+PROGRESS = "task-progress"  # Task.update_state(): a custom state and its meta
+TYPES = (RECEIVED, STARTED, SUCCEEDED, FAILED, RETRIED, REVOKED, DEAD_LETTERED, PROGRESS)
 
 # The state a task is in after each event (dead-lettering keeps FAILURE: it says
 # where the message went, not how the task ended).
@@ -278,6 +279,23 @@ class EventBuffer:
         self._closed = True
         self._dirty.set()
         self.flush()
+
+
+def progress_event(task_id: str, name: str, state: str, meta: Any, worker: str | None) -> dict[str, Any]:
+    return {
+        "type": PROGRESS,
+        "id": task_id,
+        "name": name,
+        "state": state,
+        "meta": meta,
+        "worker": worker,
+        "ts": time.time(),
+    }
+
+
+def write_now(app: Conveyor, event: dict[str, Any]) -> None:
+    """Write one event at once (update_state from task code: no buffer of the worker's at hand)."""
+    app.broker.log_append(EVENTS_STREAM, EventBuffer.encode((event,)), maxlen=int(app.conf.events_max_count))
 
 
 def trim_events(app: Conveyor) -> int:

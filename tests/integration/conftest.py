@@ -116,6 +116,19 @@ def tally(values):
     return sum(values)
 
 
+@app.task(name="proj.progress", bind=True)
+def progress(self, total, go_file):
+    # Reports each step, then waits for the test to have seen it (go_file grows by a line).
+    for step in range(1, total + 1):
+        self.update_state(state="PROGRESS", meta={"current": step, "total": total})
+        deadline = time.time() + 20
+        while time.time() < deadline:
+            if os.path.exists(go_file) and len(open(go_file).read().split()) >= step:
+                break
+            time.sleep(0.005)
+    return {"done": total}
+
+
 @app.task(name="proj.order")
 def order(n):
     record("order", n)
