@@ -174,8 +174,24 @@ class Conveyor:
         return autodiscover(packages, related_name)
 
     def import_includes(self) -> None:
-        for module in self.include:
+        """Import ``include=`` and Celery's ``imports``/``include`` settings; annotate the tasks."""
+        extra = self.conf.extra
+        for module in [*self.include, *_names(extra.get("imports")), *_names(extra.get("include"))]:
             importlib.import_module(module)
+        if self.conf.task_annotations:
+            for task in self.tasks.values():
+                self._annotate(task)
+
+    def _annotate(self, task: Task[Any, Any]) -> None:
+        """``task_annotations``: {"name": {...}}, {"*": {...}} or a list of those; exact names win."""
+        annotations = self.conf.task_annotations
+        for entry in annotations if isinstance(annotations, (list, tuple)) else [annotations]:
+            if not isinstance(entry, Mapping):
+                raise ConfigurationError(f"task_annotations entries must be dicts, got {entry!r}")
+            for key in ("*", task.name):
+                options = entry.get(key)
+                if options:
+                    task.set_options(options)
 
     # -- tasks ---------------------------------------------------------------------
     @overload
@@ -213,6 +229,8 @@ class Conveyor:
         if existing is not None and existing.fn is not task.fn:
             log.debug("task %s re-registered", task.name)
         self.tasks[task.name] = task
+        if self.conf.task_annotations:
+            self._annotate(task)
 
     def get_task(self, name: str) -> Task[Any, Any]:
         try:
@@ -255,8 +273,9 @@ class Conveyor:
         with _state_lock:
             others = [a for a in _apps if a is not self and a.tasks]
         split: dict[str, list[str]] = {}
+        url = self.conf.broker_url
         for other in others:
-            if other.conf.broker_url != self.conf.broker_url:
+            if other.conf.broker_url != url or url.startswith("memory:"):  # memory: one broker per app
                 continue
             missing = sorted(set(other.tasks) - set(self.tasks))
             if missing:
@@ -268,7 +287,7 @@ class Conveyor:
 
         Sorted, the default first. Tasks registered so far only: import the project first.
         """
-        names = {self.conf.task_default_queue}
+        names = {self.conf.task_default_queue, *queue_names(self.conf.task_queues)}
         names.update(task.queue for task in self.tasks.values() if task.queue)
         routes = self.conf.task_routes or {}
         pairs: Iterable[tuple[str, Any]] = (
@@ -516,3 +535,26 @@ def task_class(cls: type[Task[Any, Any]] | str, where: str) -> type[Task[Any, An
     if not (isinstance(cls, type) and issubclass(cls, Task)):
         raise TypeError(f"{where}: base/task_cls must be a subclass of conveyor.Task, got {cls!r}")
     return cls
+
+
+def _names(value: Any) -> list[str]:
+    if not value:
+        return []
+    return [value] if isinstance(value, str) else [str(v) for v in value]
+
+
+def queue_names(task_queues: Any) -> list[str]:
+    """``task_queues`` as names: strings, ``{"name": ...}`` dicts, or objects with ``.name`` (kombu's Queue)."""
+    if not task_queues:
+        return []
+    found = []
+    for queue in [task_queues] if isinstance(task_queues, str) else task_queues:
+        name = (
+            queue
+            if isinstance(queue, str)
+            else (queue.get("name") if isinstance(queue, Mapping) else getattr(queue, "name", None))
+        )
+        if not name:
+            raise ConfigurationError(f"task_queues entries must be names or have a name, got {queue!r}")
+        found.append(str(name))
+    return found

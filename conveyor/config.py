@@ -80,6 +80,15 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("task_default_queue", "default", str, "queue for tasks with no queue or route"),
     Setting("task_default_priority", 0, int, "0 (lowest) to 9 (highest)"),
+    Setting(
+        "task_queues",
+        None,
+        _to_json,
+        "queues a worker consumes when -Q is not given (names, or Celery Queue objects)",
+    ),
+    Setting(
+        "task_annotations", None, _to_json, "per-task option overrides: {'task.name': {...}} or {'*': {...}}"
+    ),
     Setting("task_routes", None, _to_json, "task name or glob pattern -> queue name (or {'queue': ...})"),
     Setting("task_acks_late", False, _to_bool, "ack after the task finishes (at-least-once)"),
     Setting("task_time_limit", None, _to_opt_float, "hard time limit, seconds"),
@@ -168,6 +177,8 @@ class Settings:
     task_default_queue: str
     task_default_priority: int
     task_routes: Any
+    task_queues: Any
+    task_annotations: Any
     task_acks_late: bool
     task_time_limit: float | None
     task_soft_time_limit: float | None
@@ -230,10 +241,24 @@ class Settings:
             name = _ALIASES.get(key.lower(), key.lower())
             if name in _BY_NAME:
                 object.__setattr__(self, name, value)
-            else:
-                if key not in self.extra:
-                    log.debug("setting %r is not used by Conveyor; kept in conf.extra", key)
-                self.extra[key] = value
+                continue
+            if name == "broker_transport_options" and isinstance(value, Mapping):
+                if value.get("visibility_timeout") is not None:
+                    object.__setattr__(self, "broker_visibility_timeout", float(value["visibility_timeout"]))
+            if key not in self.extra:
+                log.debug("setting %r is not used by Conveyor; kept in conf.extra", key)
+            self.extra[key] = value
+
+    def unhonoured(self) -> dict[str, str]:
+        """Celery settings given here that Conveyor does not honour -> what it does instead."""
+        from conveyor.celery_settings import ignored_note
+
+        found = {}
+        for key, value in self.extra.items():
+            note = ignored_note(key.lower(), value)
+            if note is not None:
+                found[key.lower()] = note
+        return found
 
     def as_dict(self) -> dict[str, Any]:
         return {s.name: getattr(self, s.name) for s in SETTINGS}

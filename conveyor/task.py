@@ -156,11 +156,7 @@ class Task(Generic[P, R]):
         self.fn = fn
         self._app = app
         self.name = name
-        for option, value in options.items():
-            if isinstance(getattr(type(self), option, None), property):
-                setattr(self, f"_{option}", value)
-            else:
-                setattr(self, option, value)
+        self.set_options(options)
         if self.priority is not None and not MIN_PRIORITY <= self.priority <= MAX_PRIORITY:
             raise ValueError(f"task {name!r}: priority must be 0..9, got {self.priority}")
         self.autoretry_for = tuple(self.autoretry_for)
@@ -175,6 +171,14 @@ class Task(Generic[P, R]):
         self.__name__ = getattr(fn, "__name__", name)
         self.__module__ = getattr(fn, "__module__", __name__)
         self.__wrapped__ = fn
+
+    def set_options(self, options: Mapping[str, Any]) -> None:
+        """Set options as the decorator does (``task_annotations`` use it too)."""
+        for option, value in options.items():
+            if isinstance(getattr(type(self), option, None), property):
+                setattr(self, f"_{option}", value)
+            else:
+                setattr(self, option, value)
 
     # -- hooks: Celery's signatures; run in the worker, where the task ran -----------
     def before_start(self, task_id: str, args: Sequence[Any], kwargs: Mapping[str, Any]) -> None:

@@ -54,6 +54,10 @@ def beat(state: CliState, loglevel: str, lease_s: float | None, scheduler_class:
         import_project(module_name)
     setup_logging(loglevel)
     _note_scheduler_class(scheduler_class)
+    for name, instead in app.conf.unhonoured().items():
+        logging.getLogger("conveyor.beat").warning(
+            "setting %s is not honoured by Conveyor: %s", name, instead
+        )
     scheduler = Beat(app, lease_s=lease_s)
 
     def on_signal(signum: int, frame: FrameType | None) -> None:

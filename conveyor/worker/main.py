@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from types import FrameType
 from typing import TYPE_CHECKING
 
+from conveyor.app import queue_names
 from conveyor.brokers.base import mask_url
 from conveyor.exceptions import BrokerConnectionError
 from conveyor.worker.consumer import Consumer
@@ -72,7 +73,7 @@ class Worker:
     ) -> None:
         conf = app.conf
         self.app = app
-        self.queues = list(queues or [conf.task_default_queue])
+        self.queues = list(queues or queue_names(conf.task_queues) or [conf.task_default_queue])
         self.pool_kind = pool or conf.worker_pool
         self.concurrency = (
             1
@@ -137,6 +138,8 @@ class Worker:
                 f"app {self.app.main!r} has no task registered: every message will be dead-lettered "
                 "as unknown. Does -A name the module that defines them (or its include=/autodiscover_tasks)?"
             )
+        for name, instead in self.app.conf.unhonoured().items():
+            warnings.append(f"setting {name} is not honoured by Conveyor: {instead}")
         for other, names in self.app.split_registry().items():
             shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
             warnings.append(
