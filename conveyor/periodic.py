@@ -44,6 +44,10 @@ class PeriodicError(ConveyorError):
     """A periodic-task request that cannot be carried out (unknown name, read-only entry)."""
 
 
+class UnknownTaskWarning(UserWarning):
+    """A periodic task names a task this app does not define: workers will dead-letter its runs."""
+
+
 @dataclass(frozen=True)
 class PeriodicEntry:
     """One periodic task as listed: its definition and what has run.
