@@ -325,7 +325,10 @@ def test_a_beat_whose_config_differs_from_the_leaders_names_the_entries(
         "added": {"task": "proj.tick", "schedule": 60.0},
     }
     old_app, new_app = _config_app(tmp_path, old), _config_app(tmp_path, new)
-    leader, follower = Beat(old_app, lease_s=30, owner="old-beat"), Beat(new_app, lease_s=30, owner="new-beat")
+    leader, follower = (
+        Beat(old_app, lease_s=30, owner="old-beat"),
+        Beat(new_app, lease_s=30, owner="new-beat"),
+    )
     leader.step(time.time())
     assert leader.is_leader
     with caplog.at_level(logging.INFO, logger="conveyor.beat"):

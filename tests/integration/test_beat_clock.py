@@ -90,7 +90,9 @@ def test_a_clock_stepped_forward_sends_no_run_early(app: Conveyor, clock: Steppe
     checked_at = _real_time()
     dues = [float(m.headers["periodic_due_at"]) for m in _drain(app, seen)]
     early = [d for d in dues if d > checked_at]
-    assert not early, f"{len(early)} run(s) sent before they were due, up to {max(early) - checked_at:.0f}s early"
+    assert not early, (
+        f"{len(early)} run(s) sent before they were due, up to {max(early) - checked_at:.0f}s early"
+    )
     assert len(dues) == len(set(dues))
 
 
