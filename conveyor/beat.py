@@ -20,6 +20,11 @@ the next check of the change marker that ``app.periodic`` rewrites on every run-
 change (once a second, one small read), whichever is first; a stop request wakes it.
 A schedule added, enabled or disabled from the CLI is thus seen within about a
 second, before the first run of a short interval falls due.
+
+Two clocks, so that a stepped wall clock (NTP, a restored VM) changes nothing:
+intervals (lease renewal, syncs, change checks) follow the monotonic clock, and due
+times the broker's clock (``BrokerClock``): a leader keeps renewing after a step
+back, and a step forward sends no run before it is due.
 """
 
 from __future__ import annotations
@@ -31,21 +36,30 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from conveyor.exceptions import BrokerConnectionError, ConfigurationError
 from conveyor.periodic import (
     CHANGES_KEY,
     CHANGES_NS,
+    CONFIG_NS,
+    CONFIG_TTL_S,
+    LEADER_KEY,
+    LEADER_NS,
     SCHEDULES_NS,
     STATE_NS,
     PeriodicEntry,
     RunState,
+    config_drift,
     config_entries,
+    config_record,
     cursor_of,
+    decode_config,
     decode_record,
+    definition,
+    unknown_task,
 )
 from conveyor.schedules import crontab, get_zone, schedule, show_time
 
@@ -58,8 +72,9 @@ log = logging.getLogger("conveyor.beat")
 LEADER_LEASE = "beat-leader"
 FOLLOWER_RETRY_S = 2.0
 MAX_CATCH_UP = 1000  # slots sent per schedule per tick when catch_up=True; the rest next tick
-MAX_SCAN = 100_000  # slots walked when looking for the latest missed one
+MAX_COUNT = 100  # missed slots counted for the log line; more are "over MAX_COUNT"
 CHANGE_CHECK_S = 1.0  # how often the leader looks at the change marker
+CONFIG_REFRESH_S = 60.0  # how often a scheduler republishes its config and compares it
 
 
 def default_owner() -> str:
@@ -69,6 +84,32 @@ def default_owner() -> str:
 def run_key(name: str, due_at: float) -> str:
     """The claim for one run: schedule name + due time (ms), identical in every process."""
     return f"beat-run:{name}:{round(due_at * 1000)}"
+
+
+class BrokerClock:
+    """Epoch seconds by the broker's clock, carried forward by the monotonic clock.
+
+    Redis's is read with ``server_time()`` (one ``TIME``) only when ``resync()`` is
+    called, at each lease renewal, so a step costs no extra round trip; a broker
+    without ``server_time`` (SQLite, memory) lives on this host: its clock is ours.
+    """
+
+    def __init__(self, broker: Any) -> None:
+        self._read: Callable[[], float] | None = getattr(broker, "server_time", None)
+        self._base: tuple[float, float] | None = None
+
+    def now(self) -> float:
+        if self._read is None:
+            return time.time()
+        if self._base is None:
+            self.resync()
+        assert self._base is not None
+        epoch, at = self._base
+        return epoch + time.monotonic() - at
+
+    def resync(self) -> None:
+        if self._read is not None:
+            self._base = (float(self._read()), time.monotonic())
 
 
 @dataclass
@@ -113,9 +154,14 @@ class Beat:
         self.is_leader = False
         self.sent = 0
         self._stop = threading.Event()
+        self.clock = BrokerClock(app.broker)
+        # Monotonic instants: a wall-clock step must not stop renewals or syncs.
         self._renewed_at = 0.0
-        self._synced_at = 0.0
+        self._synced_at: float | None = None
         self._checked_at = 0.0
+        self._publish_at = 0.0  # next publication of this beat's config (and comparison)
+        self._started_at: float | None = None
+        self._drift = ""  # the last difference from the leader's config that was logged
         self._marker: bytes | None = None  # the change marker as of the last sync
         self._tracked: dict[str, _Tracked] = {}
         scheme = app.conf.broker_url.split(":", 1)[0].lower()
@@ -144,7 +190,7 @@ class Beat:
         try:
             while not self._stop.is_set():
                 try:
-                    wait_s = self.step(time.time())
+                    wait_s = self.step(self.clock.now())
                     delay = 1.0
                 except BrokerConnectionError as exc:
                     log.error("beat: cannot reach the broker: %s; retrying in %.0fs", exc, delay)
@@ -160,6 +206,11 @@ class Beat:
             self._resign()
 
     def _resign(self) -> None:
+        if self._started_at is not None:
+            try:  # a stopped scheduler's config names no longer block `periodic add`
+                self.app.broker.kv_delete(CONFIG_NS, self.owner)
+            except Exception as exc:
+                log.debug("beat %s: config record left to expire (%s)", self.owner, exc)
         if not self.is_leader:
             return
         self.is_leader = False
@@ -177,42 +228,55 @@ class Beat:
 
     # -- one iteration ---------------------------------------------------------------
     def step(self, now: float) -> float:
-        """Take or renew the lease, send what is due; returns seconds to sleep."""
+        """Take or renew the lease, send what is due; returns seconds to sleep.
+
+        ``now`` is the broker's time (``self.clock.now()``): due times count by it.
+        """
         broker = self.app.broker
+        mono = time.monotonic()
+        if mono >= self._publish_at:
+            self._publish(now, mono)
         if not self.is_leader:
             if not broker.acquire_lease(LEADER_LEASE, self.owner, self.lease_s):
                 return min(FOLLOWER_RETRY_S, self.lease_s / 3)
             self.is_leader = True
-            self._renewed_at = now
-            self._synced_at = 0.0
+            self._renewed_at = mono
+            self._synced_at = None
             self._tracked.clear()
+            self.clock.resync()
+            broker.kv_set(LEADER_NS, LEADER_KEY, self.owner.encode())
             log.info("beat %s: leader now", self.owner)
-        elif now - self._renewed_at >= self.lease_s / 3:
-            if not self._renew(now):
+        elif mono - self._renewed_at >= self.lease_s / 3:
+            if not self._renew(mono):
                 return min(FOLLOWER_RETRY_S, self.lease_s / 3)
-        if now - self._synced_at >= self.max_interval_s or not self._synced_at or self._changed(now):
+        if self._synced_at is None or mono - self._synced_at >= self.max_interval_s or self._changed(mono):
             self.sync(now)
         # The caller's instant: a slot turning due during sync waits for the next step.
         next_at = self.tick(now)
-        now = time.time()
-        wake = min(
-            next_at,
-            self._synced_at + self.max_interval_s,
-            self._checked_at + CHANGE_CHECK_S,
-            self._renewed_at + self.lease_s / 3,
+        mono = time.monotonic()
+        synced_at = self._synced_at if self._synced_at is not None else mono
+        return max(
+            0.0,
+            min(
+                next_at - self.clock.now(),
+                synced_at + self.max_interval_s - mono,
+                self._checked_at + CHANGE_CHECK_S - mono,
+                self._renewed_at + self.lease_s / 3 - mono,
+                self._publish_at - mono,
+            ),
         )
-        return max(0.0, wake - now)
 
-    def _changed(self, now: float) -> bool:
+    def _changed(self, mono: float) -> bool:
         """Has a run-time schedule changed since the last sync? (At most one read a second.)"""
-        if now - self._checked_at < CHANGE_CHECK_S:
+        if mono - self._checked_at < CHANGE_CHECK_S:
             return False
-        self._checked_at = now
+        self._checked_at = mono
         return self.app.broker.kv_get(CHANGES_NS, CHANGES_KEY) != self._marker
 
-    def _renew(self, now: float) -> bool:
+    def _renew(self, mono: float) -> bool:
         if self.app.broker.acquire_lease(LEADER_LEASE, self.owner, self.lease_s):
-            self._renewed_at = now
+            self._renewed_at = mono
+            self.clock.resync()
             return True
         self.is_leader = False
         log.warning(
@@ -220,12 +284,47 @@ class Beat:
         )
         return False
 
+    # -- config schedules: published, compared with the leader's -----------------------
+    def _publish(self, now: float, mono: float) -> None:
+        """Publish this beat's config (with a TTL: a crashed beat's goes away), and tell
+        when it differs from the running leader's: its entries would wait unseen."""
+        broker = self.app.broker
+        if self._started_at is None:
+            self._started_at = now
+        self._publish_at = mono + CONFIG_REFRESH_S
+        record = config_record(self.owner, self.config, self._started_at)
+        broker.kv_set(CONFIG_NS, self.owner, record, ttl_s=CONFIG_TTL_S)
+        if self.is_leader:
+            return
+        leader = broker.kv_get(LEADER_NS, LEADER_KEY)
+        if leader is None or leader.decode() == self.owner:
+            return
+        raw = broker.kv_get(CONFIG_NS, leader.decode())
+        theirs = decode_config(raw) if raw is not None else None
+        if theirs is None:
+            return  # a leader that publishes nothing (an older version, or gone)
+        drift = config_drift({e.name: definition(e) for e in self.config}, theirs["entries"])
+        if drift and drift != self._drift:
+            log.warning(
+                "beat %s: this beat_schedule differs from the one running, leader %s's "
+                "(host %s, started %s): %s. The leader runs its own; this config's runs "
+                "start once a scheduler with it leads (stop the old ones: docs/scheduler.md, Deploys)",
+                self.owner,
+                theirs.get("owner"),
+                theirs.get("host"),
+                _show(float(theirs.get("started_at") or 0), self.zone),
+                drift,
+            )
+        elif not drift and self._drift:
+            log.info("beat %s: beat_schedule now matches the leader's", self.owner)
+        self._drift = drift
+
     def sync(self, now: float) -> None:
         """Re-read run-time schedules and run state from the store."""
         broker = self.app.broker
         # Read before the schedules: a change made meanwhile leaves a newer marker.
         self._marker = broker.kv_get(CHANGES_NS, CHANGES_KEY)
-        self._checked_at = now
+        self._checked_at = time.monotonic()
         entries = {e.name: e for e in self.config}
         for name, raw in broker.kv_items(SCHEDULES_NS).items():
             if name in entries:
@@ -257,11 +356,14 @@ class Beat:
                 broker.kv_set(STATE_NS, name, state.encode())
             if old is None:
                 log.info("beat: schedule %r: %s -> %s", name, entry.schedule_text, entry.task)
+                problem = unknown_task(self.app, entry.task)
+                if problem is not None:
+                    log.warning("beat: schedule %r: %s", name, problem)
             tracked[name] = _Tracked(entry, state)
         for name in set(self._tracked) - set(tracked):
             log.info("beat: schedule %r removed or disabled", name)
         self._tracked = tracked
-        self._synced_at = now
+        self._synced_at = self._checked_at
 
     def tick(self, now: float) -> float:
         """Send every due run; returns the epoch time the next one is due."""
@@ -270,6 +372,8 @@ class Beat:
             if self._stop.is_set() or not self.is_leader:
                 break
             due = self._due_slots(item, now)
+            if due and item.entry.source == "runtime" and not self._still_scheduled(item, due[0]):
+                continue  # removed or changed just before its run: the next sync has it
             for due_at in due:
                 if not self._send_once(item, due_at):
                     break
@@ -313,7 +417,7 @@ class Beat:
                 "beat: %r had %s runs due between %s and %s (%s); "
                 "sending the latest once, skipping the others (catch_up=False)",
                 entry.name,
-                f"{missed}" if missed < MAX_SCAN else f"over {MAX_SCAN}",
+                f"{missed}" if missed <= MAX_COUNT else f"over {MAX_COUNT}",
                 _show(first, self.zone),
                 _show(latest, self.zone),
                 "no scheduler was leading"
@@ -323,29 +427,25 @@ class Beat:
         return [latest]
 
     def _latest_slot(self, entry: PeriodicEntry, cursor: float, now: float) -> tuple[float, int]:
-        """The last slot at or before ``now``, and how many slots there were since ``cursor``."""
+        """The last slot at or before ``now``, and how many slots there were since ``cursor``
+        (counted up to MAX_COUNT: months of a per-minute crontab are not walked)."""
         sched = entry.schedule
+        first = self._next_after(entry, cursor)
+        latest = max(first, sched.prev_run(dt.datetime.fromtimestamp(now, self.zone)).timestamp())
         if isinstance(sched, schedule):
-            first = self._next_after(entry, cursor)
-            latest = self._next_after(entry, now - sched.seconds)
-            if latest > now:
-                latest -= sched.seconds
             return latest, int(round((latest - first) / sched.seconds)) + 1
-        assert isinstance(sched, crontab)
-        latest, count = cursor, 0
-        for at in self._slots(entry, cursor, now):
-            latest, count = at, count + 1
-            if count >= MAX_SCAN:  # years of a per-minute crontab: start near now instead
-                for later in self._slots(entry, now - 7 * 86400, now):
-                    latest = later
+        count = 0
+        for _ in self._slots(entry, cursor, latest):
+            count += 1
+            if count > MAX_COUNT:
                 break
         return latest, count
 
     # -- sending ---------------------------------------------------------------------
     def _send_once(self, item: _Tracked, due_at: float) -> bool:
         """Claim, send and record one run; False when the leader lease was lost."""
-        now = time.time()
-        if now - self._renewed_at >= self.lease_s * 0.5 and not self._renew(now):
+        mono = time.monotonic()
+        if mono - self._renewed_at >= self.lease_s * 0.5 and not self._renew(mono):
             return False  # never send on a lease that may have run out
         entry = item.entry
         broker = self.app.broker
@@ -355,7 +455,7 @@ class Beat:
         state = item.state
         new_state = RunState(
             last_due_at=due_at,
-            last_run_at=time.time(),
+            last_run_at=self.clock.now(),
             total_run_count=state.total_run_count + 1,
             since=state.since,
             last_task_id=message.id if message is not None else None,
@@ -403,13 +503,49 @@ class Beat:
                 message.id,
                 f"; {note}" if note else "",
             )
+            problem = unknown_task(self.app, entry.task)
+            if problem is not None:
+                log.warning("beat: sent %r (%r): %s", entry.task, entry.name, problem)
         return True
+
+    def _still_scheduled(self, item: _Tracked, due_at: float) -> bool:
+        """Re-read a run-time schedule right before its run: a removal (or a change)
+        made since the last sync wins over the pending send, and no state is written."""
+        entry = item.entry
+        raw = self.app.broker.kv_get(SCHEDULES_NS, entry.name)
+        current = decode_record(entry.name, raw) if raw is not None else None
+        if (
+            current is not None
+            and current.enabled
+            and current.since == entry.since
+            and current.schedule == entry.schedule
+        ):
+            return True
+        log.info(
+            "beat: %r was removed, disabled or replaced before its run due %s; not sent",
+            entry.name,
+            _show(due_at, self.zone),
+        )
+        self._tracked.pop(entry.name, None)
+        self._synced_at = None  # re-read everything at the next step
+        return False
 
     def _message(self, entry: PeriodicEntry, due_at: float) -> Message | None:
         """The task message for one run; None (logged) when it cannot be built."""
         options = dict(entry.options)
         headers = {"periodic": entry.name, "periodic_due_at": due_at}
         task = self.app.tasks.get(entry.task)
+        expires = options.pop("expires", None)
+        if expires is None and task is not None:
+            expires = task.expires
+        if isinstance(expires, dt.timedelta):
+            expires = expires.total_seconds()
+        if isinstance(expires, (int, float)) and not isinstance(expires, bool):
+            # Counted from the due time, not the send: a run caught up hours late is
+            # already expired, as it would have been had it been sent on time.
+            expires = dt.datetime.fromtimestamp(due_at + expires, dt.timezone.utc)
+        if expires is not None:
+            options["expires"] = expires
         try:
             if task is not None:
                 return task.build_message(entry.args, entry.kwargs, headers=headers, **options)

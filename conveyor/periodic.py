@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import socket
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
@@ -35,6 +37,11 @@ STATE_NS = "periodic-state"
 # One record, rewritten on every run-time change: the leading scheduler reads it
 # each second and re-reads the schedules when it differs (CHANGE_CHECK_S in beat.py).
 CHANGES_NS, CHANGES_KEY = "periodic-changes", "last"
+# Each scheduler's beat_schedule, keyed by its owner id, so every process can see
+# which config names exist and a scheduler can tell its config from the leader's.
+CONFIG_NS = "periodic-config"
+CONFIG_TTL_S = 300.0  # rewritten every CONFIG_REFRESH_S in beat.py; gone this long after a crash
+LEADER_NS, LEADER_KEY = "periodic-leader", "owner"  # the owner whose config is running
 ENTRY_KEYS = frozenset({"task", "schedule", "args", "kwargs", "options", "catch_up", "enabled"})
 OPTION_KEYS = frozenset({"queue", "priority", "expires"})
 MAX_NAME_LENGTH = 200
@@ -42,6 +49,10 @@ MAX_NAME_LENGTH = 200
 
 class PeriodicError(ConveyorError):
     """A periodic-task request that cannot be carried out (unknown name, read-only entry)."""
+
+
+class UnknownTaskWarning(UserWarning):
+    """A periodic task names a task this app does not define: workers will dead-letter its runs."""
 
 
 @dataclass(frozen=True)
@@ -228,19 +239,73 @@ def decode_record(name: str, raw: bytes) -> PeriodicEntry | None:
         return None
 
 
+def definition(entry: PeriodicEntry) -> dict[str, Any]:
+    """What an entry sends and when, as JSON data (equal definitions compare equal)."""
+    data = {
+        "task": entry.task,
+        "schedule": entry.schedule.to_dict(),
+        "args": list(entry.args),
+        "kwargs": entry.kwargs,
+        "options": entry.options,
+        "enabled": entry.enabled,
+        "catch_up": entry.catch_up,
+    }
+    loaded: dict[str, Any] = orjson.loads(orjson.dumps(data))
+    return loaded
+
+
 def encode_record(entry: PeriodicEntry) -> bytes:
+    return orjson.dumps({**definition(entry), "since": entry.since})
+
+
+def config_record(owner: str, entries: Sequence[PeriodicEntry], started_at: float) -> bytes:
+    """One scheduler's beat_schedule with its source, as published in kv ``periodic-config``."""
     return orjson.dumps(
         {
-            "task": entry.task,
-            "schedule": entry.schedule.to_dict(),
-            "args": list(entry.args),
-            "kwargs": entry.kwargs,
-            "options": entry.options,
-            "enabled": entry.enabled,
-            "catch_up": entry.catch_up,
-            "since": entry.since,
+            "owner": owner,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "started_at": started_at,
+            "entries": {e.name: definition(e) for e in entries},
         }
     )
+
+
+def decode_config(raw: bytes) -> dict[str, Any] | None:
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    return data if isinstance(data, dict) and isinstance(data.get("entries"), dict) else None
+
+
+def config_drift(mine: Mapping[str, Any], leaders: Mapping[str, Any]) -> str:
+    """How one config differs from the leader's, by entry name; "" when they agree."""
+    parts = []
+    for label, names in (
+        ("missing here", sorted(set(leaders) - set(mine))),
+        ("extra here", sorted(set(mine) - set(leaders))),
+        ("different", sorted(n for n in set(mine) & set(leaders) if mine[n] != leaders[n])),
+    ):
+        if names:
+            parts.append(f"{label}: {', '.join(map(repr, names))}")
+    return "; ".join(parts)
+
+
+def unknown_task(app: Conveyor, task: str) -> str | None:
+    """Why runs of ``task`` will fail, when this app defines tasks but not that one."""
+    if not app.tasks or task in app.tasks:
+        return None
+    return (
+        f"task {task!r} is not defined in this app: workers without it will dead-letter "
+        "every run (check the name, or that the module defining it is imported)"
+    )
+
+
+def broker_time(broker: Any) -> float:
+    """Now by the broker's clock: Redis's ``TIME``; SQLite's and memory's are the local clock."""
+    read = getattr(broker, "server_time", None)
+    return float(read()) if read is not None else time.time()
 
 
 def cursor_of(entry: PeriodicEntry, state: RunState, now: float) -> float:
@@ -272,6 +337,24 @@ class Periodic:
 
     def _config(self) -> dict[str, PeriodicEntry]:
         return {e.name: e for e in config_entries(self.app)}
+
+    def unknown_task(self, task: str) -> str | None:
+        """Why runs of ``task`` would be dead-lettered, when this app knows its tasks."""
+        return unknown_task(self.app, task)
+
+    def published_configs(self) -> list[dict[str, Any]]:
+        """Each running scheduler's beat_schedule with its source (owner, host, pid, started_at)."""
+        found = [decode_config(raw) for raw in self.app.broker.kv_items(CONFIG_NS).values()]
+        return sorted((c for c in found if c is not None), key=lambda c: str(c.get("owner")))
+
+    def _config_source(self, name: str) -> str | None:
+        """Which scheduler's beat_schedule holds ``name`` (this app's counts too), if any."""
+        if name in self._config():
+            return "this app's"
+        for published in self.published_configs():
+            if name in published["entries"]:
+                return f"{published.get('owner')}'s (host {published.get('host')})"
+        return None
 
     def _runtime(self) -> dict[str, PeriodicEntry]:
         found = {}
@@ -333,14 +416,27 @@ class Periodic:
         scheduler picks it up within about a second.
 
         Raises:
-            PeriodicError: ``name`` is a config schedule (read-only).
+            PeriodicError: ``name`` is a config schedule (read-only), here or in any
+                running scheduler's published beat_schedule.
+
+        Warns:
+            UnknownTaskWarning: the app defines tasks but not ``task``; stored anyway
+                (the workers' app may define it), but check the name.
             ValueError, TypeError: a bad schedule, task name, arguments or option.
         """
         check_name(name)
-        if name in self._config():
-            raise PeriodicError(f"periodic task {name!r} comes from beat_schedule (config) and is read-only")
+        # Checked against every scheduler's published config, not only this process's:
+        # a CLI or dashboard app often has no beat_schedule of its own.
+        source = self._config_source(name)
+        if source is not None:
+            raise PeriodicError(
+                f"periodic task {name!r} comes from {source} beat_schedule (config) and is read-only"
+            )
         if not isinstance(task, str) or not task:
             raise ValueError(f"periodic task {name!r}: task must be a task name, got {task!r}")
+        problem = self.unknown_task(task)
+        if problem is not None:
+            warnings.warn(UnknownTaskWarning(f"periodic task {name!r}: {problem}"), stacklevel=2)
         where = f"periodic task {name!r}"
         sched = maybe_schedule(schedule)
         call_args, call_kwargs = check_call(args, kwargs, where)
@@ -355,7 +451,7 @@ class Periodic:
             enabled=enabled,
             source="runtime",
             catch_up=catch_up,
-            since=time.time(),
+            since=broker_time(self.app.broker),  # due times count by the broker's clock, as beat's do
         )
         broker = self.app.broker
         broker.kv_delete(STATE_NS, name)  # a replaced schedule starts afresh
@@ -382,7 +478,7 @@ class Periodic:
         """Enable a run-time schedule; slots missed while it was disabled never run."""
         entry = self._change(name, "enable")
         if not entry.enabled:
-            entry = replace(entry, enabled=True, since=time.time())
+            entry = replace(entry, enabled=True, since=broker_time(self.app.broker))
             self.app.broker.kv_set(SCHEDULES_NS, name, encode_record(entry))
             self._mark_changed()
         return self.get(name) or entry

@@ -1,6 +1,7 @@
 """Schedules: when a periodic task is due. Pure time arithmetic, no I/O.
 
-Two kinds, both with ``next_run(after) -> datetime`` (time-zone aware):
+Two kinds, both with ``next_run(after) -> datetime`` and ``prev_run(before)`` (time-zone
+aware):
 
 - ``crontab``: Celery's ``crontab(minute=, hour=, day_of_week=, day_of_month=,
   month_of_year=)``, on the local wall clock of a time zone. The cron arithmetic
@@ -208,6 +209,10 @@ class BaseSchedule:
         """The first due time strictly after ``after`` (aware; naive means UTC)."""
         raise NotImplementedError
 
+    def prev_run(self, before: dt.datetime) -> dt.datetime:
+        """The last due time at or before ``before`` (aware; naive means UTC)."""
+        raise NotImplementedError
+
     def to_dict(self) -> dict[str, Any]:
         raise NotImplementedError
 
@@ -328,6 +333,34 @@ class crontab(BaseSchedule):  # noqa: N801 - Celery's name
                 return instant.astimezone(zone)
         raise RuntimeError(f"crontab {self.text!r}: no due time found after {after.isoformat()}")
 
+    def prev_run(self, before: dt.datetime, *, tz: str | dt.tzinfo | None = None) -> dt.datetime:
+        """The last due instant at or before ``before``: the latest slot already due.
+
+        Found in one step back however far ``before`` is from the last run, so a
+        scheduler skipping months of missed per-minute slots does not walk them.
+        """
+        from croniter import croniter
+
+        zone = _zone(tz) or self.tz or before.tzinfo or UTC
+        if before.tzinfo is None:
+            before = before.replace(tzinfo=UTC)
+        local = before.astimezone(zone).replace(tzinfo=None, fold=0, second=0, microsecond=0)
+        # croniter's get_prev is strictly before its start: start a minute on, so a
+        # slot at ``before``'s own minute counts.
+        it = croniter(self.expression, local + dt.timedelta(minutes=1), day_or=False)
+        for _ in range(10_000):
+            instant = wall_to_instant(it.get_prev(dt.datetime), zone)
+            if instant <= before:
+                break
+        else:
+            raise RuntimeError(f"crontab {self.text!r}: no due time found before {before.isoformat()}")
+        # In the repeated hour after clocks go back, a wall time maps to its first
+        # occurrence, so the slots of that hour's first pass may be later than the
+        # one found: step forward over them as next_run would have.
+        while (later := self.next_run(instant, tz=zone)) <= before:
+            instant = later
+        return instant.astimezone(zone)
+
     def dst_note(self, due: dt.datetime, zone: dt.tzinfo) -> str | None:
         """Why ``due`` is not at a wall-clock time the fields name (a DST gap), or None."""
         local = due.astimezone(zone)
@@ -397,6 +430,13 @@ class schedule(BaseSchedule):  # noqa: N801 - Celery's name
         due = slot * self.seconds
         if due <= ts:
             due += self.seconds
+        return dt.datetime.fromtimestamp(due, UTC)
+
+    def prev_run(self, before: dt.datetime) -> dt.datetime:
+        """The last due time at or before ``before``."""
+        if before.tzinfo is None:
+            before = before.replace(tzinfo=UTC)
+        due = math.floor(before.timestamp() / self.seconds + 1e-9) * self.seconds
         return dt.datetime.fromtimestamp(due, UTC)
 
     @property

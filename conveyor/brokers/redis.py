@@ -856,6 +856,12 @@ class RedisBroker:
         args = (repr(float(interval_s)), "" if now is None else repr(now))
         return float(self.link.read(_RATE, args, keys=(self.link.key("rl", key),)))
 
+    def server_time(self) -> float:
+        """Now by Redis's clock (``TIME``), the one its TTLs and scripts use: beat counts
+        due times by it, so a stepped local clock neither sends runs early nor late."""
+        seconds, micros = self.link.send([("TIME",)])[0]
+        return int(seconds) + int(micros) / 1e6
+
     def acquire_lease(self, name: str, owner: str, ttl_s: float) -> bool:
         args = (owner, max(1, int(ttl_s * 1000)))
         return bool(self.link.read(_LEASE, args, keys=(self.link.key("lease", name),)))
@@ -918,8 +924,7 @@ class RedisBroker:
     def log_trim(self, stream: str, *, older_than_s: float) -> int:
         key = self._log_key(stream)
 
-        seconds, micros = self.link.send([("TIME",)])[0]
-        cutoff_ms = int((int(seconds) + int(micros) / 1e6 - older_than_s) * 1000)
+        cutoff_ms = int((self.server_time() - older_than_s) * 1000)
         return int(self.link.send([("XTRIM", key, "MINID", "=", max(cutoff_ms, 0))])[0])
 
 

@@ -8,13 +8,14 @@ Schedules from ``beat_schedule`` are listed too (with -A) and are read-only here
 from __future__ import annotations
 
 import json
+import warnings
 from typing import Any
 
 import click
 
 from conveyor.cli.context import CliState, pass_state, shared_options
 from conveyor.cli.output import echo_json, format_table, format_time, iso_time
-from conveyor.periodic import PeriodicEntry
+from conveyor.periodic import PeriodicEntry, UnknownTaskWarning
 from conveyor.schedules import crontab, parse_every
 
 HEADERS = ("NAME", "SOURCE", "TASK", "SCHEDULE", "ENABLED", "LAST RUN", "NEXT RUN", "RUNS")
@@ -116,16 +117,20 @@ def add(
     options = {
         k: v for k, v in (("queue", queue), ("priority", priority), ("expires", expires)) if v is not None
     }
-    entry = state.get_app().periodic.add(
-        name,
-        task,
-        sched,
-        args=args or (),
-        kwargs=kwargs,
-        options=options,
-        enabled=not disabled,
-        catch_up=catch_up,
-    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UnknownTaskWarning)
+        entry = state.get_app().periodic.add(
+            name,
+            task,
+            sched,
+            args=args or (),
+            kwargs=kwargs,
+            options=options,
+            enabled=not disabled,
+            catch_up=catch_up,
+        )
+    for warning in caught:  # stored all the same: the workers' app may define the task
+        click.echo(f"Warning: {warning.message}", err=True)
     click.echo(
         f"Added {entry.name!r}: {entry.task} {entry.schedule_text}; next run {format_time(entry.next_run_at)}"
     )

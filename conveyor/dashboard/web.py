@@ -415,8 +415,9 @@ class DashboardApp:
         if not isinstance(kwargs, dict):
             raise ValueError('kwargs must be a JSON object, e.g. {"x": 1}')
         options = {"queue": str(body["queue"]).strip()} if str(body.get("queue") or "").strip() else None
+        problem = api.unknown_task(task)  # stored all the same: the workers' app may define it
         api.add(name, task, schedule, args=args, kwargs=kwargs, options=options, enabled=True)
-        return f"Added periodic task {name}."
+        return f"Added periodic task {name}." + (f" Warning: {problem}" if problem else "")
 
     def do_periodic(self, request: Request, body: dict[str, Any]) -> str:
         api = self.data.periodic_api()

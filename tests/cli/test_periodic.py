@@ -123,3 +123,14 @@ def test_times_are_shown_in_the_apps_timezone_with_the_zone(project: Project) ->
     listed = project.run("-A", "berlin", "periodic", "list")
     assert listed.code == 0, listed
     assert re.search(r"\d{4}-\d\d-\d\d 02:00:00 CES?T", listed.out), listed
+
+
+def test_add_warns_on_stderr_when_the_app_has_no_such_task(project: Project) -> None:
+    added = project.run("-A", "proj", "periodic", "add", "ghost", "proj.nope", "--every", "30s")
+    assert added.code == 0, added
+    assert "Added 'ghost'" in added.out
+    assert len(added.error_lines) == 1, added
+    assert added.error_lines[0].startswith("Warning: ") and "proj.nope" in added.err, added
+    assert "dead-letter" in added.err
+    known = project.run("-A", "proj", "periodic", "add", "real", "proj.add", "--every", "30s")
+    assert known.code == 0 and known.err.strip() == "", known

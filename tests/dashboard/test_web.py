@@ -462,6 +462,19 @@ def test_periodic_add_disable_enable_remove(app: Conveyor) -> None:
     assert c.post("/api/periodic/every-15/remove", headers=headers).status_code == 404
 
 
+def test_adding_a_periodic_task_for_an_unknown_task_says_so(app: Conveyor) -> None:
+    app.task(name="dash.add")(lambda x, y: x + y)  # the app knows its tasks, and not dash.nope
+    c = client(app, **AUTH)
+    token = login(c, "admin", "s3cret")
+    headers = {"X-CSRF-Token": token}
+    resp = c.post(
+        "/api/periodic", json={"name": "ghost", "task": "dash.nope", "every": "30s"}, headers=headers
+    )
+    assert resp.status_code == 200, resp.text
+    assert "dash.nope" in resp.text and "dead-letter" in resp.text
+    assert app.periodic.get("ghost") is not None
+
+
 def test_a_viewer_cannot_change_periodic_tasks(app: Conveyor) -> None:
     app.periodic.add("nightly", "dash.add", 3600.0)
     c = client(app, **AUTH)

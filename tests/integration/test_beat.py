@@ -7,6 +7,7 @@ schedule name and due time in its headers, so a duplicate or a gap is visible.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import os
@@ -15,6 +16,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,7 +26,7 @@ import pytest
 from conveyor import Conveyor
 from conveyor.beat import Beat
 from conveyor.message import Message, decode
-from conveyor.periodic import STATE_NS, RunState
+from conveyor.periodic import STATE_NS, PeriodicError, RunState, UnknownTaskWarning
 from conveyor.testing import wait_for
 from tests.redis_server import fresh_url, redis_server_or_skip
 
@@ -298,3 +300,159 @@ def test_bad_beat_schedule_is_one_line_at_start(tmp_path: Path) -> None:
         assert "Traceback" not in p.log(0)
     finally:
         p.stop_all()
+
+
+# -- two configs: a rolling deploy ----------------------------------------------------
+
+
+def _config_app(tmp_path: Path, schedule: dict[str, Any]) -> Conveyor:
+    return Conveyor(
+        "t", broker=f"sqlite:///{tmp_path / 'b.sqlite3'}", beat_schedule=schedule, set_as_current=False
+    )
+
+
+def test_a_beat_whose_config_differs_from_the_leaders_names_the_entries(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    old = {
+        "same": {"task": "proj.tick", "schedule": 60.0},
+        "changed": {"task": "proj.tick", "schedule": 60.0},
+        "dropped": {"task": "proj.tick", "schedule": 60.0},
+    }
+    new = {
+        "same": {"task": "proj.tick", "schedule": 60.0},
+        "changed": {"task": "proj.tick", "schedule": 120.0},
+        "added": {"task": "proj.tick", "schedule": 60.0},
+    }
+    old_app, new_app = _config_app(tmp_path, old), _config_app(tmp_path, new)
+    leader, follower = (
+        Beat(old_app, lease_s=30, owner="old-beat"),
+        Beat(new_app, lease_s=30, owner="new-beat"),
+    )
+    leader.step(time.time())
+    assert leader.is_leader
+    with caplog.at_level(logging.INFO, logger="conveyor.beat"):
+        follower.step(time.time())
+    assert not follower.is_leader
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1, caplog.text
+    text = warnings[0]
+    assert "old-beat" in text and "missing here: 'dropped'" in text
+    assert "extra here: 'added'" in text and "different: 'changed'" in text and "'same'" not in text
+    # Once per difference, not at every lease retry.
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="conveyor.beat"):
+        follower.step(time.time())
+    assert not [r for r in caplog.records if r.levelno == logging.WARNING]
+    # Published with their source, so an operator (or a test) can see both configs.
+    published = old_app.periodic.published_configs()
+    assert {p["owner"] for p in published} == {"old-beat", "new-beat"}
+    assert all(p["host"] and p["started_at"] for p in published)
+    for app in (old_app, new_app):
+        app.close()
+
+
+def test_a_runtime_schedule_cannot_take_a_config_name_published_by_another_beat(tmp_path: Path) -> None:
+    beat_app = _config_app(tmp_path, {"nightly": {"task": "proj.tick", "schedule": 60.0}})
+    Beat(beat_app, lease_s=30).step(time.time())
+    cli_app = _config_app(tmp_path, {})  # another process, with no beat_schedule of its own
+    with pytest.raises(PeriodicError, match="nightly.*beat_schedule"):
+        cli_app.periodic.add("nightly", "proj.tick", 60.0)
+    cli_app.periodic.add("other", "proj.tick", 60.0)
+    for app in (beat_app, cli_app):
+        app.close()
+
+
+# -- downtime: long, stale runs -------------------------------------------------------
+
+
+def test_seventy_days_of_a_per_minute_crontab_is_one_cheap_step(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = _app(tmp_path, schedule="* * * * *")
+    now = time.time()
+    app.broker.kv_set(STATE_NS, "job", RunState(last_due_at=(now // 60) * 60 - 70 * 86400).encode())
+    beat = Beat(app, lease_s=10)
+    with caplog.at_level(logging.INFO, logger="conveyor.beat"):
+        started = time.perf_counter()
+        beat.step(now)
+        took = time.perf_counter() - started
+    dues = [float(m.headers["periodic_due_at"]) for m in _sent(app)]
+    assert dues == [(now // 60) * 60]
+    assert took < 1.0, f"one step took {took:.2f}s"
+    assert "had over " in caplog.text and "sending the latest once" in caplog.text
+    beat.stop()
+    app.close()
+
+
+@pytest.mark.parametrize("where", ["entry options", "task default"])
+def test_stale_catch_up_runs_expire_counted_from_their_due_time(tmp_path: Path, where: str) -> None:
+    options: dict[str, Any] = {"queue": "beat"}
+    if where == "entry options":
+        options["expires"] = 30
+    app = _app(tmp_path, schedule=60.0, catch_up=True, options=options)
+    if where == "task default":
+        app.task(name="proj.tick", expires=dt.timedelta(seconds=30))(lambda: None)
+    now = time.time()
+    last = (now // 60) * 60 - 3 * 3600
+    app.broker.kv_set(STATE_NS, "job", RunState(last_due_at=last).encode())
+    beat = Beat(app, lease_s=30)
+    beat.step(now)
+    sent = _sent(app)
+    assert len(sent) == 180
+    for message in sent:
+        due = float(message.headers["periodic_due_at"])
+        assert message.expires == pytest.approx(due + 30, abs=0.01), (due, message.expires)
+    beat.stop()
+    app.close()
+
+
+# -- removal and unknown tasks --------------------------------------------------------
+
+
+def test_a_schedule_removed_just_before_its_run_is_not_sent(tmp_path: Path) -> None:
+    app = _config_app(tmp_path, {})
+    entry = app.periodic.add("job", "proj.tick", 3600.0, options={"queue": "beat"})
+    assert entry.next_run_at is not None
+    due = entry.next_run_at
+    beat = Beat(app, lease_s=30)
+    beat.step(due - 0.5)  # the leader now tracks "job"
+    app.periodic.remove("job")
+    # Straight to the send, before the leader's next look at the change marker.
+    beat.tick(due + 0.1)
+    assert _sent(app) == []
+    assert app.broker.kv_get(STATE_NS, "job") is None, "a removed schedule's state record came back"
+    beat.stop()
+    app.close()
+
+
+def test_beat_warns_at_each_send_of_a_task_no_worker_knows(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = _app(tmp_path, schedule=60.0)
+    app.task(name="proj.real")(lambda: None)
+    now = time.time()
+    app.broker.kv_set(STATE_NS, "job", RunState(last_due_at=(now // 60) * 60 - 60).encode())
+    beat = Beat(app, lease_s=30)
+    with caplog.at_level(logging.INFO, logger="conveyor.beat"):
+        beat.step(now)
+    assert len(_sent(app)) == 1
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("proj.tick" in w and "dead-letter" in w for w in warned), caplog.text
+    beat.stop()
+    app.close()
+
+
+def test_adding_a_schedule_for_an_unknown_task_warns(tmp_path: Path) -> None:
+    app = _config_app(tmp_path, {})
+    app.task(name="proj.real")(lambda: None)
+    with pytest.warns(UnknownTaskWarning, match="proj.nope.*dead-letter"):
+        app.periodic.add("ghost", "proj.nope", 60.0)
+    assert app.periodic.get("ghost") is not None  # accepted all the same
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        app.periodic.add("real", "proj.real", 60.0)
+        bare = _config_app(tmp_path, {})  # an app that imported no task cannot tell
+        bare.periodic.add("other", "proj.nope", 60.0)
+    for a in (app, bare):
+        a.close()

@@ -318,3 +318,31 @@ def test_show_time_carries_the_zone() -> None:
     assert show_time(moment, get_zone("Europe/Berlin")) == "2025-12-06 06:46:40 CET"
     assert show_time(moment, get_zone("Asia/Kolkata")) == "2025-12-06 11:16:40 IST"
     assert show_time(moment, dt.timezone(dt.timedelta(hours=-3))) == "2025-12-06 02:46:40 -0300"
+
+
+def test_prev_run_is_the_latest_slot_at_or_before_across_dst() -> None:
+    """prev_run agrees with next_run: a slot, at or before ``before``, with no slot between."""
+    second = dt.timedelta(seconds=1)
+    for spec, zone_name, start in _cases()[::3]:
+        zone = ZoneInfo(zone_name)
+        sched = crontab.from_string(spec.text, tz=zone)
+        for before in (start, start + dt.timedelta(minutes=45), start + dt.timedelta(hours=1, minutes=10)):
+            prev = sched.prev_run(before)
+            assert prev <= before, (spec.text, zone_name, before, prev)
+            assert sched.next_run(prev - second) == prev, (spec.text, zone_name, before, prev)
+            assert sched.next_run(prev) > before, (spec.text, zone_name, before, prev)
+
+
+def test_prev_run_includes_a_slot_at_before_and_intervals_have_one_too() -> None:
+    at = dt.datetime(2026, 5, 4, 10, 15, tzinfo=UTC)
+    assert crontab(minute="*/15").prev_run(at) == at
+    assert crontab(minute="*/15").prev_run(at - dt.timedelta(microseconds=1)) == at - dt.timedelta(minutes=15)
+    # Berlin, 29 March 2026: 02:30 does not exist; the daily 02:30 job ran at 03:00.
+    berlin = ZoneInfo("Europe/Berlin")
+    daily = crontab(minute=30, hour=2, tz=berlin)
+    assert daily.prev_run(dt.datetime(2026, 3, 29, 4, 0, tzinfo=berlin)) == dt.datetime(
+        2026, 3, 29, 3, 0, tzinfo=berlin
+    )
+    every = schedule(900)
+    assert every.prev_run(at) == at
+    assert every.prev_run(at + dt.timedelta(seconds=899)) == at
