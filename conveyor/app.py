@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, overload
 
+from conveyor import serializers
 from conveyor.config import Settings, settings_from_object
 from conveyor.exceptions import ConfigurationError, NotRegistered, SerializationError
 from conveyor.message import MAX_PRIORITY, MIN_PRIORITY, Message, new_id
@@ -319,6 +320,8 @@ class Conveyor:
         default_queue: str | None = None,
         default_priority: int | None = None,
         default_expires: float | dt.datetime | dt.timedelta | None = None,
+        serializer: str | None = None,
+        default_serializer: str | None = None,
         retries: int = 0,
         **unknown: Any,
     ) -> Message:
@@ -352,13 +355,18 @@ class Conveyor:
             root_id=(parent.root_id or parent.id) if parent else None,
             created_at=now,
             headers=dict(headers or {}),
+            serializer=serializers.get(serializer or default_serializer or self.conf.task_serializer).name,
         )
 
     def _checked(self, message: Message) -> Message:
         """Refuse a message that cannot travel, at the caller, with the reason."""
         try:
             body = message.encode()
-        except SerializationError:
+        except SerializationError as exc:
+            if message.serializer != "json":
+                raise TypeError(
+                    f"{message.task}: the message cannot be sent as {message.serializer}: {exc}"
+                ) from None
             check_arguments(message.args, message.kwargs, message.task)
             raise TypeError(f"{message.task}: headers cannot be sent as JSON") from None
         limit = self.conf.task_message_max_bytes

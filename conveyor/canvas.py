@@ -232,6 +232,7 @@ def complete_chord(app: Conveyor, spec: Mapping[str, Any]) -> None:
     """
     from conveyor import states
     from conveyor.backends.base import ResultRecord
+    from conveyor.result import stored_value
     from conveyor.serialization import exception_to_dict
 
     members = list(spec.get("members") or [])
@@ -249,4 +250,4 @@ def complete_chord(app: Conveyor, spec: Mapping[str, Any]) -> None:
             [ResultRecord(body_id, states.FAILURE, task=body.task, exception=exception_to_dict(error))]
         )
         return
-    app.publish(body.message(([records[m].result for m in members],)))
+    app.publish(body.message(([stored_value(records[m].result, app) for m in members],)))

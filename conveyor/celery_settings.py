@@ -21,15 +21,15 @@ IGNORED = "ignored"
 # Name -> (kind, what Conveyor does). Celery 5.4's settings, lower-case names.
 CELERY_SETTINGS: dict[str, tuple[str, str]] = {
     # -- general
-    "accept_content": (IGNORED, "messages are JSON only; a non-JSON message is dead-lettered unread"),
-    "result_accept_content": (IGNORED, "results are JSON only"),
+    "accept_content": (HONOURED, "content types a worker deserializes; others are dead-lettered unread"),
+    "result_accept_content": (HONOURED, "content types a client reads results in"),
     "enable_utc": (HONOURED, "times are UTC inside; `timezone` is the zone crontab fields and displays use"),
     "timezone": (HONOURED, "same"),
     # -- tasks
     "task_annotations": (HONOURED, "per-task attribute overrides, dict or '*' form, applied at registration"),
     "task_compression": (IGNORED, "messages are not compressed; keep arguments small (ids, not data)"),
     "task_protocol": (IGNORED, "Conveyor's own versioned JSON envelope (docs/message-format.md)"),
-    "task_serializer": (IGNORED, "messages are JSON"),
+    "task_serializer": (HONOURED, "json (default), msgpack or pickle"),
     "task_publish_retry": (HONOURED, "publishing always retries a lost broker (the URL's publish_retry)"),
     "task_publish_retry_policy": (IGNORED, "the broker URL's ?publish_retry=SECONDS sets how long"),
     "task_always_eager": (HONOURED, "same"),
@@ -75,7 +75,7 @@ CELERY_SETTINGS: dict[str, tuple[str, str]] = {
     "result_backend_max_retries": (IGNORED, "storing a result is retried until written"),
     "result_backend_thread_safe": (HONOURED, "backends are thread-safe"),
     "result_backend_transport_options": (IGNORED, "options go in the result backend URL"),
-    "result_serializer": (IGNORED, "results are JSON"),
+    "result_serializer": (HONOURED, "json (default), msgpack or pickle"),
     "result_compression": (IGNORED, "results are not compressed"),
     "result_extended": (HONOURED, "results always keep name, args, kwargs, worker, queue, retries"),
     "result_expires": (HONOURED, "same"),
@@ -178,10 +178,6 @@ CELERY_SETTINGS: dict[str, tuple[str, str]] = {
 
 # Values of ignored settings that ask for what Conveyor does anyway: no warning.
 AGREEING = {
-    "accept_content": (["json"], ("json",), {"json"}, "json"),
-    "result_accept_content": (None, ["json"], ("json",), {"json"}, "json"),
-    "task_serializer": ("json",),
-    "result_serializer": ("json",),
     "event_serializer": ("json",),
     "task_acks_on_failure_or_timeout": (True,),
     "task_reject_on_worker_lost": (True,),

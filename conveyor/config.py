@@ -100,6 +100,20 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("task_default_rate_limit", None, _to_opt_str, "rate limit for tasks that set none"),
     Setting("task_default_max_retries", 3, int, "max_retries for tasks that set none"),
     Setting("task_default_retry_delay", 180.0, float, "countdown for retry() when none is given"),
+    Setting("task_serializer", "json", str, "how task messages are encoded: json, msgpack or pickle"),
+    Setting("result_serializer", "json", str, "how results are stored: json, msgpack or pickle"),
+    Setting(
+        "accept_content",
+        ["json"],
+        _to_json,
+        "content types a worker deserializes; others are dead-lettered unread",
+    ),
+    Setting(
+        "result_accept_content",
+        None,
+        _to_json,
+        "content types a client reads results in; None = accept_content",
+    ),
     Setting("task_message_max_bytes", 8 * 1024 * 1024, int, "largest encoded message accepted at enqueue"),
     Setting(
         "task_max_deliveries",
@@ -178,6 +192,10 @@ class Settings:
     task_default_priority: int
     task_routes: Any
     task_queues: Any
+    task_serializer: str
+    result_serializer: str
+    accept_content: Any
+    result_accept_content: Any
     task_annotations: Any
     task_acks_late: bool
     task_time_limit: float | None

@@ -15,6 +15,7 @@ from collections.abc import Iterator, Sequence
 from conveyor.brokers.base import AdminBroker, DeadLetter
 from conveyor.exceptions import SerializationError
 from conveyor.message import decode
+from conveyor.serializers import SAFE
 
 log = logging.getLogger("conveyor.dlq")
 SCAN_PAGE = 500  # dead letters read per round trip while looking for a task id
@@ -55,7 +56,7 @@ def replay(broker: AdminBroker, entry_ids: Sequence[str] | None, *, reset_retrie
 
 def _replay_fresh(broker: AdminBroker, entry: DeadLetter) -> int:
     try:
-        message = decode(entry.body)
+        message = decode(entry.body, SAFE)  # never unpickle a stored body in an admin command
     except SerializationError:
         # No retries counter to reset in a body that is not a message: back as it was.
         return broker.replay_dead_letters([entry.id])

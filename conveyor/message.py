@@ -14,7 +14,9 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from conveyor.exceptions import SerializationError
-from conveyor.serialization import dumps, loads
+from conveyor.serializers import decode_body, encode_body
+
+JSON_ONLY = frozenset({"json"})
 
 FORMAT_VERSION = 1
 MIN_PRIORITY = 0
@@ -52,6 +54,7 @@ class Message:
     root_id: str | None = None
     created_at: float = 0.0
     headers: dict[str, Any] = field(default_factory=dict)
+    serializer: str = "json"  # the body's content type (conveyor/serializers.py)
     # The encoded form, kept after the first encode(): the producer encodes once to
     # check size and argument types, and the broker must not pay for it again.
     _body: bytes | None = field(default=None, init=False, repr=False, compare=False)
@@ -64,7 +67,8 @@ class Message:
         return body
 
     def _encode(self) -> bytes:
-        return dumps(
+        return encode_body(
+            self.serializer,
             {
                 "v": FORMAT_VERSION,
                 "id": self.id,
@@ -80,21 +84,21 @@ class Message:
                 "root_id": self.root_id,
                 "created_at": self.created_at,
                 "headers": self.headers,
-            }
+            },
         )
 
     def with_changes(self, **changes: Any) -> Message:
         return replace(self, **changes)
 
 
-def decode(body: bytes | str) -> Message:
-    """Parse one message.
+def decode(body: bytes | str, accept: frozenset[str] = JSON_ONLY) -> Message:
+    """Parse one message, if its content type is in ``accept`` (the worker's accept_content).
 
     Raises:
-        SerializationError: the body is not JSON, not an envelope, or of an unknown version.
-            The text says which, and ends up as the dead-letter reason.
+        SerializationError: the content type is refused, or the body is not an envelope,
+            or of an unknown version. The text says which, and ends up as the dead-letter reason.
     """
-    data = loads(body)
+    serializer, data = decode_body(body, accept)
     if not isinstance(data, dict):
         raise SerializationError(f"message is a JSON {type(data).__name__}, expected an object")
     version = data.get("v")
@@ -126,6 +130,7 @@ def decode(body: bytes | str) -> Message:
             root_id=data.get("root_id"),
             created_at=float(data.get("created_at") or 0.0),
             headers=headers,
+            serializer=serializer,
         )
     except KeyError as exc:
         raise SerializationError(f"message has no {exc.args[0]!r} field") from None

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from conveyor import states
 from conveyor.exceptions import Revoked, TimeoutError
 from conveyor.serialization import exception_from_dict
+from conveyor.serializers import RESULT_KEY, accepted, unwrap_result
 
 if TYPE_CHECKING:
     from conveyor.app import Conveyor
@@ -55,7 +56,7 @@ class AsyncResult(Generic[R]):
     def result(self) -> Any:
         """The return value when SUCCESS, the exception instance when FAILURE/RETRY/REVOKED."""
         record = self._record()
-        return _value(record) if record else None
+        return _value(record, self.app) if record else None
 
     info = result
 
@@ -111,7 +112,7 @@ class AsyncResult(Generic[R]):
             raise TimeoutError(
                 f"task {self.id} not ready after {timeout}s (state {state}): {self._why_late()}"
             )
-        value = _value(record)
+        value = _value(record, self.app)
         if propagate and record.state in states.PROPAGATE_STATES:
             assert isinstance(value, BaseException)
             raise value
@@ -131,12 +132,23 @@ class AsyncResult(Generic[R]):
         return self.app.control.revoke(self.id, terminate=terminate, reply=reply, timeout=timeout)
 
 
-def _value(record: ResultRecord) -> Any:
+def _value(record: ResultRecord, app: Conveyor) -> Any:
     if record.state in states.EXCEPTION_STATES and record.exception:
         return exception_from_dict(record.exception)
     if record.state == states.REVOKED:
         return Revoked(f"task {record.task_id} was revoked")
-    return record.result
+    return stored_value(record.result, app)
+
+
+def stored_value(value: Any, app: Conveyor) -> Any:
+    """A stored result as the task returned it (results kept with a non-JSON result_serializer)."""
+    if isinstance(value, dict) and RESULT_KEY in value:
+        conf = app.conf
+        accept = accepted(
+            conf.result_accept_content if conf.result_accept_content is not None else conf.accept_content
+        )
+        return unwrap_result(value, accept)
+    return value
 
 
 class EagerResult(AsyncResult[R]):

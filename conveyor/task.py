@@ -98,6 +98,7 @@ TASK_OPTIONS = frozenset(
         "bind", "queue", "priority", "max_retries", "default_retry_delay", "autoretry_for",
         "retry_kwargs", "retry_backoff", "retry_backoff_max", "retry_jitter", "acks_late",
         "time_limit", "soft_time_limit", "rate_limit", "expires", "ignore_result", "track_started",
+        "serializer",
     }
 )  # fmt: skip
 
@@ -130,6 +131,7 @@ class Task(Generic[P, R]):
     retry_backoff_max: float = 600.0
     retry_jitter: bool = True
     expires: float | dt.datetime | dt.timedelta | None = None
+    serializer: str | None = None  # None: the app's task_serializer
     bind: bool = False
     # Options resolved against the app's settings when unset (the properties below);
     # a subclass may set the public name as a plain class attribute instead.
@@ -321,6 +323,7 @@ class Task(Generic[P, R]):
             default_queue=self.queue,
             default_priority=self.priority,
             default_expires=self.expires,
+            default_serializer=self.serializer,
             **options,
         )
 

@@ -29,6 +29,7 @@ from conveyor.exceptions import BrokerError, SerializationError
 from conveyor.message import Message, decode
 from conveyor.monitor.events import received_event, started_event
 from conveyor.retry import parse_rate
+from conveyor.serializers import accepted
 from conveyor.worker.limits import RateGate
 from conveyor.worker.pools import LOST, Completion, Job, Pool
 from conveyor.worker.runner import (
@@ -82,6 +83,7 @@ class Consumer:
         self.shutdown_timeout_s = shutdown_timeout_s
         self.max_deliveries = max_deliveries
         self.rate_gate = RateGate()
+        self.content_types = accepted(app.conf.accept_content)  # what this worker deserializes
         self.settler = Settler(app, hostname=hostname, max_deliveries=max_deliveries)
         self.max_tasks = max_tasks
         self._cond = threading.Condition()
@@ -333,7 +335,7 @@ class Consumer:
 
     def _prepare(self, delivery: Delivery, now: float) -> Job | None:
         try:
-            message = decode(delivery.body)
+            message = decode(delivery.body, self.content_types)
         except SerializationError as exc:
             self._settle_one(delivery, undecodable(delivery.body, exc))
             return None

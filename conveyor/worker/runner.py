@@ -25,6 +25,7 @@ from conveyor.exceptions import (
 from conveyor.message import Message, decode
 from conveyor.retry import backoff_countdown
 from conveyor.serialization import dumps, exception_to_dict, format_traceback
+from conveyor.serializers import accepted, wrap_result
 from conveyor.task import Request, pop_request, push_request
 from conveyor.worker.limits import TaskTerminated, soft_time_limit
 
@@ -169,7 +170,7 @@ def run_one(
     inline pool does not decode every message twice."""
     if message is None:
         try:
-            message = decode(body)
+            message = decode(body, accepted(app.conf.accept_content))
         except SerializationError as exc:
             return undecodable(body, exc)
     task = app.tasks.get(message.task)
@@ -328,11 +329,18 @@ def _succeeded(task: Task[Any, Any], message: Message, value: Any, started: floa
         return Outcome(
             ACK, state=None, log=f"{label(task.name, message.id)} succeeded in {runtime:.6f}s", **base
         )
+    result_serializer = task.app.conf.result_serializer
     try:
-        dumps(value)
+        if result_serializer == "json":
+            dumps(value)  # refused here, where the task is known, not by the store later
+            stored = value
+        else:
+            stored = wrap_result(result_serializer, value)
     except SerializationError as exc:
         error = SerializationError(
-            f"return value of type {type(value).__name__} cannot be stored as JSON ({exc}); return plain data"
+            f"return value of type {type(value).__name__} cannot be stored as "
+            f"{'JSON' if result_serializer == 'json' else result_serializer} ({exc}); "
+            "return plain data"
         )
         return Outcome(
             ACK,
@@ -354,7 +362,7 @@ def _succeeded(task: Task[Any, Any], message: Message, value: Any, started: floa
     return Outcome(
         ACK,
         state=states.SUCCESS,
-        result=value,
+        result=stored,
         follow_ups=follow_ups,
         log=f"{label(task.name, message.id)} succeeded in {runtime:.6f}s: {_short(value)}",
         **base,

@@ -19,6 +19,7 @@ from conveyor.canvas import complete_chord, count_chord_member
 from conveyor.exceptions import BrokerError, WorkerLostError
 from conveyor.message import Message, decode
 from conveyor.monitor.events import EventBuffer, outcome_events
+from conveyor.serializers import OWN_BODIES
 from conveyor.worker.pools import LOST, Completion, Job, failed_job
 from conveyor.worker.runner import DEAD, REQUEUE, RETRY, Outcome, label
 
@@ -217,11 +218,11 @@ class _Settlement:
     def add(self, job: Job, outcome: Outcome) -> None:
         delivery = job.delivery
         unacked = not job.early_acked  # early-acked messages are gone (or going) already
-        self.publish.extend(decode(body) for body in outcome.follow_ups)
+        self.publish.extend(decode(body, OWN_BODIES) for body in outcome.follow_ups)
         if outcome.chord and outcome.state in states.READY_STATES:
             self.chords.append(outcome)
         if outcome.action == RETRY and outcome.retry_body is not None:
-            self.publish.append(decode(outcome.retry_body))
+            self.publish.append(decode(outcome.retry_body, OWN_BODIES))
         elif outcome.action == DEAD:
             self.dead.append((delivery, outcome.reason or "dead-lettered"))
             unacked = False  # dead_letter() removes the message itself
@@ -230,6 +231,6 @@ class _Settlement:
                 self.requeue.append(delivery)
                 unacked = False
             else:  # acked at dispatch: the only way back is a new copy
-                self.publish.append(decode(delivery.body))
+                self.publish.append(decode(delivery.body, OWN_BODIES))  # accepted when fetched
         if unacked:
             self.acks.append(delivery)
