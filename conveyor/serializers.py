@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from conveyor.exceptions import ConfigurationError, SerializationError
+from conveyor.serialization import dumps, loads
 
 MAGIC = b"\x00cv:"
 # The envelope key marking a result value stored with a non-JSON result_serializer.
@@ -43,16 +44,8 @@ def _msgpack() -> Any:
     return msgpack
 
 
-def _json_dumps(value: Any) -> bytes:
-    from conveyor.serialization import dumps
-
-    return dumps(value)
-
-
-def _json_loads(data: bytes | str) -> Any:
-    from conveyor.serialization import loads
-
-    return loads(data)
+_json_dumps = dumps
+_json_loads = loads
 
 
 def _msgpack_dumps(value: Any) -> bytes:
