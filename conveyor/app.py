@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, overload
 
-from conveyor import serializers
+from conveyor import serializers, signals
 from conveyor.config import Settings, settings_from_object
 from conveyor.exceptions import ConfigurationError, NotRegistered, SerializationError
 from conveyor.message import MAX_PRIORITY, MIN_PRIORITY, Message, new_id
@@ -378,12 +378,24 @@ class Conveyor:
         return message
 
     def publish(self, message: Message) -> None:
+        observed = bool(signals.before_task_publish.receivers or signals.after_task_publish.receivers)
+        if observed:
+            _publish_signal(signals.before_task_publish, message)  # headers may still change here
         checked = self._checked(message)  # before touching the broker: bad input costs no I/O
         self.broker.publish(checked, eta=checked.eta)
+        if observed:
+            _publish_signal(signals.after_task_publish, checked)
 
     def publish_many(self, messages: Sequence[Message]) -> None:
+        observed = bool(signals.before_task_publish.receivers or signals.after_task_publish.receivers)
+        if observed:
+            for message in messages:
+                _publish_signal(signals.before_task_publish, message)
         checked = [self._checked(m) for m in messages]
         self.broker.publish_many(checked)
+        if observed:
+            for message in checked:
+                _publish_signal(signals.after_task_publish, message)
 
     def send_task(
         self,
@@ -566,3 +578,25 @@ def queue_names(task_queues: Any) -> list[str]:
             raise ConfigurationError(f"task_queues entries must be names or have a name, got {queue!r}")
         found.append(str(name))
     return found
+
+
+def _publish_signal(signal: signals.Signal, message: Message) -> None:
+    """Celery's publish signals: sender is the task name; body (args, kwargs, embed), headers...
+
+    Keys a ``before_task_publish`` receiver adds to ``headers`` travel in the message.
+    """
+    headers = {"id": message.id, "task": message.task, **message.headers}
+    extra: dict[str, Any] = {}
+    if signal is signals.before_task_publish:
+        extra = {"properties": {"correlation_id": message.id, "priority": message.priority}}
+        extra.update(declare=[], retry_policy=None)
+    signal.send(
+        sender=message.task,
+        body=(message.args, message.kwargs, {}),
+        exchange="",
+        routing_key=message.queue,
+        headers=headers,
+        **extra,
+    )
+    if signal is signals.before_task_publish:
+        message.headers.update({k: v for k, v in headers.items() if k not in ("id", "task")})

@@ -40,6 +40,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
+from conveyor import signals
 from conveyor.exceptions import BrokerConnectionError, ConfigurationError
 from conveyor.periodic import (
     CHANGES_KEY,
@@ -179,6 +180,7 @@ class Beat:
 
     def run(self) -> None:
         """Loop until ``stop()``: lead or follow; errors reaching the broker are retried."""
+        signals.beat_init.send(sender=self)
         log.info(
             "beat %s starting: %d config schedule(s), timezone %s, lease %gs",
             self.owner,

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from types import FrameType
 from typing import TYPE_CHECKING
 
+from conveyor import signals
 from conveyor.app import queue_names
 from conveyor.brokers.base import mask_url
 from conveyor.exceptions import BrokerConnectionError
@@ -32,11 +33,25 @@ LOG_FORMAT = "[%(asctime)s: %(levelname)s/%(processName)s] %(message)s"
 
 
 def setup_logging(level: str | int = "info", *, logfile: str | None = None) -> None:
-    """Celery-style log lines on stderr (or ``logfile``), unless the project configured logging itself."""
+    """Celery-style log lines on stderr (or ``logfile``), unless the project configured logging itself.
+
+    As in Celery, a receiver of ``signals.setup_logging`` takes the job over: then
+    nothing is configured here. ``after_setup_logger`` and ``after_setup_task_logger``
+    follow either way.
+    """
     root = logging.getLogger()
     numeric = level if isinstance(level, int) else logging.getLevelName(str(level).upper())
     if not isinstance(numeric, int):
         raise ValueError(f"unknown log level {level!r}: use debug, info, warning or error")
+    options = {"loglevel": numeric, "logfile": logfile, "format": LOG_FORMAT, "colorize": False}
+    if signals.setup_logging.receivers and signals.setup_logging.send(sender=None, **options):
+        return
+    _configure(root, numeric, logfile)
+    signals.after_setup_logger.send(sender=None, logger=root, **options)
+    signals.after_setup_task_logger.send(sender=None, logger=logging.getLogger("conveyor.task"), **options)
+
+
+def _configure(root: logging.Logger, numeric: int, logfile: str | None) -> None:
     if not root.handlers or logfile:
         handler: logging.Handler = (
             logging.FileHandler(logfile, encoding="utf-8") if logfile else logging.StreamHandler(sys.stderr)
@@ -156,6 +171,9 @@ class Worker:
             log.warning("%s: cold shutdown, running tasks stop now (acks_late ones are redelivered)", name)
         else:
             log.warning("%s: warm shutdown, finishing running tasks (again for cold shutdown)", name)
+        if not self._stopping or cold:
+            how = "Cold" if cold else "Warm"
+            signals.worker_shutting_down.send(sender=self.hostname, sig=name, how=how, exitcode=0)
         self._stopping = True
         self.runner.request_stop(cold=cold)
         if self._beat is not None:
@@ -186,6 +204,7 @@ class Worker:
     def start(self) -> int:
         """Run until a shutdown signal; returns the process exit code."""
         self.app.import_includes()
+        signals.worker_init.send(sender=self)
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
             signal.signal(sig, self._on_signal)
         if not self._wait_for_broker():
@@ -200,6 +219,7 @@ class Worker:
 
         agent = WorkerAgent(self)  # heartbeats and app.control
         agent.start()
+        signals.worker_ready.send(sender=self)
         try:
             if isinstance(self.runner, Consumer) and self.runner.pool.inline:
                 self.runner.run_inline()
@@ -209,6 +229,7 @@ class Worker:
             agent.stop()
             if self._beat is not None:
                 self._beat.stop()
+            signals.worker_shutdown.send(sender=self)
             self.app.close()
         log.info(
             "%s stopped: %d task(s) processed, %d failed",

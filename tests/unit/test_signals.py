@@ -228,3 +228,43 @@ def test_get_task_logger_records_carry_the_task(app: Conveyor, caplog: pytest.Lo
     (record,) = [r for r in caplog.records if r.getMessage() == "working"]
     assert record.name == "conveyor.task.proj.tasks"
     assert record.task_name == "sig.logs" and record.task_id == result.id  # type: ignore[attr-defined]
+
+
+def test_a_setup_logging_receiver_takes_logging_over() -> None:
+    from conveyor.worker.main import setup_logging
+
+    calls: list[dict[str, Any]] = []
+
+    def own_logging(**kwargs: Any) -> None:
+        calls.append(kwargs)
+
+    root = logging.getLogger()
+    before = list(root.handlers)
+    signals.setup_logging.connect(own_logging)
+    try:
+        setup_logging("info", logfile="/nonexistent/dir/never-opened.log")
+    finally:
+        signals.setup_logging.disconnect(own_logging)
+    assert root.handlers == before, "Conveyor configured logging although a receiver took it over"
+    assert calls[0]["loglevel"] == logging.INFO and calls[0]["logfile"] == "/nonexistent/dir/never-opened.log"
+
+
+def test_before_task_publish_can_add_headers(app: Conveyor) -> None:
+    app.conf.task_always_eager = False
+
+    @app.task(name="sig.traced")
+    def traced() -> None: ...
+
+    def add_trace(headers: dict[str, Any], **kwargs: Any) -> None:
+        assert headers["task"] == "sig.traced"
+        headers["trace_id"] = "abc"
+
+    signals.before_task_publish.connect(add_trace)
+    try:
+        traced.delay()
+    finally:
+        signals.before_task_publish.disconnect(add_trace)
+    (delivery,) = app.broker.fetch(["default"], limit=1, lease_s=30, timeout_s=1)
+    from conveyor.message import decode
+
+    assert decode(delivery.body).headers == {"trace_id": "abc"}

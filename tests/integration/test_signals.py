@@ -1,0 +1,140 @@
+"""Each signal fires once, in the process Celery fires it in, with Celery's arguments.
+
+The project connects a receiver to every signal at import, as users do; each receiver
+writes one line: the signal, this process's pid, and the arguments worth checking.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from conveyor.testing import wait_for
+
+pytestmark = pytest.mark.integration
+
+PROJECT = """
+import json, os
+from conveyor import Conveyor, signals
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+app = Conveyor("sigproj", broker="sqlite:///" + os.path.join(HERE, "b.sqlite3"))
+
+
+def note(name, **fields):
+    with open(os.path.join(HERE, "signals.log"), "a") as fh:
+        fh.write(json.dumps({"signal": name, "pid": os.getpid(), **fields}) + "\\n")
+
+
+def plain(value):
+    return value if isinstance(value, (str, int, float, list, dict, type(None))) else type(value).__name__
+
+
+def receiver_for(name):
+    def receiver(sender=None, signal=None, **kwargs):
+        note(name, sender=plain(getattr(sender, "name", sender)), keys=sorted(kwargs),
+             **{k: plain(v) for k, v in kwargs.items() if k in ("task_id", "state", "retval", "result",
+                                                              "how", "sig", "args", "kwargs", "pid")})
+    receiver.__name__ = "on_" + name
+    return receiver
+
+
+# setup_logging is left alone: a receiver there takes logging over (as in Celery).
+RECEIVERS = [receiver_for(name) for name in signals.__all__ if name not in ("Signal", "setup_logging")]
+for receiver in RECEIVERS:
+    getattr(signals, receiver.__name__[3:]).connect(receiver)
+
+
+@app.task(name="sigproj.add")
+def add(x, y):
+    return x + y
+
+
+@app.task(name="sigproj.fail")
+def fail():
+    raise ValueError("boom")
+"""
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Iterator[Path]:
+    (tmp_path / "sigproj.py").write_text(textwrap.dedent(PROJECT))
+    sys.path.insert(0, str(tmp_path))
+    sys.modules.pop("sigproj", None)
+    try:
+        yield tmp_path
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("sigproj", None)
+
+
+def _lines(root: Path) -> list[dict[str, object]]:
+    import json
+
+    path = root / "signals.log"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_worker_and_task_signals_fire_once_in_the_right_process(root: Path) -> None:
+    import sigproj  # type: ignore[import-not-found]
+
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    log = root / "worker.log"
+    with open(log, "wb") as out:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "conveyor.cli.main", "-A", "sigproj", "worker", "-c", "1", "-n", "w@h"],
+            cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    try:
+        wait_for(lambda: b"ready." in log.read_bytes(), timeout=20)
+        assert sigproj.add.delay(2, 3).get(timeout=20) == 5
+        failed = sigproj.fail.delay()
+        wait_for(lambda: failed.state == "FAILURE", timeout=20)
+        publisher_pid = os.getpid()
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(30) == 0, log.read_text()
+    finally:
+        if worker.poll() is None:
+            os.killpg(worker.pid, signal.SIGKILL)
+        sigproj.app.close()
+    lines = _lines(root)
+    by = {}
+    for line in lines:
+        by.setdefault(line["signal"], []).append(line)
+    counts = Counter(line["signal"] for line in lines)
+    main_pid = worker.pid
+
+    # The sending side, in this process.
+    assert counts["before_task_publish"] == counts["after_task_publish"] == 2
+    assert {ln["pid"] for ln in by["before_task_publish"]} == {publisher_pid}
+    # The worker's main process, once each.
+    for name in (
+        "worker_init",
+        "worker_ready",
+        "worker_shutting_down",
+        "worker_shutdown",
+        "after_setup_logger",
+    ):
+        assert counts[name] == 1, (name, counts)
+        assert by[name][0]["pid"] == main_pid, name
+    assert (
+        by["worker_shutting_down"][0]["how"] == "Warm" and by["worker_shutting_down"][0]["sig"] == "SIGTERM"
+    )
+    assert by["worker_shutting_down"][0]["sender"] == "w@h"
+    # Where the tasks ran: the prefork child, never the main process.
+    for name in ("task_prerun", "task_postrun"):
+        assert counts[name] == 2 and main_pid not in {ln["pid"] for ln in by[name]}, name
+    assert [ln["state"] for ln in by["task_postrun"]] == ["SUCCESS", "FAILURE"]
+    assert counts["task_success"] == 1 and by["task_success"][0]["result"] == 5
+    assert counts["task_failure"] == 1 and by["task_failure"][0]["keys"] == [
+        "args", "einfo", "exception", "kwargs", "task_id", "traceback",
+    ]  # fmt: skip
+    assert by["task_prerun"][0]["sender"] == "sigproj.add" and by["task_prerun"][0]["args"] == [2, 3]
