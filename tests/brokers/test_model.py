@@ -296,11 +296,27 @@ class BrokerMachine(RuleBasedStateMachine):
     def blocked_fetch_gets_a_publish(self, data: st.DataObject, priority: int, short: bool) -> None:
         queues = data.draw(st.sampled_from(_quiet_queue_choices(self)))
         waiters = data.draw(st.lists(st.integers(0, CONSUMERS - 1), min_size=1, max_size=2, unique=True))
-        target = data.draw(st.sampled_from(queues))
+        m = self._message(data.draw(st.sampled_from(queues)), priority)
         # Woken right after the publish, a consumer that was handed the message as it
         # stopped waiting must still return it (Redis: from its inbox); one that had
         # not leased it may return nothing (SQLite), and the message stays queued.
         wake_at_once = data.draw(st.booleans())
+        got = self._block_then_publish(waiters, queues, m, short=short, wake_at_once=wake_at_once)
+        if wake_at_once and not got:
+            # Fetched now, so that later steps draw from the same state either way.
+            lease_s = self._lease(short)
+            got = [
+                (waiters[0], d)
+                for d in self.consumers[waiters[0]].fetch(queues, limit=3, lease_s=lease_s, timeout_s=0)
+            ]
+        assert [d.message_id for _, d in got] == [m.id], f"one publish, delivered as {got}"
+        [(consumer, delivery)] = got
+        self._expect_fetch(consumer, queues, 3, [delivery], short=short)
+
+    def _block_then_publish(
+        self, waiters: list[int], queues: Sequence[str], m: Message, *, short: bool, wake_at_once: bool
+    ) -> list[tuple[int, Delivery]]:
+        """Publish ``m`` while ``waiters`` are blocked in fetch; what each one returned."""
         results: dict[int, list[Delivery] | BaseException] = {}
 
         def wait(c: int) -> None:
@@ -314,7 +330,6 @@ class BrokerMachine(RuleBasedStateMachine):
         for thread in threads.values():
             thread.start()
         _poll(lambda: self.h.waiting([(self.consumers[c], t) for c, t in threads.items()]), "consumers block")
-        m = self._message(target, priority)
         self.producer.publish(m)
         self.model.published(m, delay="none")
         if not wake_at_once:
@@ -329,11 +344,7 @@ class BrokerMachine(RuleBasedStateMachine):
             if isinstance(result, BaseException):
                 raise result
             got += [(c, d) for d in result]
-        if wake_at_once and not got:
-            return
-        assert [d.message_id for _, d in got] == [m.id], f"one publish, delivered as {got}"
-        [(consumer, delivery)] = got
-        self._expect_fetch(consumer, queues, 3, [delivery], short=short)
+        return got
 
     @precondition(lambda self: bool(_quiet_queue_choices(self)))
     @rule(data=st.data(), limit=st.integers(1, 4), short=st.booleans())
