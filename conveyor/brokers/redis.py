@@ -202,7 +202,7 @@ end
 """
 
 # ARGV: prefix, lease seconds, limit, token, consumer id, block seconds, queues...
-# Returns {"D", {handed...}, qi, entry, ...} or {"W", seconds to block}: with nothing
+# Returns {"D", {handed...}, qi, receipt, entry, ...} or {"W", seconds to block}: with nothing
 # due and block > 0 the consumer is registered as waiting (for a direct hand-off) for
 # that long. A full batch passes the wake-up token on.
 _FETCH = Script(
@@ -236,6 +236,7 @@ for i = Q0, #ARGV do
         zargs[#zargs + 1] = untl
         zargs[#zargs + 1] = r
         out[#out + 1] = i - Q0 + 1
+        out[#out + 1] = r
         out[#out + 1] = e2
       end
     end
@@ -703,7 +704,7 @@ class RedisBroker:
             args = (self.prefix, lease_s, limit, token, consumer, repr(max(block, 0.0)), *queues)
             reply = self.link.read(_FETCH, args)
             if reply[0] == b"D":
-                return [_handed(item) for item in reply[1]] + _deliveries(reply, queues, token)
+                return [_handed(item) for item in reply[1]] + _deliveries(reply, queues)
             if block <= 0:
                 return []
             handed = self._block(queues, consumer, float(reply[1]))
@@ -953,17 +954,22 @@ def _handed(item: bytes) -> Delivery:
     )
 
 
-def _deliveries(reply: list[Any], queues: list[str], token: str) -> list[Delivery]:
+def _deliveries(reply: list[Any], queues: list[str]) -> list[Delivery]:
+    """Popped deliveries: ``queue index, receipt, entry`` triples after the handed ones.
+
+    The receipt comes from the script, which numbers it after the handed deliveries:
+    numbered again here, the two would disagree whenever one fetch takes both.
+    """
     out = []
-    for n, i in enumerate(range(2, len(reply), 2), start=1):
-        header, _, body = reply[i + 1].partition(b"\n")
+    for i in range(2, len(reply), 3):
+        header, _, body = reply[i + 2].partition(b"\n")
         attempts, _, rest = header.partition(b"|")
         task_id = rest.partition(b"|")[2]
         out.append(
             Delivery(
                 body=body,
                 queue=queues[reply[i] - 1],
-                receipt=f"{token}:{n}",
+                receipt=_text(reply[i + 1]),
                 attempt=int(attempts),
                 message_id=task_id.decode(errors="replace"),
             )

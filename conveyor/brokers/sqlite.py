@@ -124,7 +124,9 @@ _SQL_COUNT_LEASED = f"""
 SELECT queue, COUNT(*) FROM {MESSAGES} INDEXED BY {MESSAGES}_leased
 WHERE receipt IS NOT NULL AND visible_at > ? GROUP BY queue
 """
-_SQL_COUNT_SCHEDULED = f"SELECT queue, COUNT(*) FROM {SCHEDULED} GROUP BY queue"
+# Split at now: a due row counts as ready before a fetch moves it (QueueStats.delayed
+# is "in the future"), or `conveyor queues` with no worker running shows it delayed.
+_SQL_COUNT_SCHEDULED = f"SELECT queue, SUM(eta > ?), SUM(eta <= ?) FROM {SCHEDULED} GROUP BY queue"
 _SQL_COUNT_DEAD = f"SELECT queue, COUNT(*) FROM {DEAD_LETTERS} GROUP BY queue"
 # Purge spares only live leases: a ran-out lease belongs to a dead worker, so its row is backlog.
 _SQL_PURGE_QUEUE = f"DELETE FROM {MESSAGES} WHERE queue = ? AND (receipt IS NULL OR visible_at <= ?)"
@@ -390,21 +392,23 @@ class SQLiteBroker(SQLiteStoreMixin):
         now = time.time()
 
         def read(conn: sqlite3.Connection) -> list[dict[str, int]]:
+            scheduled = conn.execute(_SQL_COUNT_SCHEDULED, (now, now)).fetchall()
             return [
                 dict(conn.execute(_SQL_COUNT_ALL).fetchall()),
                 dict(conn.execute(_SQL_COUNT_LEASED, (now,)).fetchall()),
-                dict(conn.execute(_SQL_COUNT_SCHEDULED).fetchall()),
+                {queue: later for queue, later, _ in scheduled},
+                {queue: due for queue, _, due in scheduled},
                 dict(conn.execute(_SQL_COUNT_DEAD).fetchall()),
             ]
 
-        total, leased, scheduled, dead = self._db.transaction(read, immediate=False)  # one snapshot
-        names = list(queues) if queues is not None else sorted({*total, *scheduled, *dead})
+        total, leased, later, due, dead = self._db.transaction(read, immediate=False)  # one snapshot
+        names = list(queues) if queues is not None else sorted({*total, *later, *dead})
         return [
             QueueStats(
                 name=name,
-                ready=total.get(name, 0) - leased.get(name, 0),
+                ready=total.get(name, 0) - leased.get(name, 0) + due.get(name, 0),
                 in_flight=leased.get(name, 0),
-                delayed=scheduled.get(name, 0),
+                delayed=later.get(name, 0),
                 dead=dead.get(name, 0),
             )
             for name in names

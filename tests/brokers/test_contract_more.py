@@ -13,7 +13,7 @@ from conveyor.brokers.base import AdminBroker
 from conveyor.message import Message, new_id
 
 from .conftest import BrokerCase
-from .test_contract import Q, fetch, fork_context, ids, msg, stats
+from .test_contract import Q, fetch, fork_context, ids, msg, stats, wait_for
 
 
 def test_bulk_enqueue_keeps_order_per_priority_and_queue(broker: AdminBroker) -> None:
@@ -64,6 +64,19 @@ def test_due_delayed_message_takes_its_priority(broker: AdminBroker) -> None:
     broker.publish_many(routine)
     time.sleep(0.3)
     assert ids(fetch(broker, limit=10)) == [urgent.id] + [m.id for m in routine]
+
+
+def test_due_delayed_message_counts_as_ready_before_any_fetch(broker: AdminBroker) -> None:
+    # QueueStats: delayed is "eta in the future", ready "waiting and due", whether or
+    # not a fetch has moved it yet (`conveyor queues` with every worker stopped).
+    # Found by test_model.py.
+    broker.publish(msg(), eta=time.time() + 0.2)
+    nack_later = msg()
+    broker.publish(nack_later)
+    [d] = fetch(broker)
+    broker.nack(d, retry_at=time.time() + 0.2)
+    assert stats(broker) == (0, 0, 2, 0)
+    assert wait_for(lambda: stats(broker) == (2, 0, 0, 0), timeout=5.0), stats(broker)
 
 
 def test_replayed_dead_letter_keeps_priority(broker: AdminBroker) -> None:

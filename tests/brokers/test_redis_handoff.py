@@ -128,6 +128,28 @@ def test_own_next_fetch_takes_what_was_handed_while_not_listening(broker: RedisB
     assert stats(broker) == (0, 0, 0, 0)
 
 
+def test_fetch_mixing_a_handed_delivery_with_popped_ones_gives_each_its_own_receipt(
+    broker: RedisBroker,
+) -> None:
+    # A consumer between its wake-up and its next fetch is still registered: the first
+    # publish is handed to its inbox, the next ones queue, and one fetch returns all.
+    # Found by test_model.py.
+    register(broker, broker._consumer_id())
+    handed, first, second = msg(), msg(), msg()
+    for m in (handed, first, second):
+        broker.publish(m)
+    got = broker.fetch([Q], limit=5, lease_s=30, timeout_s=0)
+    assert [d.message_id for d in got] == [handed.id, first.id, second.id]
+    broker.ack([got[1]])
+    assert stats(broker) == (0, 2, 0, 0)
+    broker.nack(got[2], retry_at=None)
+    assert stats(broker) == (1, 1, 0, 0)
+    [again] = broker.fetch([Q], limit=5, lease_s=30, timeout_s=0)
+    assert (again.message_id, again.attempt) == (second.id, 2)
+    broker.ack([got[0], again])
+    assert stats(broker) == (0, 0, 0, 0)
+
+
 def test_one_hand_off_per_wait_then_queued(url: str, broker: RedisBroker) -> None:
     register(broker, "ghost")
     first, second = msg(), msg()
