@@ -67,10 +67,13 @@ class LoginThrottle:
                 times.append(now)
 
     def succeeded(self, client: str, user: str) -> None:
-        """A right password clears the counts, so one typo later does not lock the user out."""
+        """A right password clears its address's count, so a user's typos do not pile up.
+
+        Not the name's: a script polling with basic auth every few seconds would
+        otherwise reset the count a guesser on other addresses runs up against it.
+        """
         with self._lock:
             self._failures.pop(("client", client), None)
-            self._failures.pop(("user", user), None)
 
     def _recent(self, key: tuple[str, str], now: float) -> deque[float] | None:
         times = self._failures.get(key)

@@ -81,6 +81,7 @@ if TYPE_CHECKING:
 HERE = Path(__file__).parent
 log = logging.getLogger("conveyor.dashboard")
 FAILED_LOGIN_DELAY_S = 0.5
+LOGIN_MAX_BODY = 16 * 1024
 SECURITY_HEADERS = {
     "content-security-policy": (
         "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
@@ -179,13 +180,24 @@ class DashboardApp:
         client = request.client.host if request.client else "unknown"
         wait = self.throttle.retry_after(client, name)
         if wait is not None:
-            log.warning("dashboard: login refused for user %r from %s (%s): locked out", name, client, via)
+            # The password was not checked; the lockout itself was logged when it began,
+            # and a line per refused try would bury the log under a guesser's traffic.
+            log.debug("dashboard: login refused for user %r from %s (%s): locked out", name, client, via)
             raise Throttled(wait)
         # scrypt is slow on purpose: keep it off the event loop.
         user = await run_in_threadpool(self.auth.check, name, password)
         if user is None:
             self.throttle.failed(client, name)
             log.warning("dashboard: failed login for user %r from %s (%s)", name, client, via)
+            locked = self.throttle.retry_after(client, name)
+            if locked is not None:
+                log.warning(
+                    "dashboard: logins for user %r or from %s refused for %.0f s after %d failures",
+                    name,
+                    client,
+                    locked,
+                    self.throttle.max_failures,
+                )
             return None
         self.throttle.succeeded(client, name)
         return user
@@ -354,7 +366,8 @@ class DashboardApp:
         if not self.auth.enabled:
             return RedirectResponse("/", status_code=303)
         try:
-            body = await read_body(request, self.max_body, is_form=True)
+            # Anyone may post here, so the cap is a login's size, not an action's.
+            body = await read_body(request, min(self.max_body, LOGIN_MAX_BODY), is_form=True)
         except HTTPError as exc:
             return PlainTextResponse(exc.message, status_code=exc.status, headers=SECURITY_HEADERS)
         name, password = str(body.get("username", "")), str(body.get("password", ""))

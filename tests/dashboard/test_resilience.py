@@ -48,10 +48,8 @@ def test_a_broker_that_is_down_shows_a_banner_and_logs_one_line(
 ) -> None:
     if kind == "redis":
         url = f"redis://127.0.0.1:{closed_port()}/0"
-        shown = url
     else:
         url = f"sqlite:///{tmp_path}/missing-dir/broker.sqlite3"
-        shown = url
     down = Conveyor("down", broker=url, set_as_current=False)
     try:
         c = client(down)
@@ -59,14 +57,14 @@ def test_a_broker_that_is_down_shows_a_banner_and_logs_one_line(
             for path in PAGES:
                 resp = c.get(path)
                 assert resp.status_code == 503, (path, resp.text[:400])
-                assert f"broker unreachable: {shown}, retrying" in resp.text, path
+                assert f"broker unreachable: {url}, retrying" in resp.text, path
                 assert "<nav>" in resp.text  # the page, not a bare error
                 fragment = c.get(path + ("&" if "?" in path else "?") + "fragment=1")
                 assert fragment.status_code == 503 and "broker unreachable" in fragment.text
             for path in APIS:
                 resp = c.get(path)
                 assert resp.status_code == 503, (path, resp.text[:400])
-                assert resp.json() == {"error": f"broker unreachable: {shown}, retrying"}
+                assert resp.json() == {"error": f"broker unreachable: {url}, retrying"}
             token = csrf_of(c.get("/queues").text)
             purge = c.post("/api/queues/default/purge", headers={"X-CSRF-Token": token})
             assert purge.status_code == 503 and "broker unreachable" in purge.json()["error"]
@@ -74,6 +72,11 @@ def test_a_broker_that_is_down_shows_a_banner_and_logs_one_line(
         assert len(records) == 1, [r.getMessage() for r in records]
         assert records[0].levelno == logging.WARNING and records[0].exc_info is None
         assert "broker unreachable" in records[0].getMessage()
+        # With users, no session can be checked or made: a login says why.
+        guarded = client(down, auth="admin:pw")
+        assert guarded.get("/login").status_code == 200
+        login = guarded.post("/login", data={"username": "admin", "password": "pw"})
+        assert login.status_code == 503 and "broker unreachable" in login.text
     finally:
         down.close()
 
