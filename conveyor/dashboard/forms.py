@@ -141,3 +141,26 @@ def parse_schedule(cron: str, every: str) -> Any:
     if cron:
         return schedules.crontab.from_string(cron)
     return schedules.parse_every(every)
+
+
+def periodic_fields(
+    body: Mapping[str, Any],
+) -> tuple[str, str, Any, list[Any], dict[str, Any], dict[str, Any] | None]:
+    """(name, task, schedule, args, kwargs, options) of the add-a-periodic-task form.
+
+    Raises:
+        ValueError: a field is missing or malformed (the message says which).
+    """
+    name = str(body.get("name") or "").strip()
+    task = str(body.get("task") or "").strip()
+    if not name or not task:
+        raise ValueError("a periodic task needs a name and a task")
+    schedule = parse_schedule(str(body.get("cron") or "").strip(), str(body.get("every") or "").strip())
+    args = json_field(body, "args", [])
+    kwargs = json_field(body, "kwargs", {})
+    if not isinstance(args, list):
+        raise ValueError("args must be a JSON array, e.g. [1, 2]")
+    if not isinstance(kwargs, dict):
+        raise ValueError('kwargs must be a JSON object, e.g. {"x": 1}')
+    queue = str(body.get("queue") or "").strip()
+    return name, task, schedule, args, kwargs, ({"queue": queue} if queue else None)

@@ -62,8 +62,7 @@ from conveyor.dashboard.forms import (
     entry_ids,
     int_param,
     is_form_request,
-    json_field,
-    parse_schedule,
+    periodic_fields,
     read_body,
     safe_next,
     truthy,
@@ -507,18 +506,7 @@ class DashboardApp:
         api = self.data.periodic_api()
         if api is None:
             raise HTTPError(501, "periodic tasks need the scheduler module (app.periodic)")
-        name = str(body.get("name") or "").strip()
-        task = str(body.get("task") or "").strip()
-        if not name or not task:
-            raise ValueError("a periodic task needs a name and a task")
-        schedule = parse_schedule(str(body.get("cron") or "").strip(), str(body.get("every") or "").strip())
-        args = json_field(body, "args", [])
-        kwargs = json_field(body, "kwargs", {})
-        if not isinstance(args, list):
-            raise ValueError("args must be a JSON array, e.g. [1, 2]")
-        if not isinstance(kwargs, dict):
-            raise ValueError('kwargs must be a JSON object, e.g. {"x": 1}')
-        options = {"queue": str(body["queue"]).strip()} if str(body.get("queue") or "").strip() else None
+        name, task, schedule, args, kwargs, options = periodic_fields(body)
         api.add(name, task, schedule, args=args, kwargs=kwargs, options=options, enabled=True)
         return f"Added periodic task {name}."
 
