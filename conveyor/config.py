@@ -159,6 +159,30 @@ SETTINGS: tuple[Setting, ...] = (
         "dashboard read-only users: user:password, comma-separated",
     ),
     Setting(
+        "dashboard_auth_file",
+        None,
+        _to_opt_str,
+        "dashboard users with hashed passwords: a file of user:scrypt-hash[:viewer] lines",
+    ),
+    Setting(
+        "dashboard_login_max_failures",
+        5,
+        int,
+        "failed dashboard logins from one address, or for one user, that lock it out; 0 = no limit",
+    ),
+    Setting(
+        "dashboard_login_window",
+        300.0,
+        float,
+        "seconds a failed dashboard login counts (and a lockout lasts)",
+    ),
+    Setting(
+        "dashboard_max_body_size",
+        1048576,
+        int,
+        "largest request body the dashboard reads, in bytes (413 beyond)",
+    ),
+    Setting(
         "dashboard_allowed_hosts",
         None,
         _to_opt_str,
@@ -225,6 +249,10 @@ class Settings:
     beat_max_loop_interval: float
     dashboard_auth: str | None
     dashboard_viewer_auth: str | None
+    dashboard_auth_file: str | None
+    dashboard_login_max_failures: int
+    dashboard_login_window: float
+    dashboard_max_body_size: int
     dashboard_allowed_hosts: str | list[str] | None
     dashboard_secret_key: str | None
     dashboard_session_max_age: float

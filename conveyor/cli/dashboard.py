@@ -7,6 +7,7 @@ the project's broker and settings (``dashboard_auth`` and friends).
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -52,6 +53,13 @@ def allowed_host_option(func: F) -> F:
     "Default: the dashboard_viewer_auth setting (env CONVEYOR_DASHBOARD_VIEWER_AUTH).",
 )
 @click.option(
+    "--auth-file",
+    type=click.Path(dir_okay=False),
+    help="A file of users with hashed passwords, one `user:HASH` (admin) or `user:HASH:viewer` "
+    "a line, made with `conveyor hash-password USER`. Default: the dashboard_auth_file setting "
+    "(env CONVEYOR_DASHBOARD_AUTH_FILE).",
+)
+@click.option(
     "-l",
     "--loglevel",
     type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
@@ -68,13 +76,15 @@ def dashboard(
     port: int,
     admins: tuple[str, ...],
     viewers: tuple[str, ...],
+    auth_file: str | None,
     loglevel: str,
     allowed_hosts: tuple[str, ...],
 ) -> None:
     """Serve the web dashboard: workers, tasks, queues, dead letters, periodic tasks, /metrics.
 
     Without users anyone who can reach the port is an admin, so the dashboard
-    refuses to listen beyond loopback then: give --auth (or CONVEYOR_DASHBOARD_AUTH).
+    refuses to listen beyond loopback then: give --auth-file (or CONVEYOR_DASHBOARD_AUTH).
+    --auth puts a password where `ps` shows it to every local user: prefer the file.
     It answers only to the names of --host (and localhost's for a loopback bind)
     and --allowed-host ones.
     """
@@ -94,6 +104,7 @@ def dashboard(
         port=port,
         auth=list(admins) or None,
         viewer_auth=list(viewers) or None,
+        auth_file=auth_file,
         allowed_hosts=allowed_hosts,
         log_level=loglevel.lower(),
     )
@@ -136,6 +147,31 @@ def flower(
         port=port,
         admins=(basic_auth,) if basic_auth else (),
         viewers=(),
+        auth_file=None,
         loglevel="info",
         allowed_hosts=allowed_hosts,
     )
+
+
+@click.command("hash-password")
+@click.argument("user")
+@click.option("--viewer", is_flag=True, help="Make the line for a read-only user.")
+def hash_password(user: str, viewer: bool) -> None:
+    """Print a line for --auth-file: USER, a scrypt hash of the password, and the role.
+
+    The password is read from a prompt (asked twice) or, when stdin is not a
+    terminal, from its first line; never from the command line, where `ps` and
+    the shell history would keep it.
+    """
+    from conveyor.dashboard.passwords import hash_password as make_hash
+
+    if not user or ":" in user:
+        raise click.UsageError("USER must be a non-empty name without ':'")
+    stdin = sys.stdin
+    if stdin.isatty():
+        password = str(click.prompt("Password", hide_input=True, confirmation_prompt=True))
+    else:
+        password = stdin.readline().rstrip("\r\n")
+    if not password:
+        raise click.ClickException("empty password")
+    click.echo(f"{user}:{make_hash(password)}" + (":viewer" if viewer else ""))

@@ -25,6 +25,7 @@ COMMANDS = {
     "beat": "conveyor.cli.beat:beat",
     "run": "conveyor.cli.run:run",
     "dashboard": "conveyor.cli.dashboard:dashboard",
+    "hash-password": "conveyor.cli.dashboard:hash_password",
     "status": "conveyor.cli.inspect:status",
     "inspect": "conveyor.cli.inspect:inspect",
     "revoke": "conveyor.cli.inspect:revoke",

@@ -36,25 +36,32 @@ def make_auth(
     conveyor_app: Conveyor,
     auth: str | Iterable[str] | Auth | None = None,
     viewer_auth: str | Iterable[str] | None = None,
+    auth_file: str | None = None,
 ) -> Auth:
     """The dashboard's users: the arguments, else the ``dashboard_*`` settings.
 
-    ``auth`` holds admins and ``viewer_auth`` read-only users, each ``user:password``,
-    comma-separated for several.
+    ``auth`` holds admins and ``viewer_auth`` read-only users, each ``user:password``
+    (or ``user:scrypt$...`` hash), comma-separated for several; ``auth_file`` names a
+    file of hashed users (see ``conveyor.dashboard.passwords``).
     """
     if isinstance(auth, Auth):
         return auth
     conf = conveyor_app.conf
     admins = auth if auth is not None else conf.dashboard_auth
     viewers = viewer_auth if viewer_auth is not None else conf.dashboard_viewer_auth
-    if viewers and not admins:
-        raise ConfigurationError("dashboard viewers need at least one admin (--auth user:password) too")
-    return Auth(
+    users_file = auth_file if auth_file is not None else conf.dashboard_auth_file
+    users = Auth(
         admins,
         viewers,
+        auth_file=users_file,
         secret_key=conf.dashboard_secret_key,
         session_max_age=float(conf.dashboard_session_max_age),
     )
+    if users.enabled and not users.has_admin:
+        raise ConfigurationError(
+            "dashboard viewers need at least one admin too (--auth-file with an admin line, or --auth)"
+        )
+    return users
 
 
 def create_app(
@@ -62,6 +69,7 @@ def create_app(
     *,
     auth: str | Iterable[str] | Auth | None = None,
     viewer_auth: str | Iterable[str] | None = None,
+    auth_file: str | None = None,
     refresh_ms: int | None = None,
     bind: str = "127.0.0.1",
     allowed_hosts: str | Iterable[str] | None = None,
@@ -84,7 +92,7 @@ def create_app(
     vouched = split_hosts(allowed_hosts) + split_hosts(conveyor_app.conf.dashboard_allowed_hosts)
     return build_starlette(
         conveyor_app,
-        make_auth(conveyor_app, auth, viewer_auth),
+        make_auth(conveyor_app, auth, viewer_auth, auth_file),
         refresh_ms=refresh_ms,
         allowed_hosts=bound_hosts(bind) + vouched,
         vouched_hosts=vouched,
@@ -107,6 +115,7 @@ def serve(
     port: int = 5555,
     auth: str | Iterable[str] | Auth | None = None,
     viewer_auth: str | Iterable[str] | None = None,
+    auth_file: str | None = None,
     allowed_hosts: str | Iterable[str] | None = None,
     log_level: str = "warning",
     **uvicorn_options: Any,
@@ -120,11 +129,12 @@ def serve(
         ConfigurationError: ``host`` is reachable from other machines and no user is
             configured; an open dashboard can purge queues and revoke tasks.
     """
-    users = make_auth(conveyor_app, auth, viewer_auth)
+    users = make_auth(conveyor_app, auth, viewer_auth, auth_file)
     if not users.enabled and not is_loopback(host):
         raise ConfigurationError(
             f"refusing to serve the dashboard on {host} without a login: "
-            "pass --auth user:password (or set CONVEYOR_DASHBOARD_AUTH), or bind to 127.0.0.1"
+            "pass --auth-file FILE (lines from `conveyor hash-password USER`; or set "
+            "CONVEYOR_DASHBOARD_AUTH), or bind to 127.0.0.1"
         )
     import uvicorn
 

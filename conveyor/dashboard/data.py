@@ -14,8 +14,10 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
 from conveyor import states
-from conveyor.exceptions import SerializationError
+from conveyor.exceptions import BrokerError, SerializationError
 from conveyor.serialization import loads
 
 if TYPE_CHECKING:
@@ -32,6 +34,9 @@ TASK_STATES = (
 )
 PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
+# A restarted worker comes back under a new name (its pid is in it) and the old
+# record stays for an hour: past this, offline ones are folded away on the page.
+FOLD_OFFLINE_AFTER_S = 300.0
 
 
 def field(obj: Any, name: str, default: Any = None) -> Any:
@@ -95,7 +100,9 @@ class DashboardData:
         """Build the task index now (at start-up) instead of on the first page view."""
         try:
             self.index()
-        except Exception:  # the broker may be down at start-up; pages will say so then
+        except BrokerError as exc:  # down at start-up: the pages say so, and retry
+            log.warning("dashboard: could not load task events at start-up: %s", exc)
+        except Exception:
             log.warning("dashboard: could not load task events at start-up", exc_info=True)
 
     @property
@@ -161,6 +168,7 @@ class DashboardData:
         out["events"] = [jsonable(e) for e in (field(detail, "events") or [])]
         for key in ("exception", "traceback", "result", "parent_id", "root_id", "eta"):
             out[key] = jsonable(field(detail, key))
+        out["result"] = from_json_text(out["result"])
         out["children"] = list(field(detail, "children") or [])
         out["stored_result"] = None
         if record is not None:
@@ -183,8 +191,8 @@ class DashboardData:
             if out.get("traceback") is None:
                 out["traceback"] = record.traceback
             if out.get("args") is None:
-                out["args"] = repr(record.args)
-                out["kwargs"] = repr(record.kwargs)
+                out["args"] = jsonable(record.args)
+                out["kwargs"] = jsonable(record.kwargs)
         out["retriable"] = self._retry_source(task_id, out) is not None
         return out
 
@@ -213,8 +221,8 @@ class DashboardData:
     def _retry_source(self, task_id: str, detail: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
         """Name, real args and kwargs and queue to send a task again, from its stored result.
 
-        The event log holds the arguments only as truncated repr text (it is for
-        people), so the stored result record, which keeps them as sent, is the source.
+        The event log holds the arguments only as JSON text, shortened to fit an
+        event, so the stored result record, which keeps them as sent, is the source.
         """
         record = self._result_record(task_id)
         if record is None or not record.task:
@@ -247,7 +255,8 @@ class DashboardData:
         queues = self.queues()["queues"]
         out: dict[str, Any] = {
             "workers_online": sum(1 for w in workers if w["online"]),
-            "workers_total": len(workers),
+            "workers_total": sum(1 for w in workers if not w["folded"]),
+            "workers_hidden": sum(1 for w in workers if w["folded"]),
             "queues": queues,
             "backlog": sum(q["ready"] + q["delayed"] for q in queues),
             "in_flight": sum(q["in_flight"] for q in queues),
@@ -282,7 +291,11 @@ class DashboardData:
         try:
             from conveyor.monitor.workers import list_workers
         except ImportError as exc:
-            return {"workers": [], "note": f"worker heartbeats are not available: {exc}"}
+            return {
+                "workers": [],
+                "note": f"worker heartbeats are not available: {exc}",
+                "fold_after_s": FOLD_OFFLINE_AFTER_S,
+            }
         now = time.time()
         rows = []
         for info in list_workers(self.app):
@@ -293,9 +306,24 @@ class DashboardData:
             started = field(info, "started_at")
             row["uptime"] = (now - float(started)) if started else None
             row.setdefault("name", field(info, "name") or field(info, "hostname"))
+            sent_at = float(field(info, "sent_at", 0.0) or 0.0)
+            row["folded"] = not row["online"] and now - sent_at > FOLD_OFFLINE_AFTER_S
             rows.append(row)
         rows.sort(key=lambda r: (not r["online"], str(r.get("name"))))
-        return {"workers": rows, "note": None}
+        return {"workers": rows, "note": None, "fold_after_s": FOLD_OFFLINE_AFTER_S}
+
+    def forget_worker(self, name: str) -> None:
+        """Delete an offline worker's heartbeat record, so the page stops listing it."""
+        from conveyor.monitor import WORKERS_NAMESPACE
+        from conveyor.monitor.workers import parse_heartbeat
+
+        body = self.app.broker.kv_get(WORKERS_NAMESPACE, name)
+        info = parse_heartbeat(name, body) if body is not None else None
+        if body is None:
+            raise LookupError(f"no worker named {name!r}")
+        if info is not None and info.online:
+            raise ValueError(f"{name} is online: stop it first (its next heartbeat would list it again)")
+        self.app.broker.kv_delete(WORKERS_NAMESPACE, name)
 
     # -- queues and dead letters ------------------------------------------------------
     def queues(self) -> dict[str, Any]:
@@ -400,7 +428,21 @@ SUMMARY_FIELDS = (
 
 
 def summary_dict(summary: Any) -> dict[str, Any]:
-    return {key: jsonable(field(summary, key)) for key in SUMMARY_FIELDS}
+    out = {key: jsonable(field(summary, key)) for key in SUMMARY_FIELDS}
+    out["args"] = from_json_text(out["args"])
+    out["kwargs"] = from_json_text(out["kwargs"])
+    return out
+
+
+def from_json_text(text: Any) -> Any:
+    """The value of an event's JSON text; text that is not JSON (shortened to fit an
+    event, or an older worker's repr) stays the string it is."""
+    if not isinstance(text, str):
+        return text
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return text
 
 
 def dead_letter_dict(entry: Any) -> dict[str, Any]:

@@ -15,22 +15,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
-import json
+import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qs, urlencode
+from urllib.parse import urlencode
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
@@ -42,20 +41,46 @@ from conveyor.dashboard.auth import (
     CSRF_HEADER,
     SESSION_COOKIE,
     Auth,
+    BrokerSessions,
     User,
     anonymous_nonce,
+    parse_basic,
 )
 from conveyor.dashboard.data import DashboardData
+from conveyor.dashboard.filters import (
+    app_zone,
+    args_text,
+    fmt_json,
+    fmt_seconds,
+    segment,
+    state_class,
+    time_filter,
+)
+from conveyor.dashboard.forms import (
+    HTTPError,
+    check_path_params,
+    entry_ids,
+    int_param,
+    is_form_request,
+    periodic_fields,
+    read_body,
+    safe_next,
+    truthy,
+    with_query,
+)
 from conveyor.dashboard.hosts import HostCheck
 from conveyor.dashboard.metrics import make_registry, render
-from conveyor.exceptions import ConveyorError
-from conveyor.schedules import get_zone, show_time
+from conveyor.dashboard.outage import BrokerOutage
+from conveyor.dashboard.throttle import LoginThrottle, retry_after_header
+from conveyor.exceptions import BrokerError, ConveyorError
 
 if TYPE_CHECKING:
     from conveyor.app import Conveyor
 
 HERE = Path(__file__).parent
+log = logging.getLogger("conveyor.dashboard")
 FAILED_LOGIN_DELAY_S = 0.5
+LOGIN_MAX_BODY = 16 * 1024
 SECURITY_HEADERS = {
     "content-security-policy": (
         "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
@@ -82,63 +107,28 @@ class Identity:
     via_basic: bool = False
 
 
-class HTTPError(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
+class Throttled(Exception):
+    """Too many failed logins from this address or for this user."""
 
-
-def _app_zone(conveyor_app: Conveyor) -> dt.tzinfo:
-    try:
-        return get_zone(conveyor_app.conf.timezone)
-    except ValueError:  # a bad setting is the scheduler's error to report; show UTC here
-        return dt.timezone.utc
-
-
-def _time_filter(zone: dt.tzinfo) -> Callable[[Any], str]:
-    """Jinja's ``ts``: times in the app's ``timezone``, each with its zone."""
-
-    def fmt(value: Any) -> str:
-        if value in (None, ""):
-            return "—"
-        try:
-            return show_time(float(value), zone)
-        except (TypeError, ValueError, OverflowError):
-            return str(value)
-
-    return fmt
-
-
-def _fmt_seconds(value: Any) -> str:
-    if value in (None, ""):
-        return "—"
-    seconds = float(value)
-    if seconds < 0.001:
-        return f"{seconds * 1_000_000:.0f} µs"
-    if seconds < 1:
-        return f"{seconds * 1000:.1f} ms"
-    if seconds < 120:
-        return f"{seconds:.2f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.1f} min"
-    return f"{seconds / 3600:.1f} h"
-
-
-def _fmt_json(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, default=str)
-
-
-def _state_class(state: Any) -> str:
-    return "state-" + str(state or "unknown").lower()
+    def __init__(self, wait_s: float) -> None:
+        super().__init__(wait_s)
+        self.wait_s = wait_s
 
 
 class DashboardApp:
     """Holds the data source, auth and templates; its methods are the endpoints."""
 
     def __init__(self, conveyor_app: Conveyor, auth: Auth, *, refresh_ms: int = 2000) -> None:
+        conf = conveyor_app.conf
         self.conveyor = conveyor_app
         self.auth = auth
+        # Logout and password changes must reach every dashboard on the broker.
+        auth.sessions = BrokerSessions(conveyor_app.broker)
+        self.throttle = LoginThrottle(
+            int(conf.dashboard_login_max_failures), float(conf.dashboard_login_window)
+        )
+        self.max_body = int(conf.dashboard_max_body_size)
+        self.outage = BrokerOutage(conf.broker_url)
         self.data = DashboardData(conveyor_app)
         self.registry = make_registry(self.data)
         self.refresh_ms = refresh_ms
@@ -149,36 +139,78 @@ class DashboardApp:
             lstrip_blocks=True,
         )
         self.env.filters.update(
-            ts=_time_filter(_app_zone(conveyor_app)),
-            secs=_fmt_seconds,
-            tojson_text=_fmt_json,
-            state_class=_state_class,
+            ts=time_filter(app_zone(conveyor_app)),
+            secs=fmt_seconds,
+            tojson_text=fmt_json,
+            args_text=args_text,
+            seg=segment,
+            state_class=state_class,
         )
         self.env.globals.update(version=__version__, nav=NAV)
 
     # -- identity ---------------------------------------------------------------------
-    def identify(self, request: Request, *, allow_basic: bool) -> Identity | None:
+    async def identify(self, request: Request, *, allow_basic: bool) -> Identity | None:
+        """Who sent the request (None: nobody we know).
+
+        Raises:
+            Throttled: basic auth from a locked-out address or for a locked-out user.
+            BrokerError: the session store cannot be reached.
+        """
         if not self.auth.enabled:
             return Identity(ANONYMOUS_ADMIN, anonymous_nonce())
-        session = self.auth.read_session(request.cookies.get(SESSION_COOKIE))
-        if session is not None:
-            return Identity(session[0], session[1])
-        if allow_basic:
-            user = self.auth.check_basic(request.headers.get("authorization"))
-            if user is not None:
-                return Identity(user, "", via_basic=True)
-        return None
+        cookie = request.cookies.get(SESSION_COOKIE)
+        if cookie:
+            session = await run_in_threadpool(self.auth.read_session, cookie)
+            if session is not None:
+                return Identity(session[0], session[1])
+        credentials = parse_basic(request.headers.get("authorization")) if allow_basic else None
+        if credentials is None:
+            return None
+        user = await self.check_password(request, *credentials, via="basic auth")
+        return Identity(user, "", via_basic=True) if user is not None else None
+
+    async def check_password(self, request: Request, name: str, password: str, *, via: str) -> User | None:
+        """Check a login attempt against the failure limits, and count it.
+
+        Raises:
+            Throttled: too many recent failures from this address or for this name;
+                the password is not even checked, so a guesser learns nothing.
+        """
+        client = request.client.host if request.client else "unknown"
+        wait = self.throttle.retry_after(client, name)
+        if wait is not None:
+            # The password was not checked; the lockout itself was logged when it began,
+            # and a line per refused try would bury the log under a guesser's traffic.
+            log.debug("dashboard: login refused for user %r from %s (%s): locked out", name, client, via)
+            raise Throttled(wait)
+        # scrypt is slow on purpose: keep it off the event loop.
+        user = await run_in_threadpool(self.auth.check, name, password)
+        if user is None:
+            self.throttle.failed(client, name)
+            log.warning("dashboard: failed login for user %r from %s (%s)", name, client, via)
+            locked = self.throttle.retry_after(client, name)
+            if locked is not None:
+                log.warning(
+                    "dashboard: logins for user %r or from %s refused for %.0f s after %d failures",
+                    name,
+                    client,
+                    locked,
+                    self.throttle.max_failures,
+                )
+            return None
+        self.throttle.succeeded(client, name)
+        return user
 
     # -- rendering --------------------------------------------------------------------
     def render(
-        self, request: Request, template: str, ident: Identity, status: int = 200, **ctx: Any
+        self, request: Request, template: str, ident: Identity | None, status: int = 200, **ctx: Any
     ) -> Response:
         fragment = request.query_params.get("fragment") == "1"
         name = f"_{template}" if fragment else template
         html = self.env.get_template(name).render(
             request=request,
-            user=ident.user,
-            csrf=self.auth.csrf_token(ident.nonce) if ident.nonce else "",
+            user=ident.user if ident is not None else None,
+            csrf=self.auth.csrf_token(ident.nonce) if ident is not None and ident.nonce else "",
             auth_enabled=self.auth.enabled,
             refresh_ms=self.refresh_ms,
             broker=mask_url(self.conveyor.conf.broker_url),
@@ -190,26 +222,40 @@ class DashboardApp:
         )
         return HTMLResponse(html, status_code=status, headers=SECURITY_HEADERS)
 
+    def unavailable(
+        self, request: Request, ident: Identity | None, exc: BrokerError, section: str
+    ) -> Response:
+        """The page's frame with the outage banner; its live part retries on its own."""
+        message = self.outage.failed(exc)
+        return self.render(request, "unavailable.html", ident, status=503, outage=message, active=section)
+
     def page(
         self, template: str, build: Callable[[Request], dict[str, Any] | None]
     ) -> Callable[[Request], Awaitable[Response]]:
         """An HTML endpoint: login required (when auth is on), then ``build`` in a thread."""
+        section = template.split(".")[0]
+        active = "tasks" if section == "task" else section
 
         async def endpoint(request: Request) -> Response:
-            ident = self.identify(request, allow_basic=False)
-            if ident is None:
-                target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-                return RedirectResponse("/login?" + urlencode({"next": target}), status_code=303)
             try:
+                check_path_params(request)
+            except HTTPError as exc:
+                return PlainTextResponse(exc.message, status_code=exc.status, headers=SECURITY_HEADERS)
+            ident: Identity | None = None
+            try:
+                ident = await self.identify(request, allow_basic=False)
+                if ident is None:
+                    target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+                    return RedirectResponse("/login?" + urlencode({"next": target}), status_code=303)
                 ctx = await run_in_threadpool(build, request)
             except HTTPError as exc:
                 return self.render(request, "error.html", ident, status=exc.status, message=exc.message)
+            except BrokerError as exc:
+                return self.unavailable(request, ident, exc, active)
+            self.outage.succeeded()
             if ctx is None:
                 return self.render(request, "error.html", ident, status=404, message="Not found.")
-            section = template.split(".")[0]
-            return self.render(
-                request, template, ident, active="tasks" if section == "task" else section, **ctx
-            )
+            return self.render(request, template, ident, active=active, **ctx)
 
         return endpoint
 
@@ -217,13 +263,18 @@ class DashboardApp:
         self, build: Callable[[Request], dict[str, Any] | None]
     ) -> Callable[[Request], Awaitable[Response]]:
         async def endpoint(request: Request) -> Response:
-            ident = self.identify(request, allow_basic=True)
-            if ident is None:
-                return _unauthorized()
             try:
+                check_path_params(request)
+                if await self.identify(request, allow_basic=True) is None:
+                    return _unauthorized()
                 ctx = await run_in_threadpool(build, request)
             except HTTPError as exc:
                 return JSONResponse({"error": exc.message}, status_code=exc.status)
+            except Throttled as exc:
+                return _too_many(exc)
+            except BrokerError as exc:
+                return JSONResponse({"error": self.outage.failed(exc)}, status_code=503)
+            self.outage.succeeded()
             if ctx is None:
                 return JSONResponse({"error": "not found"}, status_code=404)
             return JSONResponse(ctx, headers={"cache-control": "no-store"})
@@ -233,77 +284,111 @@ class DashboardApp:
     def action(
         self, run: Callable[[Request, dict[str, Any]], str]
     ) -> Callable[[Request], Awaitable[Response]]:
-        """A POST that changes something: admin only, CSRF-checked, JSON or form."""
+        """A POST that changes something: admin only, CSRF-checked, JSON or form.
+
+        Who sent it is settled before its body is read, so an anonymous request costs
+        no memory; the body is then read up to ``dashboard_max_body_size``.
+        """
 
         async def endpoint(request: Request) -> Response:
-            is_form = request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded")
+            is_form = is_form_request(request)
             try:
-                body = await _read_body(request, is_form)
+                check_path_params(request)
+                ident = await self.identify(request, allow_basic=True)
+                if ident is None:
+                    return _unauthorized()
+                body = await read_body(request, self.max_body, is_form=is_form)
             except HTTPError as exc:
                 return JSONResponse({"error": exc.message}, status_code=exc.status)
-            ident = self.identify(request, allow_basic=True)
-            back = _safe_next(body.get("next"))
+            except Throttled as exc:
+                return _too_many(exc)
+            except BrokerError as exc:
+                return JSONResponse({"error": self.outage.failed(exc)}, status_code=503)
+            back = safe_next(body.get("next"))
 
             def fail(status: int, message: str) -> Response:
-                if is_form and ident is not None:
-                    return RedirectResponse(_with_query(back, err=message), status_code=303)
+                if is_form:
+                    return RedirectResponse(with_query(back, err=message), status_code=303)
                 return JSONResponse({"error": message}, status_code=status)
 
-            if ident is None:
-                return _unauthorized()
-            if not ident.via_basic:
-                token = request.headers.get(CSRF_HEADER) or body.get(CSRF_FIELD)
-                if not self.auth.check_csrf(ident.nonce, token if isinstance(token, str) else None):
-                    return JSONResponse(
-                        {"error": "missing or invalid CSRF token: reload the page and try again"},
-                        status_code=403,
-                    )
-            if not ident.user.is_admin:
-                denied = f"{ident.user.name} is a viewer: only admins can do this"
-                if is_form:
-                    return self.render(request, "error.html", ident, status=403, message=denied)
-                return JSONResponse({"error": denied}, status_code=403)
+            refused = self.refuse_action(request, ident, body, is_form)
+            if refused is not None:
+                return refused
             try:
                 message = await run_in_threadpool(run, request, body)
             except HTTPError as exc:
                 return fail(exc.status, exc.message)
+            except BrokerError as exc:
+                return fail(503, self.outage.failed(exc))
             except LookupError as exc:
                 return fail(404, str(exc).strip("'\""))
             except (ConveyorError, ValueError, TypeError) as exc:
                 return fail(400, str(exc))
+            self.outage.succeeded()
             if is_form:
-                return RedirectResponse(_with_query(back, msg=message), status_code=303)
+                return RedirectResponse(with_query(back, msg=message), status_code=303)
             return JSONResponse({"ok": True, "message": message})
 
         return endpoint
 
+    def refuse_action(
+        self, request: Request, ident: Identity, body: dict[str, Any], is_form: bool
+    ) -> Response | None:
+        """The answer to an action this identity may not take (None: it may)."""
+        if not ident.via_basic:
+            token = request.headers.get(CSRF_HEADER) or body.get(CSRF_FIELD)
+            if not self.auth.check_csrf(ident.nonce, token if isinstance(token, str) else None):
+                return JSONResponse(
+                    {"error": "missing or invalid CSRF token: reload the page and try again"},
+                    status_code=403,
+                )
+        if not ident.user.is_admin:
+            denied = f"{ident.user.name} is a viewer: only admins can do this"
+            if is_form:
+                return self.render(request, "error.html", ident, status=403, message=denied)
+            return JSONResponse({"error": denied}, status_code=403)
+        return None
+
     # -- login ------------------------------------------------------------------------
+    def login_form(
+        self, target: str, error: str | None, username: str, status: int, **headers: str
+    ) -> Response:
+        html = self.env.get_template("login.html").render(next=target, error=error, username=username)
+        return HTMLResponse(html, status_code=status, headers={**SECURITY_HEADERS, **headers})
+
     async def login_page(self, request: Request) -> Response:
         if not self.auth.enabled:
             return RedirectResponse("/", status_code=303)
-        html = self.env.get_template("login.html").render(
-            next=_safe_next(request.query_params.get("next")), error=None, username=""
-        )
-        return HTMLResponse(html, headers=SECURITY_HEADERS)
+        return self.login_form(safe_next(request.query_params.get("next")), None, "", 200)
 
     async def login(self, request: Request) -> Response:
         if not self.auth.enabled:
             return RedirectResponse("/", status_code=303)
-        body = await _read_body(request, True)
+        try:
+            # Anyone may post here, so the cap is a login's size, not an action's.
+            body = await read_body(request, min(self.max_body, LOGIN_MAX_BODY), is_form=True)
+        except HTTPError as exc:
+            return PlainTextResponse(exc.message, status_code=exc.status, headers=SECURITY_HEADERS)
         name, password = str(body.get("username", "")), str(body.get("password", ""))
-        target = _safe_next(body.get("next"))
-        user = self.auth.check(name, password)
-        if user is None:
-            # A pause per failed attempt slows password guessing without blocking others.
-            await asyncio.sleep(FAILED_LOGIN_DELAY_S)
-            html = self.env.get_template("login.html").render(
-                next=target, error="Wrong user name or password.", username=name
-            )
-            return HTMLResponse(html, status_code=401, headers=SECURITY_HEADERS)
+        target = safe_next(body.get("next"))
+        try:
+            user = await self.check_password(request, name, password, via="login form")
+            if user is None:
+                # A pause per failed attempt slows a guesser on one connection; the
+                # throttle stops one using many.
+                await asyncio.sleep(FAILED_LOGIN_DELAY_S)
+                return self.login_form(target, "Wrong user name or password.", name, 401)
+            cookie = await run_in_threadpool(self.auth.make_session, user)
+        except Throttled as exc:
+            wait = retry_after_header(exc.wait_s)
+            text = f"Too many failed logins: try again in {wait['retry-after']} s."
+            return self.login_form(target, text, name, 429, **wait)
+        except BrokerError as exc:
+            return self.login_form(target, self.outage.failed(exc), name, 503)
         response = RedirectResponse(target, status_code=303)
         response.set_cookie(
             SESSION_COOKIE,
-            self.auth.make_session(user),
+            cookie,
             max_age=int(self.auth.session_max_age),
             httponly=True,
             samesite="strict",
@@ -312,23 +397,36 @@ class DashboardApp:
         return response
 
     async def logout(self, request: Request) -> Response:
-        body = await _read_body(request, True)
-        ident = self.identify(request, allow_basic=False)
-        if ident is not None and not self.auth.check_csrf(ident.nonce, body.get(CSRF_FIELD)):
-            return JSONResponse({"error": "missing or invalid CSRF token"}, status_code=403)
+        try:
+            ident = await self.identify(request, allow_basic=False)
+            body = await read_body(request, self.max_body, is_form=True) if ident is not None else {}
+            if ident is not None:
+                if not self.auth.check_csrf(ident.nonce, body.get(CSRF_FIELD)):
+                    return JSONResponse({"error": "missing or invalid CSRF token"}, status_code=403)
+                await run_in_threadpool(self.auth.end_session, request.cookies.get(SESSION_COOKIE))
+        except HTTPError as exc:
+            return JSONResponse({"error": exc.message}, status_code=exc.status)
+        except BrokerError as exc:
+            return JSONResponse({"error": self.outage.failed(exc)}, status_code=503)
         response = RedirectResponse("/login", status_code=303)
         response.delete_cookie(SESSION_COOKIE)
         return response
 
     async def metrics(self, request: Request) -> Response:
-        if self.identify(request, allow_basic=True) is None:
-            return _unauthorized()
-        payload = await run_in_threadpool(render, self.registry)
+        try:
+            if await self.identify(request, allow_basic=True) is None:
+                return _unauthorized()
+            payload = await run_in_threadpool(render, self.registry)
+        except Throttled as exc:
+            return _too_many(exc)
+        except BrokerError as exc:
+            return PlainTextResponse(self.outage.failed(exc), status_code=503)
+        self.outage.succeeded()
         return Response(payload, media_type="text/plain; version=0.0.4; charset=utf-8")
 
     # -- page data --------------------------------------------------------------------
     def overview_ctx(self, request: Request) -> dict[str, Any]:
-        window = _int_param(request, "window", 3600, 60, 7 * 86400)
+        window = int_param(request, "window", 3600, 60, 7 * 86400)
         bucket = max(1, window // 60)
         return {"data": self.data.overview(window_s=window, bucket_s=bucket)}
 
@@ -341,8 +439,8 @@ class DashboardApp:
                 queue=q.get("queue") or None,
                 worker=q.get("worker") or None,
                 search=(q.get("search") or "").strip() or None,
-                page=_int_param(request, "page", 1, 1, 10**9),
-                per_page=_int_param(request, "per_page", 50, 1, 500),
+                page=int_param(request, "page", 1, 1, 10**9),
+                per_page=int_param(request, "per_page", 50, 1, 500),
             )
         }
 
@@ -365,8 +463,8 @@ class DashboardApp:
         return {
             "data": self.data.dead_letters(
                 queue=request.query_params.get("queue") or None,
-                page=_int_param(request, "page", 1, 1, 10**9),
-                per_page=_int_param(request, "per_page", 50, 1, 500),
+                page=int_param(request, "page", 1, 1, 10**9),
+                per_page=int_param(request, "per_page", 50, 1, 500),
             )
         }
 
@@ -376,7 +474,7 @@ class DashboardApp:
     # -- actions ----------------------------------------------------------------------
     def do_revoke(self, request: Request, body: dict[str, Any]) -> str:
         task_id = request.path_params["task_id"]
-        terminate = _truthy(body.get("terminate"))
+        terminate = truthy(body.get("terminate"))
         self.data.revoke(task_id, terminate=terminate)
         return f"{'Terminating' if terminate else 'Revoked'} task {task_id}."
 
@@ -384,18 +482,23 @@ class DashboardApp:
         new_id = self.data.retry_task(request.path_params["task_id"])
         return f"Sent again as task {new_id}."
 
+    def do_forget_worker(self, request: Request, body: dict[str, Any]) -> str:
+        name = request.path_params["name"]
+        self.data.forget_worker(name)
+        return f"Forgot worker {name}."
+
     def do_purge(self, request: Request, body: dict[str, Any]) -> str:
         queue = request.path_params["queue"]
         n = self.data.purge(queue)
         return f"Purged {n} message(s) from {queue}."
 
     def do_replay(self, request: Request, body: dict[str, Any]) -> str:
-        ids = _ids(body)
+        ids = entry_ids(body)
         n = self.data.replay(ids)
         return f"Replayed {n} dead letter(s)."
 
     def do_delete(self, request: Request, body: dict[str, Any]) -> str:
-        ids = _ids(body)
+        ids = entry_ids(body)
         n = self.data.delete_dead_letters(ids)
         return f"Deleted {n} dead letter(s)."
 
@@ -403,18 +506,7 @@ class DashboardApp:
         api = self.data.periodic_api()
         if api is None:
             raise HTTPError(501, "periodic tasks need the scheduler module (app.periodic)")
-        name = str(body.get("name") or "").strip()
-        task = str(body.get("task") or "").strip()
-        if not name or not task:
-            raise ValueError("a periodic task needs a name and a task")
-        schedule = _parse_schedule(str(body.get("cron") or "").strip(), str(body.get("every") or "").strip())
-        args = _json_field(body, "args", [])
-        kwargs = _json_field(body, "kwargs", {})
-        if not isinstance(args, list):
-            raise ValueError("args must be a JSON array, e.g. [1, 2]")
-        if not isinstance(kwargs, dict):
-            raise ValueError('kwargs must be a JSON object, e.g. {"x": 1}')
-        options = {"queue": str(body["queue"]).strip()} if str(body.get("queue") or "").strip() else None
+        name, task, schedule, args, kwargs, options = periodic_fields(body)
         problem = api.unknown_task(task)  # stored all the same: the workers' app may define it
         api.add(name, task, schedule, args=args, kwargs=kwargs, options=options, enabled=True)
         return f"Added periodic task {name}." + (f" Warning: {problem}" if problem else "")
@@ -455,6 +547,7 @@ class DashboardApp:
             Route("/api/tasks/{task_id}/revoke", self.action(self.do_revoke), methods=["POST"]),
             Route("/api/tasks/{task_id}/retry", self.action(self.do_retry), methods=["POST"]),
             Route("/api/workers", self.api(lambda r: self.data.workers())),
+            Route("/api/workers/{name}/forget", self.action(self.do_forget_worker), methods=["POST"]),
             Route("/api/queues", self.api(lambda r: self.data.queues())),
             Route("/api/queues/{queue}/purge", self.action(self.do_purge), methods=["POST"]),
             Route("/api/dlq", self.api(lambda r: self.dlq_ctx(r)["data"])),
@@ -467,87 +560,20 @@ class DashboardApp:
         ]
 
 
+def _too_many(exc: Throttled) -> Response:
+    return JSONResponse(
+        {"error": "too many failed logins: try again later"},
+        status_code=429,
+        headers=retry_after_header(exc.wait_s),
+    )
+
+
 def _unauthorized() -> Response:
     # No WWW-Authenticate challenge on purpose: see auth.py (browsers must never cache
     # basic credentials for this origin).
     return JSONResponse(
         {"error": "login required: sign in at /login, or send HTTP basic auth"}, status_code=401
     )
-
-
-async def _read_body(request: Request, is_form: bool) -> dict[str, Any]:
-    raw = await request.body()
-    if not raw:
-        return {}
-    if is_form or request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
-        parsed = parse_qs(raw.decode("utf-8", errors="replace"), keep_blank_values=True)
-        return {k: (v if k == "ids" else v[-1]) for k, v in parsed.items()}
-    try:
-        data = json.loads(raw)
-    except ValueError:
-        raise HTTPError(400, "the request body is not JSON") from None
-    return data if isinstance(data, dict) else {}
-
-
-def _safe_next(value: Any) -> str:
-    """A same-site path to go back to; anything else (``//evil``, a URL) becomes ``/``."""
-    if isinstance(value, str) and value.startswith("/") and not value.startswith("//") and "\\" not in value:
-        return value
-    return "/"
-
-
-def _with_query(path: str, **params: str) -> str:
-    base, _, query = path.partition("?")
-    kept = {k: v[-1] for k, v in parse_qs(query).items() if k not in ("msg", "err")}
-    kept.update(params)
-    return f"{base}?{urlencode(kept)}"
-
-
-def _int_param(request: Request, name: str, default: int, low: int, high: int) -> int:
-    raw = request.query_params.get(name)
-    if raw in (None, ""):
-        return default
-    try:
-        return max(low, min(high, int(raw)))
-    except ValueError:
-        raise HTTPError(400, f"{name} must be a whole number, got {raw!r}") from None
-
-
-def _truthy(value: Any) -> bool:
-    return value is True or str(value).lower() in ("1", "true", "yes", "on")
-
-
-def _ids(body: Mapping[str, Any]) -> list[str] | None:
-    if _truthy(body.get("all")):
-        return None
-    ids = body.get("ids")
-    if isinstance(ids, str):
-        ids = [ids]
-    if not isinstance(ids, list) or not ids or not all(isinstance(i, str) and i for i in ids):
-        raise ValueError("give the dead-letter ids to act on, or all=true")
-    return list(dict.fromkeys(ids))
-
-
-def _json_field(body: Mapping[str, Any], key: str, default: Any) -> Any:
-    value = body.get(key)
-    if value in (None, ""):
-        return default
-    if not isinstance(value, str):
-        return value
-    try:
-        return json.loads(value)
-    except ValueError:
-        raise ValueError(f"{key} is not valid JSON: {value!r}") from None
-
-
-def _parse_schedule(cron: str, every: str) -> Any:
-    if bool(cron) == bool(every):
-        raise ValueError('give either a cron expression ("*/15 * * * *") or an interval ("30s"), not both')
-    from conveyor import schedules
-
-    if cron:
-        return schedules.crontab.from_string(cron)
-    return schedules.parse_every(every)
 
 
 def build_starlette(

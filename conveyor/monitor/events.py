@@ -80,6 +80,26 @@ def short_repr(value: Any, limit: int = REPR_LIMIT) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def json_text(value: Any, limit: int = REPR_LIMIT) -> str:
+    """JSON for display, bounded like ``short_repr``: what the dashboard shows as a
+    task's arguments and result. Past ``limit`` characters it is cut and ends with
+    "…" (then it is no longer JSON, and readers show it as text); the cut is between
+    characters, never inside one."""
+    try:
+        text = orjson.dumps(value, default=_json_default, option=orjson.OPT_NON_STR_KEYS).decode()
+    except (TypeError, ValueError):  # e.g. an int beyond 64 bits
+        text = short_repr(value, limit)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (tuple, set, frozenset)):
+        return list(value)
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    return short_repr(value)
+
+
 def exception_text(exception: dict[str, Any] | None) -> str:
     if not exception:
         return ""
@@ -96,8 +116,8 @@ def received_event(message: Message, worker: str, now: float) -> dict[str, Any]:
         "queue": message.queue,
         "worker": worker,
         "ts": now,
-        "args": short_repr(message.args),
-        "kwargs": short_repr(message.kwargs),
+        "args": json_text(message.args),
+        "kwargs": json_text(message.kwargs),
         "retries": message.retries,
     }
     # Optional fields only when set: smaller rows are cheaper rows.
@@ -134,7 +154,7 @@ def outcome_events(outcome: Outcome, worker: str, queue: str | None = None) -> l
     state = outcome.state
     events: list[dict[str, Any]] = []
     if state == states.SUCCESS or (state is None and outcome.action == "ack"):
-        events.append({"type": SUCCEEDED, **base, "result": short_repr(outcome.result)})
+        events.append({"type": SUCCEEDED, **base, "result": json_text(outcome.result)})
     elif state == states.FAILURE:
         events.append(
             {

@@ -25,6 +25,7 @@ from typing import Any
 
 import pytest
 
+from conveyor.dashboard.passwords import hash_password
 from conveyor.testing import wait_for
 from tests.integration.conftest import PROJECT, Project
 
@@ -95,10 +96,14 @@ class Dashboard:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = project.root / "dashboard.log"
         log = open(self.log_path, "wb")  # noqa: SIM115 - closed with the process
+        # Hashed passwords in a file, as docs/dashboard.md tells people to run it.
+        users = project.root / "dashboard-users"
+        users.write_text(
+            f"{ADMIN[0]}:{hash_password(ADMIN[1])}\n{VIEWER[0]}:{hash_password(VIEWER[1])}:viewer\n"
+        )
         cmd = [
             sys.executable, "-m", "conveyor.cli.main", "-A", "proj", "dashboard",
-            "--port", str(self.port), "--auth", f"{ADMIN[0]}:{ADMIN[1]}",
-            "--viewer-auth", f"{VIEWER[0]}:{VIEWER[1]}", "-l", "warning",
+            "--port", str(self.port), "--auth-file", str(users), "-l", "warning",
         ]  # fmt: skip
         env = {**project.env, "CONVEYOR_DASHBOARD_REFRESH_INTERVAL": "1"}
         self.proc = subprocess.Popen(
@@ -242,6 +247,8 @@ def test_dashboard_in_a_real_browser(setup: tuple[Project, Any, Dashboard, Brows
     expect(page.locator("#tasks-table")).to_contain_text("proj.boom", timeout=20_000)
     for r in ok + failed + [gated]:
         expect(page.locator(f'tr[data-task-id="{r.id}"]')).to_be_visible(timeout=20_000)
+    # Arguments as JSON (not Python's repr, ['g1']), as on the detail page and in the API.
+    expect(page.locator(f'tr[data-task-id="{gated.id}"]')).to_contain_text('["g1"]')
     shots.take(page, "tasks")
     page.select_option("select[name=state]", "FAILURE")
     page.click("#task-filters button[type=submit]")

@@ -19,7 +19,7 @@ from conveyor import Conveyor
 from conveyor.backends.base import ResultRecord
 from conveyor.cli.main import cli
 from conveyor.dashboard import Auth, is_loopback, serve
-from conveyor.dashboard.web import _safe_next
+from conveyor.dashboard.forms import safe_next as _safe_next
 from conveyor.exceptions import ConfigurationError
 from tests.dashboard.conftest import client, dead_letter, decode_message, emit, task_events
 

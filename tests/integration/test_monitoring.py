@@ -102,7 +102,7 @@ def test_events_for_success_failure_retry_and_dead_letter(project: Any) -> None:
     assert _states(index, ok.id) == ["task-received", "task-started", "task-succeeded"]
     detail = index.get(ok.id)
     assert detail is not None
-    assert detail.state == states.SUCCESS and detail.result == "5" and detail.args == "[2, 3]"
+    assert detail.state == states.SUCCESS and detail.result == "5" and detail.args == "[2,3]"  # JSON text
     assert detail.runtime is not None and detail.runtime >= 0 and detail.worker == "w0@test"
     assert _states(index, retried.id).count("task-retried") == 1
     assert index.get(retried.id).state == states.SUCCESS  # type: ignore[union-attr]

@@ -42,11 +42,18 @@
           window.location.reload(); // the session ended: show the login page
           return null;
         }
-        return resp.ok ? resp.text() : null;
+        // 503: the broker is down, and the fragment says so (and retries).
+        return resp.ok || resp.status === 503 ? resp.text() : null;
       })
       .then(function (html) {
         if (html !== null && html !== undefined && html !== live.innerHTML) {
+          // Keep folded sections the user opened (offline workers) open.
+          var open = Array.prototype.map.call(live.querySelectorAll("details[id][open]"), function (d) { return d.id; });
           live.innerHTML = html;
+          open.forEach(function (id) {
+            var again = document.getElementById(id);
+            if (again) again.open = true;
+          });
           live.setAttribute("data-updated", String(Date.now()));
         }
       })

@@ -61,7 +61,7 @@ def test_outcome_event_fields() -> None:
     assert failed["worker"] == "w1" and failed["ts"] == 10.5 and failed["runtime"] == pytest.approx(0.5)
     assert failed["exception"] == "KeyError: 'k'" and failed["traceback"] == "tb" and failed["retries"] == 2
     succeeded = outcome_events(_outcome(state=states.SUCCESS, result="x" * 5000), "w1")[0]
-    assert len(succeeded["result"]) == ev.REPR_LIMIT and succeeded["result"].endswith("...")
+    assert len(succeeded["result"]) == ev.REPR_LIMIT and succeeded["result"].endswith("…")
 
 
 def test_received_event_leaves_out_unset_fields() -> None:
@@ -74,8 +74,8 @@ def test_received_event_leaves_out_unset_fields() -> None:
         "queue": "q",
         "worker": "w1",
         "ts": 5.0,
-        "args": "[1, 2]",
-        "kwargs": "{'a': 1}",
+        "args": "[1,2]",
+        "kwargs": '{"a":1}',
         "retries": 1,
     }
     child = Message(id="m2", task="mon.add", parent_id="p", root_id="r", eta=9.0)
