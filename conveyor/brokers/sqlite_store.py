@@ -59,6 +59,7 @@ _SQL_LOG_OLDEST = f"SELECT MIN(id) FROM {LOGS} WHERE stream = ?"
 _SQL_LOG_NEWEST = "SELECT last_insert_rowid()"
 _SQL_LOG_TRIM_ID = f"DELETE FROM {LOGS} WHERE stream = ? AND id <= ?"
 _SQL_LOG_TRIM_AGE = f"DELETE FROM {LOGS} WHERE stream = ? AND ts < ?"
+_SQL_LOG_OLDEST_TS = f"SELECT ts FROM {LOGS} WHERE stream = ? ORDER BY id LIMIT 1"
 
 
 class SQLiteStoreMixin:
@@ -157,4 +158,10 @@ class SQLiteStoreMixin:
         return "0" if newest is None else str(newest)
 
     def log_trim(self, stream: str, *, older_than_s: float) -> int:
-        return self._db.write(_SQL_LOG_TRIM_AGE, (stream, time.time() - older_than_s))
+        cutoff = time.time() - older_than_s
+        # The age trim scans the stream (ts has no index); every reader and worker asks
+        # once a minute, so first look at the oldest entry: usually nothing has expired.
+        oldest = self._db.query(_SQL_LOG_OLDEST_TS, (stream,))
+        if not oldest or oldest[0][0] >= cutoff:
+            return 0
+        return self._db.write(_SQL_LOG_TRIM_AGE, (stream, cutoff))
