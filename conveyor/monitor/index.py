@@ -248,10 +248,11 @@ class TaskIndex:
         """Drop the tasks whose every kept event is older than the log's oldest entry."""
         head = self.app.broker.log_read(EVENTS_STREAM, after="0", limit=1)
         oldest = ref_of(head[0][0]) if head else None
-        if oldest is None or oldest == self._oldest:
+        if oldest is not None and oldest == self._oldest:
             return
         self._oldest = oldest
-        floor = sort_key(oldest)
+        # An empty log (purged, or all expired) keeps none of the events read so far.
+        floor: tuple[float, float] = sort_key(oldest) if oldest is not None else (float("inf"), 0.0)
         # Tasks are in first-seen order, which is log order: only the head can be trimmed.
         self._drop_head(lambda t: first_key(t) < floor, lambda t: newest_key(t) < floor)
 

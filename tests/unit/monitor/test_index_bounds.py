@@ -151,3 +151,13 @@ def test_a_task_that_succeeded_after_retries_has_no_current_error(app: Conveyor)
     assert [e.get("exception") for e in detail.events if e["type"] == "task-retried"] == [
         "ConnectionError: down"
     ]
+
+
+def test_tasks_go_when_the_log_is_emptied(app: Conveyor) -> None:
+    _append(app, *_task("a", time.time()))
+    index = TaskIndex(app)
+    index.refresh()
+    assert len(index) == 1
+    app.broker.log_trim(EVENTS_STREAM, older_than_s=-60)  # every entry, as a purge would
+    index.refresh()
+    assert len(index) == 0 and index.query() == (0, [])
