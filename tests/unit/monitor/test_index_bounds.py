@@ -161,3 +161,31 @@ def test_tasks_go_when_the_log_is_emptied(app: Conveyor) -> None:
     app.broker.log_trim(EVENTS_STREAM, older_than_s=-60)  # every entry, as a purge would
     index.refresh()
     assert len(index) == 0 and index.query() == (0, [])
+
+
+def test_on_redis_events_are_read_back_by_stream_id_and_trimmed_tasks_go() -> None:
+    """Redis stream ids ("<ms>-<seq>") are read back one by one and ordered like SQLite's."""
+    from tests.redis_server import fresh_url, redis_server_or_skip
+
+    app = Conveyor("mon", broker=fresh_url(redis_server_or_skip()), set_as_current=False)
+    try:
+        now = time.time()
+        _append(app, *_task("first", now, args="'" + "y" * 500 + "'", failed=True))
+        index = TaskIndex(app)
+        index.refresh()
+        detail = index.get("first")
+        assert detail is not None and [e["type"] for e in detail.events] == [
+            "task-received",
+            "task-started",
+            "task-failed",
+        ]
+        assert detail.args == "'" + "y" * 500 + "'" and detail.traceback and "line" in detail.traceback
+        for n in range(30):  # XADD MAXLEN ~ trims whole nodes: write well past it
+            _append(app, *[e for i in range(40) for e in _task(f"t{n}-{i}", now + n)], maxlen=100)
+        index.refresh()
+        assert index.get("first") is None
+        late = TaskIndex(app)
+        late.refresh()
+        assert len(index) == len(late) and index.query() == late.query()
+    finally:
+        app.close()
