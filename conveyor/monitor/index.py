@@ -343,6 +343,9 @@ class TaskIndex:
             wanted = {s.strip().upper() for s in state.split(",") if s.strip()} if state else None
             needle = search.strip().lower() if search else None
             named = {n for n in self._names if needle in n.lower()} if needle else set()
+            # Records keep no lower-cased copy (memory); a needle without letters
+            # matches the same either way, so ids and numbers skip the lower().
+            fold: Callable[[str], str] = str.lower if needle and needle != needle.upper() else str
             total = 0
             page: list[TaskSummary] = []
             for task in reversed(order):
@@ -356,9 +359,9 @@ class TaskIndex:
                     continue
                 if needle and not (
                     task.name in named
-                    or needle in task.id.lower()
-                    or needle in task.args.lower()
-                    or needle in task.kwargs.lower()
+                    or needle in fold(task.id)
+                    or needle in fold(task.args)
+                    or needle in fold(task.kwargs)
                 ):
                     continue
                 if offset <= total < offset + limit:
