@@ -402,6 +402,11 @@ def timeline(events: Sequence[Any], state: str | None) -> list[dict[str, Any]]:
     """The events as dicts, each failure marked ``past`` unless it is the task's current
     error: a retry that was followed by a success is an earlier attempt, not the outcome."""
     out = [jsonable(e) for e in events]
+    for event in out:
+        if isinstance(event, dict):
+            # The current error's traceback is the task's own field; one per attempt
+            # would make a long-retrying task's page megabytes.
+            event.pop("traceback", None)
     errors = [e for e in out if isinstance(e, dict) and e.get("type") in _ERROR_EVENTS]
     current = errors[-1] if errors and state in (states.FAILURE, states.RETRY) else None
     for event in errors:

@@ -97,3 +97,32 @@ def test_the_backlog_bar_counts_delayed_messages(app: Conveyor) -> None:
     assert row is not None
     width = re.search(r'<rect[^>]*width="([\d.]+)"', row.group(0))
     assert width is not None and float(width.group(1)) == 100.0
+
+
+def test_a_task_retrying_forever_has_a_small_page(app: Conveyor) -> None:
+    start = time.time() - 3000
+    base = {"id": "forever", "name": "dash.poll", "queue": "default", "worker": "w1@host"}
+    events = []
+    for n in range(1500):
+        events += [
+            {**base, "type": "task-received", "ts": start + n, "args": "[1]", "kwargs": "{}", "retries": n},
+            {**base, "type": "task-started", "ts": start + n + 0.1, "retries": n},
+            {
+                **base,
+                "type": "task-retried",
+                "ts": start + n + 0.2,
+                "retries": n,
+                "exception": f"TimeoutError: attempt {n}",
+                "traceback": "Traceback (most recent call last):\n" + "  frame\n" * 120,
+            },
+        ]
+    app.broker.log_append("events", [orjson.dumps(e) for e in events], maxlen=100_000)
+    c = client(app)
+    detail = c.get("/api/tasks/forever")
+    assert detail.status_code == 200 and len(detail.content) < 50_000, len(detail.content)
+    data = detail.json()
+    assert data["state"] == "RETRY" and data["exception"] == "TimeoutError: attempt 1499"
+    assert len(data["events"]) + data["omitted_events"] == 4500
+    page = c.get("/tasks/forever")
+    assert len(page.content) < 50_000, len(page.content)
+    assert "4477 event(s) between the first and the last ones shown" in page.text
