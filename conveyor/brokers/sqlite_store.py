@@ -7,7 +7,10 @@ so that every process that reaches the broker sees them, with nothing more to ru
   deleted lazily by the next write to the same namespace.
 - ``logs`` ids come from AUTOINCREMENT, so an id is never reused after a trim: a
   reader that remembers "after 41" can never skip a new entry that took id 41.
-  Trimming to ``maxlen`` runs once per ~5% of ``maxlen`` appends, not on every one.
+- Trimming to ``maxlen`` goes by the log's own id range, read by every append (two
+  index seeks): once the ids span ``maxlen`` plus 5%, the oldest are deleted. Not by
+  what one process has appended: a prefork child recycled every 100 tasks never
+  wrote enough on its own to trim, and the log grew without bound.
 - A blocked ``log_read`` waits on one wake channel per stream: task events arriving
   hundreds of times a second must not wake every worker's control listener.
 """
@@ -52,9 +55,11 @@ _SQL_KV_EXPIRE = f"DELETE FROM {KV} WHERE namespace = ? AND expires_at <= ?"
 _SQL_LOG_APPEND = f"INSERT INTO {LOGS} (stream, ts, body) VALUES (?, ?, ?)"
 _SQL_LOG_READ = f"SELECT id, body FROM {LOGS} WHERE stream = ? AND id > ? ORDER BY id LIMIT ?"
 _SQL_LOG_TAIL = f"SELECT MAX(id) FROM {LOGS} WHERE stream = ?"
-_SQL_LOG_CUTOFF = f"SELECT id FROM {LOGS} WHERE stream = ? ORDER BY id DESC LIMIT 1 OFFSET ?"
+_SQL_LOG_OLDEST = f"SELECT MIN(id) FROM {LOGS} WHERE stream = ?"
+_SQL_LOG_NEWEST = "SELECT last_insert_rowid()"
 _SQL_LOG_TRIM_ID = f"DELETE FROM {LOGS} WHERE stream = ? AND id <= ?"
 _SQL_LOG_TRIM_AGE = f"DELETE FROM {LOGS} WHERE stream = ? AND ts < ?"
+_SQL_LOG_OLDEST_TS = f"SELECT ts FROM {LOGS} WHERE stream = ? ORDER BY id LIMIT 1"
 
 
 class SQLiteStoreMixin:
@@ -66,7 +71,6 @@ class SQLiteStoreMixin:
     def _init_store(self) -> None:
         self._log_wakes: dict[str, WakeChannel] = {}
         self._log_wakes_lock = threading.Lock()
-        self._appended: dict[str, int] = {}  # stream -> appends since this process last trimmed it
 
     def _log_wake(self, stream: str) -> WakeChannel:
         with self._log_wakes_lock:
@@ -111,16 +115,17 @@ class SQLiteStoreMixin:
             return
         check_name("stream", stream)
         now = time.time()
-        pending = self._appended.get(stream, 0) + len(entries)
-        trim = pending >= max(1, maxlen // 20)
-        self._appended[stream] = 0 if trim else pending
+        maxlen = max(1, int(maxlen))
+        slack = max(1, maxlen // 20)  # trim in steps, not one row per append
 
         def append(conn: sqlite3.Connection) -> None:
             conn.executemany(_SQL_LOG_APPEND, [(stream, now, body) for body in entries])
-            if trim:
-                cutoff = conn.execute(_SQL_LOG_CUTOFF, (stream, maxlen)).fetchone()
-                if cutoff is not None:
-                    conn.execute(_SQL_LOG_TRIM_ID, (stream, cutoff[0]))
+            newest = conn.execute(_SQL_LOG_NEWEST).fetchone()[0]
+            oldest = conn.execute(_SQL_LOG_OLDEST, (stream,)).fetchone()[0]
+            # Ids are shared by every stream, so the span can only overstate this
+            # stream's length: what is kept is never more than maxlen entries.
+            if oldest is not None and newest - oldest >= maxlen + slack:
+                conn.execute(_SQL_LOG_TRIM_ID, (stream, newest - maxlen))
 
         self._db.transaction(append)
         self._db.after_commit(self._log_wake(stream).notify)
@@ -153,4 +158,10 @@ class SQLiteStoreMixin:
         return "0" if newest is None else str(newest)
 
     def log_trim(self, stream: str, *, older_than_s: float) -> int:
-        return self._db.write(_SQL_LOG_TRIM_AGE, (stream, time.time() - older_than_s))
+        cutoff = time.time() - older_than_s
+        # The age trim scans the stream (ts has no index); every reader and worker asks
+        # once a minute, so first look at the oldest entry: usually nothing has expired.
+        oldest = self._db.query(_SQL_LOG_OLDEST_TS, (stream,))
+        if not oldest or oldest[0][0] >= cutoff:
+            return 0
+        return self._db.write(_SQL_LOG_TRIM_AGE, (stream, cutoff))

@@ -76,10 +76,20 @@ class DashboardData:
         self._index: Any = None
         self._index_error: str | None = None
         self._refreshed_at = 0.0
+        self._listeners: list[Any] = []
+
+    def add_listener(self, listener: Any) -> None:
+        """Have ``listener(event)`` called with every task event the index reads, so
+        another view (``/metrics``) counts them without reading the log a second time."""
+        with self._lock:
+            self._listeners.append(listener)
+            if self._index is not None:
+                self._index.listeners.append(listener)
 
     # -- task events ------------------------------------------------------------------
-    def index(self) -> Any:
-        """The monitor's TaskIndex, refreshed; None when task events are unavailable."""
+    def index(self, *, fresh: bool = False) -> Any:
+        """The monitor's TaskIndex, refreshed (now when ``fresh``, else at most every
+        ``refresh_interval``); None when task events are unavailable."""
         with self._lock:
             if self._index is None and self._index_error is None:
                 try:
@@ -87,11 +97,11 @@ class DashboardData:
                 except ImportError as exc:
                     self._index_error = f"task events are not available: {exc}"
                     return None
-                self._index = TaskIndex(self.app)
+                self._index = TaskIndex(self.app, listeners=self._listeners)
             if self._index is None:
                 return None
             now = time.monotonic()
-            if now - self._refreshed_at >= self.refresh_interval:
+            if fresh or now - self._refreshed_at >= self.refresh_interval:
                 self._index.refresh()
                 self._refreshed_at = time.monotonic()
             return self._index
@@ -165,7 +175,8 @@ class DashboardData:
             return None
         out: dict[str, Any] = summary_dict(detail)
         out["id"] = task_id
-        out["events"] = [jsonable(e) for e in (field(detail, "events") or [])]
+        out["events"] = timeline(field(detail, "events") or [], out.get("state"))
+        out["omitted_events"] = field(detail, "omitted_events", 0) or 0
         for key in ("exception", "traceback", "result", "parent_id", "root_id", "eta"):
             out[key] = jsonable(field(detail, key))
         out["result"] = from_json_text(out["result"])
@@ -203,6 +214,7 @@ class DashboardData:
             id=task_id,
             state=states.PENDING,
             events=[],
+            omitted_events=0,
             children=[],
             stored_result=None,
             retriable=False,
@@ -411,6 +423,25 @@ def _bucket(raw: Any) -> dict[str, Any]:
     }
 
 
+_ERROR_EVENTS = ("task-failed", "task-retried")
+
+
+def timeline(events: Sequence[Any], state: str | None) -> list[dict[str, Any]]:
+    """The events as dicts, each failure marked ``past`` unless it is the task's current
+    error: a retry that was followed by a success is an earlier attempt, not the outcome."""
+    out = [jsonable(e) for e in events]
+    for event in out:
+        if isinstance(event, dict):
+            # The current error's traceback is the task's own field; one per attempt
+            # would make a long-retrying task's page megabytes.
+            event.pop("traceback", None)
+    errors = [e for e in out if isinstance(e, dict) and e.get("type") in _ERROR_EVENTS]
+    current = errors[-1] if errors and state in (states.FAILURE, states.RETRY) else None
+    for event in errors:
+        event["past"] = event is not current
+    return out
+
+
 SUMMARY_FIELDS = (
     "id",
     "name",
@@ -424,6 +455,7 @@ SUMMARY_FIELDS = (
     "retries",
     "args",
     "kwargs",
+    "exception",
 )
 
 

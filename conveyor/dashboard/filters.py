@@ -40,14 +40,14 @@ def fmt_seconds(value: Any) -> str:
         return "—"
     seconds = float(value)
     if seconds < 0.001:
-        return f"{seconds * 1_000_000:.0f} µs"
+        return f"{seconds * 1_000_000:.0f}\u00a0µs"
     if seconds < 1:
-        return f"{seconds * 1000:.1f} ms"
+        return f"{seconds * 1000:.1f}\u00a0ms"
     if seconds < 120:
-        return f"{seconds:.2f} s"
+        return f"{seconds:.2f}\u00a0s"
     if seconds < 7200:
-        return f"{seconds / 60:.1f} min"
-    return f"{seconds / 3600:.1f} h"
+        return f"{seconds / 60:.1f}\u00a0min"
+    return f"{seconds / 3600:.1f}\u00a0h"
 
 
 def fmt_json(value: Any) -> str:

@@ -1,20 +1,21 @@
 """``/metrics``: Prometheus text format, computed when scraped.
 
-Counters and the runtime histogram are kept by reading the task-event log forward
-from where the last scrape stopped (the first scrape reads the retained history),
-so they only grow while this process lives, as Prometheus expects of counters.
-Queue depths and workers are read fresh from the broker on every scrape.
+Counters and the runtime histogram are fed by the dashboard's task index as it reads
+the event log (its first read is the retained history), so they only grow while
+this process lives, as Prometheus expects of counters, and the log is read once for
+the pages and the metrics alike. Tasks by state come from the index, so they are
+the numbers the pages show. Queue depths and workers are read fresh from the broker
+on every scrape.
 """
 
 from __future__ import annotations
 
 import bisect
 import threading
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-import orjson
 from prometheus_client.core import (
     CollectorRegistry,
     CounterMetricFamily,
@@ -27,18 +28,8 @@ from prometheus_client.exposition import generate_latest
 if TYPE_CHECKING:
     from conveyor.dashboard.data import DashboardData
 
-EVENTS_LOG = "events"
 RUNTIME_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
-EVENT_STATES = {
-    "task-received": "RECEIVED",
-    "task-started": "STARTED",
-    "task-succeeded": "SUCCESS",
-    "task-failed": "FAILURE",
-    "task-retried": "RETRY",
-    "task-revoked": "REVOKED",
-}  # dead-lettering says where the message went, not how the task ended: no state change
-MAX_TRACKED_TASKS = 200_000  # the newest tasks whose current state the gauge counts
-READ_BATCH = 5000
+FINISHED_EVENTS = ("task-succeeded", "task-failed")
 
 
 class _Histogram:
@@ -64,55 +55,25 @@ class _Histogram:
 
 
 class EventTally:
-    """Event counts, runtimes and each task's latest state, read forward from the log."""
+    """Event counts and runtimes, fed with every event the task index reads."""
 
     def __init__(self) -> None:
-        self.after = "0"
         self.events: Counter[tuple[str, str]] = Counter()
         self.histograms: dict[str, _Histogram] = {}
-        self.latest: OrderedDict[str, tuple[float, str, str]] = OrderedDict()  # id -> (ts, name, state)
         self._lock = threading.Lock()
 
-    def catch_up(self, broker: Any) -> None:
-        with self._lock:
-            while True:
-                entries = broker.log_read(EVENTS_LOG, after=self.after, limit=READ_BATCH)
-                for entry_id, raw in entries:
-                    self.after = entry_id
-                    try:
-                        event = orjson.loads(raw)
-                    except orjson.JSONDecodeError:
-                        continue
-                    if isinstance(event, dict):
-                        self._count(event)
-                if len(entries) < READ_BATCH:
-                    return
-
-    def _count(self, event: dict[str, Any]) -> None:
+    def observe(self, event: dict[str, Any]) -> None:
         kind = str(event.get("type", ""))
-        task_id = event.get("id")
         name = str(event.get("name") or "")
-        self.events[(kind, name)] += 1
-        state = EVENT_STATES.get(kind)
-        if state is None or not task_id:
-            return
         runtime = event.get("runtime")
-        if state in ("SUCCESS", "FAILURE") and isinstance(runtime, (int, float)):
-            self.histograms.setdefault(name, _Histogram()).observe(float(runtime))
-        ts = float(event.get("ts") or 0.0)
-        previous = self.latest.get(task_id)
-        if previous is not None:
-            if previous[0] > ts:  # an older event delivered late must not undo a newer state
-                return
-            name = name or previous[1]
-            self.latest.move_to_end(task_id)
-        self.latest[task_id] = (ts, name, state)
-        if len(self.latest) > MAX_TRACKED_TASKS:
-            self.latest.popitem(last=False)
-
-    def by_state(self) -> Counter[tuple[str, str]]:
         with self._lock:
-            return Counter((state, name) for _, name, state in self.latest.values())
+            self.events[(kind, name)] += 1
+            if kind in FINISHED_EVENTS and isinstance(runtime, (int, float)):
+                self.histograms.setdefault(name, _Histogram()).observe(float(runtime))
+
+    def snapshot(self) -> tuple[list[tuple[tuple[str, str], int]], list[tuple[str, _Histogram]]]:
+        with self._lock:
+            return sorted(self.events.items()), sorted(self.histograms.items())
 
 
 class ConveyorCollector:
@@ -121,34 +82,35 @@ class ConveyorCollector:
     def __init__(self, data: DashboardData) -> None:
         self.data = data
         self.tally = EventTally()
+        data.add_listener(self.tally.observe)
 
     def collect(self) -> Iterator[Metric]:
         broker = self.data.app.broker
-        events_ok = True
         try:
-            self.tally.catch_up(broker)
+            index = self.data.index(fresh=True)  # a scrape counts every event written before it
         except (AttributeError, NotImplementedError):
-            events_ok = False  # a broker without the event log: queues and workers only
+            index = None  # a broker without the event log: queues and workers only
 
-        if events_ok:
+        if index is not None:
             tasks = GaugeMetricFamily(
                 "conveyor_tasks",
                 "Tasks by their latest state, over the retained events",
                 labels=["state", "name"],
             )
-            for (state, name), n in sorted(self.tally.by_state().items()):
+            for (state, name), n in sorted(index.counts_by_name().items()):
                 tasks.add_metric([state, name], n)
             yield tasks
+            counted, histograms = self.tally.snapshot()
             events = CounterMetricFamily(
                 "conveyor_task_events", "Task events read since this process started", labels=["type", "name"]
             )
-            for (kind, name), n in sorted(self.tally.events.items()):
+            for (kind, name), n in counted:
                 events.add_metric([kind, name], n)
             yield events
             runtime = HistogramMetricFamily(
                 "conveyor_task_runtime_seconds", "Runtime of finished tasks", labels=["name"]
             )
-            for name, hist in sorted(self.tally.histograms.items()):
+            for name, hist in histograms:
                 runtime.add_metric([name], hist.cumulative(), hist.total)
             yield runtime
 

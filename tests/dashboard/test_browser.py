@@ -4,15 +4,14 @@ Debian's chromium (/usr/bin/chromium, installed by .ci/run) driven by Playwright
 Python; Playwright's own browser download is never used. Skipped when either is
 missing, except under CI=true, where a missing browser is a failure.
 
-Every page is screenshotted into the test's tmp dir and copied to
-/tmp/conveyor/screenshots/ for people to look at.
+Every page is screenshotted, at the end at 1280 and at 390 px wide, into the directory
+named by CONVEYOR_SCREENSHOTS (default: the test's tmp dir) for people to look at.
 """
 
 from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -38,7 +37,20 @@ CHROMIUM_ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]
-SHOTS_COPY = Path("/tmp/conveyor/screenshots")
+WIDTHS = (1280, 390)
+LONG_ID = "invoice-regeneration-2026-12-07-customer-000123456789-attempt-0001"
+# Tokens that must sit on one line: ids, runtimes, times, cron expressions, states.
+ONE_LINE = (
+    "td.mono, td.num, td.nowrap, .when, h1 .mono, .state, #task-state, "
+    "dl.facts dd:not(:has(pre)), .stat .value:not(.small), .stat .value .nowrap"
+)
+WRAPPED_JS = """(sel) => [...document.querySelectorAll(sel)].filter((el) => {
+  const range = document.createRange();
+  range.selectNodeContents(el);
+  const tops = [...range.getClientRects()].filter((r) => r.width > 0).map((r) => r.top);
+  // Boxes on one line differ by a few pixels at most; a second line starts a line lower.
+  return tops.length > 1 && Math.max(...tops) - Math.min(...tops) > parseFloat(getComputedStyle(el).fontSize);
+}).map((el) => el.textContent.trim())"""
 ADMIN = ("admin", "s3cret")
 VIEWER = ("viewer", "look-only")
 
@@ -162,19 +174,23 @@ def setup(tmp_path: Path) -> Iterator[tuple[Project, Any, Dashboard, Browser]]:
 
 class Shots:
     def __init__(self, tmp_path: Path) -> None:
-        self.dir = tmp_path / "screenshots"
-        self.dir.mkdir()
+        self.dir = Path(os.environ.get("CONVEYOR_SCREENSHOTS") or tmp_path / "screenshots")
+        self.dir.mkdir(parents=True, exist_ok=True)
         self.taken: list[Path] = []
 
     def take(self, page: Page, name: str) -> None:
         path = self.dir / f"{len(self.taken) + 1:02d}-{name}.png"
         page.screenshot(path=str(path), full_page=True)
         self.taken.append(path)
-        try:
-            SHOTS_COPY.mkdir(parents=True, exist_ok=True)
-            shutil.copy(path, SHOTS_COPY / path.name)
-        except OSError:
-            pass  # the copy is a convenience for people; the test's own dir is the record
+
+
+def check_layout(page: Page, width: int) -> None:
+    """At this width nothing wraps inside a token and the page itself never scrolls
+    sideways (a wide table scrolls inside its own box)."""
+    wrapped = page.evaluate(WRAPPED_JS, ONE_LINE)
+    assert not wrapped, f"{page.url} at {width} px: wrapped inside {wrapped}"
+    overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+    assert overflow <= 1, f"{page.url} at {width} px: the page is {overflow} px wider than the window"
 
 
 BROWSER_ERRORS: list[str] = []
@@ -212,6 +228,9 @@ def test_dashboard_in_a_real_browser(setup: tuple[Project, Any, Dashboard, Brows
     failed = [proj.boom.delay(i) for i in range(2)]
     gated = proj.gated.delay("g1")
     parked = [proj.add.apply_async((i, 0), queue="parked") for i in range(3)]  # no worker reads "parked"
+    later = [proj.add.apply_async((i, 0), queue="later", countdown=3600) for i in range(2)]  # delayed only
+    long_named = proj.add.apply_async((7, 8), task_id=LONG_ID)
+    assert long_named.get(timeout=30) == 15 and len(later) == 2
     for r in ok:
         assert r.get(timeout=30) is not None
     wait_for(lambda: all(r.state == "FAILURE" for r in failed), timeout=30, message="boom tasks did not fail")
@@ -344,8 +363,47 @@ def test_dashboard_in_a_real_browser(setup: tuple[Project, Any, Dashboard, Brows
     assert forced.status == 403
     assert app.periodic.get("browser-every-hour").enabled
 
+    # The gated task failed, was dead-lettered, replayed and succeeded: its earlier
+    # failures are past attempts in the timeline, not the task's error.
+    page.goto(base + f"/tasks/{gated.id}")
+    expect(page.locator("#task-state")).to_contain_text("SUCCESS", timeout=20_000)
+    expect(page.locator("#task-timeline li.past").first).to_contain_text("gate g1 is closed")
+    assert page.locator("#task-exception").count() == 0
+    layout_tour(page, base, shots, failed[0].id, gated.id)
+
     assert dash.proc.poll() is None, dash.log()
     # The only console errors allowed are the refused requests this test made on purpose.
     unexpected = [e for e in BROWSER_ERRORS if "401" not in e and "403" not in e]
     assert not unexpected, unexpected
-    assert len(shots.taken) == 9
+    assert len(shots.taken) == 9 + len(WIDTHS) * 9
+
+
+def layout_tour(page: Page, base: str, shots: Shots, failed_id: str, retried_id: str) -> None:
+    """Every page at a desktop and a phone width: screenshots and the one-line checks."""
+    from conveyor import schedules
+
+    app = __import__("proj").app
+    app.periodic.add("weekday-quarter-hours", "proj.add", schedules.crontab.from_string("*/15 9-17 * * 1-5"))
+    pages = [
+        ("overview", "/", "#stat-backlog"),
+        ("tasks", "/tasks", "#tasks-table"),
+        ("task-failed", f"/tasks/{failed_id}", "#task-exception"),
+        ("task-retried-then-succeeded", f"/tasks/{retried_id}", "#task-timeline"),
+        ("task-long-id", f"/tasks/{LONG_ID}", "#task-timeline"),
+        ("workers", "/workers", "#workers-table"),
+        ("queues", "/queues", "#queues-table"),
+        ("dlq", "/dlq", "#dlq-count"),
+        ("periodic", "/periodic", 'tr[data-periodic="weekday-quarter-hours"]'),
+    ]
+    for width in WIDTHS:
+        page.set_viewport_size({"width": width, "height": 900 if width > 600 else 844})
+        for name, path, ready in pages:
+            page.goto(base + path)
+            expect(page.locator(ready).first).to_be_visible(timeout=20_000)
+            if name == "overview":
+                bar = page.locator('#backlog tr:has(td:text-is("later")) rect')
+                assert float(bar.get_attribute("width") or 0) > 0, (
+                    "the backlog bar of a delayed-only queue is empty"
+                )
+            check_layout(page, width)
+            shots.take(page, f"{name}-{width}")

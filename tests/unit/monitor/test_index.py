@@ -5,10 +5,16 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
+import pytest
 
 from conveyor import Conveyor, states
 from conveyor.monitor import EVENTS_STREAM
 from conveyor.monitor.index import TaskIndex
+
+
+@pytest.fixture(autouse=True)
+def _no_age_limit(app: Conveyor) -> None:
+    app.conf.events_max_age = None  # these events are dated in 1970
 
 
 def _append(app: Conveyor, *events: dict[str, Any]) -> None:
