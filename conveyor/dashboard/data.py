@@ -456,6 +456,7 @@ SUMMARY_FIELDS = (
     "args",
     "kwargs",
     "exception",
+    "progress",
 )
 
 

@@ -37,7 +37,16 @@ from typing import TYPE_CHECKING, Any
 from conveyor import states
 from conveyor.exceptions import BrokerConnectionError, BrokerError
 from conveyor.monitor import EVENTS_STREAM
-from conveyor.monitor.events import DEAD_LETTERED, FAILED, RECEIVED, RETRIED, STARTED, STATE_OF, decode_event
+from conveyor.monitor.events import (
+    DEAD_LETTERED,
+    FAILED,
+    PROGRESS,
+    RECEIVED,
+    RETRIED,
+    STARTED,
+    STATE_OF,
+    decode_event,
+)
 from conveyor.monitor.records import (
     KEEP_FIRST,
     KEEP_LAST,
@@ -50,6 +59,7 @@ from conveyor.monitor.records import (
     first_key,
     newest_key,
     preview,
+    progress_of,
     ref_of,
     shared,
     sort_key,
@@ -177,8 +187,14 @@ class TaskIndex:
             task.started_at = ts
         elif kind == DEAD_LETTERED:
             new_state = None if task.state in _FINISHED else new_state
+        elif kind == PROGRESS:
+            # A custom state (update_state) while the task runs; the outcome's event replaces it.
+            new_state = None if task.state in _FINISHED else str(event.get("state") or "PROGRESS")
+            task.progress = progress_of(event.get("meta"))
         else:
             self._apply_outcome(task, event, ts, new_state)
+            if new_state in _FINISHED:
+                task.progress = None
         if new_state is not None and ts >= task.state_ts:
             task.state = new_state
             task.state_ts = ts
@@ -398,6 +414,7 @@ class TaskIndex:
             found.pop("args"),
             found.pop("kwargs"),
             summary.exception,
+            summary.progress,
             **found,
             children=children,
             events=events,

@@ -37,6 +37,7 @@ class TaskSummary:
     args: str
     kwargs: str
     exception: str | None = None  # the current error (FAILURE, RETRY); None once it succeeded
+    progress: tuple[float, float] | None = None  # (current, total) from update_state's meta
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -53,6 +54,7 @@ class TaskSummary:
             "args": self.args,
             "kwargs": self.kwargs,
             "exception": self.exception,
+            "progress": list(self.progress) if self.progress else None,
         }
 
 
@@ -104,6 +106,7 @@ class TaskRecord:
         "exception",
         "refs",
         "count",
+        "progress",
     )
 
     def __init__(self, task_id: str) -> None:
@@ -125,6 +128,7 @@ class TaskRecord:
         # without one (add_event) is kept whole. The detail page reads them back.
         self.refs: tuple[Ref | dict[str, Any], ...] = ()
         self.count = 0  # events seen, kept or not
+        self.progress: tuple[float, float] | None = None
 
     def summary(self) -> TaskSummary:
         return TaskSummary(
@@ -141,6 +145,7 @@ class TaskRecord:
             self.args,
             self.kwargs,
             self.exception,
+            self.progress,
         )
 
     @property
@@ -210,3 +215,13 @@ def first_key(task: TaskRecord) -> tuple[float, float]:
 def newest_key(task: TaskRecord) -> tuple[float, float]:
     ref = task.newestref()
     return (float("inf"), 0) if ref is None else sort_key(ref)
+
+
+def progress_of(meta: Any) -> tuple[float, float] | None:
+    """``(current, total)`` when update_state's meta carries both as numbers (Celery's custom)."""
+    if not isinstance(meta, dict):
+        return None
+    current, total = as_float(meta.get("current")), as_float(meta.get("total"))
+    if current is None or not total or total <= 0:
+        return None
+    return (current, total)
