@@ -7,6 +7,7 @@ app that ``@shared_task`` tasks bind to, the way a Django project's Celery app d
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import importlib
 import logging
 import os
@@ -320,6 +321,11 @@ class Conveyor:
         default_priority: int | None = None,
         default_expires: float | dt.datetime | dt.timedelta | None = None,
         retries: int = 0,
+        link: Any = None,
+        link_error: Any = None,
+        idempotency_key: str | None = None,
+        unique_for: float | bool | None = None,
+        default_unique_for: float | bool | None = None,
         **unknown: Any,
     ) -> Message:
         if unknown:
@@ -337,6 +343,10 @@ class Conveyor:
             prio = self.conf.task_default_priority
         if not isinstance(prio, int) or not MIN_PRIORITY <= prio <= MAX_PRIORITY:
             raise ValueError(f"{name}: priority must be an integer from 0 to 9, got {prio!r}")
+        headers = {**(headers or {}), **self._extra_headers(link, link_error)}
+        unique = self._unique(name, args, kwargs, idempotency_key, unique_for, default_unique_for)
+        if unique is not None:
+            headers["unique"] = unique
         parent = current_request()
         return Message(
             id=task_id or new_id(),
@@ -351,8 +361,40 @@ class Conveyor:
             parent_id=parent.id if parent else None,
             root_id=(parent.root_id or parent.id) if parent else None,
             created_at=now,
-            headers=dict(headers or {}),
+            headers=headers,
         )
+
+    def _extra_headers(self, link: Any, link_error: Any) -> dict[str, Any]:
+        from conveyor.canvas import callback_nodes
+
+        extra: dict[str, Any] = {}
+        if link:
+            extra["link"] = callback_nodes(link)
+        if link_error:
+            extra["link_error"] = callback_nodes(link_error)
+        return extra
+
+    def _unique(
+        self,
+        name: str,
+        args: Sequence[Any] | None,
+        kwargs: Mapping[str, Any] | None,
+        key: str | None,
+        unique_for: float | bool | None,
+        default: float | bool | None,
+    ) -> dict[str, Any] | None:
+        """The lease a unique send claims: per task name and key (by default its arguments)."""
+        held = unique_for if unique_for is not None else (True if key is not None else default)
+        if not held:
+            return None
+        if key is None:
+            from conveyor.serialization import dumps
+
+            key = hashlib.sha256(dumps([list(args or ()), dict(kwargs or {})])).hexdigest()
+        until_done = held is True
+        # A ceiling even "until finished": a message purged by hand never finishes.
+        ttl = float(self.conf.result_expires or 86400.0) if until_done else float(held)
+        return {"name": f"unique:{name}:{key}", "ttl": ttl, "release": until_done}
 
     def _checked(self, message: Message) -> Message:
         """Refuse a message that cannot travel, at the caller, with the reason."""
@@ -368,6 +410,24 @@ class Conveyor:
                 "store large data elsewhere (a file, a database row) and pass its id"
             )
         return message
+
+    def send(self, message: Message) -> str:
+        """Publish ``message``, unless it is unique and its key is held: then nothing is
+        sent. Returns the id of the task that stands for it (its own or the holder's)."""
+        unique = message.headers.get("unique")
+        if not unique:
+            self.publish(message)
+            return message.id
+        checked = self._checked(message)
+        holder = self.broker.claim_lease(unique["name"], message.id, unique["ttl"])
+        if holder != message.id:
+            return holder
+        try:
+            self.broker.publish(checked, eta=checked.eta)
+        except BaseException:
+            self.broker.release_lease(unique["name"], message.id)
+            raise
+        return message.id
 
     def publish(self, message: Message) -> None:
         checked = self._checked(message)  # before touching the broker: bad input costs no I/O
@@ -389,8 +449,7 @@ class Conveyor:
         if task is not None:
             return task.apply_async(args, kwargs, **options)
         message = self.build_message(name, args, kwargs, **options)
-        self.publish(message)
-        return self.AsyncResult(message.id, task_name=name)
+        return self.AsyncResult(self.send(message), task_name=name)
 
     # -- monitoring ----------------------------------------------------------------
     @property

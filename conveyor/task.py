@@ -98,6 +98,7 @@ TASK_OPTIONS = frozenset(
         "bind", "queue", "priority", "max_retries", "default_retry_delay", "autoretry_for",
         "retry_kwargs", "retry_backoff", "retry_backoff_max", "retry_jitter", "acks_late",
         "time_limit", "soft_time_limit", "rate_limit", "expires", "ignore_result", "track_started",
+        "unique_for",
     }
 )  # fmt: skip
 
@@ -131,6 +132,9 @@ class Task(Generic[P, R]):
     retry_jitter: bool = True
     expires: float | dt.datetime | dt.timedelta | None = None
     bind: bool = False
+    # Seconds a send with the same arguments (or idempotency_key) returns the first
+    # task instead of sending another; True: until that task finishes.
+    unique_for: float | bool | None = None
     # Options resolved against the app's settings when unset (the properties below);
     # a subclass may set the public name as a plain class attribute instead.
     _max_retries: int | None = _UNSET
@@ -305,8 +309,7 @@ class Task(Generic[P, R]):
             headers=headers,
             **options,
         )
-        app.publish(message)
-        return app.AsyncResult(message.id, task_name=self.name)
+        return app.AsyncResult(app.send(message), task_name=self.name)
 
     def build_message(
         self,
@@ -321,6 +324,7 @@ class Task(Generic[P, R]):
             default_queue=self.queue,
             default_priority=self.priority,
             default_expires=self.expires,
+            default_unique_for=self.unique_for,
             **options,
         )
 
@@ -369,6 +373,21 @@ class Task(Generic[P, R]):
         return Signature(self.name, args, kwargs, app=self._app, immutable=True)
 
     signature = s
+
+    def chunks(self, it: Iterable[Sequence[Any]], n: int) -> Any:
+        """Celery's ``task.chunks(items, n)``: a group of tasks, each calling this task on
+        ``n`` items (``task(*item)``) and returning the list of results."""
+        from conveyor.canvas import chunks
+
+        return chunks(self.s(), it, n)
+
+    def starmap(self, it: Iterable[Sequence[Any]]) -> Signature:
+        """Celery's ``task.starmap(items)``: one task calling ``task(*item)`` per item.
+        (``Task.map`` keeps its Conveyor meaning, one message per item in one round trip;
+        Celery's one-task form is ``conveyor.canvas.xmap(task.s(), items)``.)"""
+        from conveyor.canvas import xstarmap
+
+        return xstarmap(self.s(), it)
 
     # -- progress ------------------------------------------------------------------------
     def update_state(

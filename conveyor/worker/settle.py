@@ -102,6 +102,9 @@ class Settler:
                 self.broker.publish_many(batch.publish)
             for delivery, reason in batch.dead:
                 self.broker.dead_letter(delivery, reason=reason)
+            # With the result: a client that sees the task finished may send the key again.
+            for name, owner in batch.releases:
+                self.broker.release_lease(name, owner)
             for delivery in batch.requeue:
                 self.broker.nack(delivery, retry_at=None, reason="requeued")
             # Answered already (SQLite, memory): the body joins this transaction too.
@@ -213,6 +216,7 @@ class _Settlement:
     requeue: list[Delivery] = field(default_factory=list)
     chords: list[Outcome] = field(default_factory=list)
     events: list[bytes] = field(default_factory=list)  # encoded task events
+    releases: list[tuple[str, str]] = field(default_factory=list)  # unique tasks' leases: (name, owner)
 
     def add(self, job: Job, outcome: Outcome) -> None:
         delivery = job.delivery
@@ -220,6 +224,8 @@ class _Settlement:
         self.publish.extend(decode(body) for body in outcome.follow_ups)
         if outcome.chord and outcome.state in states.READY_STATES:
             self.chords.append(outcome)
+        if outcome.unique and outcome.action not in (RETRY, REQUEUE):  # it finished, however
+            self.releases.append((outcome.unique, outcome.task_id or ""))
         if outcome.action == RETRY and outcome.retry_body is not None:
             self.publish.append(decode(outcome.retry_body))
         elif outcome.action == DEAD:
