@@ -296,6 +296,15 @@ def maybe_signature(value: Any, app: Conveyor | None = None) -> Canvas:
     return Signature.from_dict(value, app=app)
 
 
+def signature(
+    varies: Any, args: Sequence[Any] = (), kwargs: Mapping[str, Any] | None = None, **options: Any
+) -> Canvas:
+    """Celery's ``signature()``: from a task name (with arguments and options) or a canvas's dict."""
+    if isinstance(varies, str):
+        return Signature(varies, args, kwargs, options=options)
+    return maybe_signature(varies)
+
+
 def callback_nodes(value: Any) -> list[Node]:
     """``link=``/``link_error=`` as given (a canvas, its dict, or a list of them) as data."""
     if value is None:
@@ -330,6 +339,7 @@ __all__ = [
     "maybe_signature",
     "messages_for",
     "next_in_chain",
+    "signature",
     "xmap",
     "xstarmap",
 ]
