@@ -224,8 +224,10 @@ class _Settlement:
         self.publish.extend(decode(body) for body in outcome.follow_ups)
         if outcome.chord and outcome.state in states.READY_STATES:
             self.chords.append(outcome)
-        if outcome.unique and outcome.action not in (RETRY, REQUEUE):  # it finished, however
-            self.releases.append((outcome.unique, outcome.task_id or ""))
+        if outcome.action not in (RETRY, REQUEUE):  # it finished, however
+            unique = outcome.unique or _ended_by_worker_lease(job, outcome)
+            if unique:
+                self.releases.append((unique, outcome.task_id or ""))
         if outcome.action == RETRY and outcome.retry_body is not None:
             self.publish.append(decode(outcome.retry_body))
         elif outcome.action == DEAD:
@@ -239,3 +241,14 @@ class _Settlement:
                 self.publish.append(decode(delivery.body))
         if unacked:
             self.acks.append(delivery)
+
+
+def _ended_by_worker_lease(job: Job, outcome: Outcome) -> str | None:
+    """The unique lease of a task the worker ended (time limit, lost process, terminated):
+    such an outcome is made without the message, so its headers are read here, when
+    they may hold a lease at all."""
+    if not outcome.task_id or b'"unique"' not in job.delivery.body:
+        return None
+    from conveyor.worker.runner import unique_lease
+
+    return unique_lease(job.message or decode(job.delivery.body))

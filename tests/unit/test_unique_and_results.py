@@ -102,3 +102,19 @@ def test_collect_walks_a_chain_from_its_first_step(app: Conveyor) -> None:
     first = last.parent.parent
     assert [value for _, value in first.collect(timeout=1)] == [2, 12, 112]
     assert first.children == [last.parent]
+
+
+def test_a_task_the_worker_ended_frees_its_key(app: Conveyor) -> None:
+    from conveyor.exceptions import TimeLimitExceeded
+    from conveyor.worker.pools import Completion, Job, failed_job
+    from conveyor.worker.settle import Settler
+
+    add = app.tasks["u.add"]
+    first = add.delay(1, 2)
+    (delivery,) = app.broker.fetch(["default"], limit=1, lease_s=30, timeout_s=0)
+    job = Job(delivery, task_id=first.id, task_name="u.add", acks_late=False)
+    # A hard time limit (or a process lost without acks_late): the worker, not the task, ends it.
+    outcome = failed_job(job, TimeLimitExceeded("killed"), "killed")
+    Settler(app, hostname="w@host").settle([Completion(job, outcome)])
+    assert first.state == states.FAILURE
+    assert add.delay(1, 2).id != first.id
