@@ -7,7 +7,6 @@ app that ``@shared_task`` tasks bind to, the way a Django project's Celery app d
 from __future__ import annotations
 
 import fnmatch
-import hashlib
 import importlib
 import logging
 import os
@@ -21,6 +20,7 @@ from conveyor.exceptions import ConfigurationError, NotRegistered, Serialization
 from conveyor.message import MAX_PRIORITY, MIN_PRIORITY, Message, new_id
 from conveyor.serialization import check_arguments
 from conveyor.task import Task, current_request, expires_at, to_timestamp
+from conveyor.unique import send_unique, unique_lease
 
 if TYPE_CHECKING:
     import datetime as dt
@@ -344,7 +344,7 @@ class Conveyor:
         if not isinstance(prio, int) or not MIN_PRIORITY <= prio <= MAX_PRIORITY:
             raise ValueError(f"{name}: priority must be an integer from 0 to 9, got {prio!r}")
         headers = {**(headers or {}), **self._extra_headers(link, link_error)}
-        unique = self._unique(name, args, kwargs, idempotency_key, unique_for, default_unique_for)
+        unique = unique_lease(self.conf, name, args, kwargs, idempotency_key, unique_for, default_unique_for)
         if unique is not None:
             headers["unique"] = unique
         parent = current_request()
@@ -374,28 +374,6 @@ class Conveyor:
             extra["link_error"] = callback_nodes(link_error)
         return extra
 
-    def _unique(
-        self,
-        name: str,
-        args: Sequence[Any] | None,
-        kwargs: Mapping[str, Any] | None,
-        key: str | None,
-        unique_for: float | bool | None,
-        default: float | bool | None,
-    ) -> dict[str, Any] | None:
-        """The lease a unique send claims: per task name and key (by default its arguments)."""
-        held = unique_for if unique_for is not None else (True if key is not None else default)
-        if not held:
-            return None
-        if key is None:
-            from conveyor.serialization import dumps
-
-            key = hashlib.sha256(dumps([list(args or ()), dict(kwargs or {})])).hexdigest()
-        until_done = held is True
-        # A ceiling even "until finished": a message purged by hand never finishes.
-        ttl = float(self.conf.result_expires or 86400.0) if until_done else float(held)
-        return {"name": f"unique:{name}:{key}", "ttl": ttl, "release": until_done}
-
     def _checked(self, message: Message) -> Message:
         """Refuse a message that cannot travel, at the caller, with the reason."""
         try:
@@ -414,20 +392,10 @@ class Conveyor:
     def send(self, message: Message) -> str:
         """Publish ``message``, unless it is unique and its key is held: then nothing is
         sent. Returns the id of the task that stands for it (its own or the holder's)."""
-        unique = message.headers.get("unique")
-        if not unique:
+        if not message.headers.get("unique"):
             self.publish(message)
             return message.id
-        checked = self._checked(message)
-        holder = self.broker.claim_lease(unique["name"], message.id, unique["ttl"])
-        if holder != message.id:
-            return holder
-        try:
-            self.broker.publish(checked, eta=checked.eta)
-        except BaseException:
-            self.broker.release_lease(unique["name"], message.id)
-            raise
-        return message.id
+        return send_unique(self.broker, self._checked(message))
 
     def publish(self, message: Message) -> None:
         checked = self._checked(message)  # before touching the broker: bad input costs no I/O
