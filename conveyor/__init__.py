@@ -9,14 +9,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from conveyor.app import Conveyor, current_app, get_current_app, shared_task
-from conveyor.canvas import Signature, chain, chord, group
+from conveyor.canvas import Signature, chain, chord, chunks, group, signature, xmap, xstarmap
 from conveyor.exceptions import (
     Reject,
     Retry,
     SoftTimeLimitExceeded,
     TimeLimitExceeded,
 )
-from conveyor.result import AsyncResult, EagerResult, GroupResult
+from conveyor.result import AsyncResult, EagerResult, GroupResult, ResultSet
 from conveyor.task import Task
 
 if TYPE_CHECKING:
@@ -30,6 +30,7 @@ __all__ = [
     "EagerResult",
     "GroupResult",
     "Reject",
+    "ResultSet",
     "Retry",
     "Signature",
     "SoftTimeLimitExceeded",
@@ -38,12 +39,16 @@ __all__ = [
     "__version__",
     "chain",
     "chord",
+    "chunks",
     "crontab",
     "current_app",
     "get_current_app",
     "group",
     "schedule",
     "shared_task",
+    "signature",
+    "xmap",
+    "xstarmap",
 ]
 
 

@@ -21,6 +21,7 @@ from conveyor.exceptions import ConfigurationError, NotRegistered, Serialization
 from conveyor.message import MAX_PRIORITY, MIN_PRIORITY, Message, new_id
 from conveyor.serialization import check_arguments
 from conveyor.task import Task, current_request, expires_at, to_timestamp
+from conveyor.unique import send_unique, unique_lease
 
 if TYPE_CHECKING:
     import datetime as dt
@@ -323,6 +324,11 @@ class Conveyor:
         serializer: str | None = None,
         default_serializer: str | None = None,
         retries: int = 0,
+        link: Any = None,
+        link_error: Any = None,
+        idempotency_key: str | None = None,
+        unique_for: float | bool | None = None,
+        default_unique_for: float | bool | None = None,
         **unknown: Any,
     ) -> Message:
         if unknown:
@@ -340,6 +346,10 @@ class Conveyor:
             prio = self.conf.task_default_priority
         if not isinstance(prio, int) or not MIN_PRIORITY <= prio <= MAX_PRIORITY:
             raise ValueError(f"{name}: priority must be an integer from 0 to 9, got {prio!r}")
+        headers = {**(headers or {}), **self._extra_headers(link, link_error)}
+        unique = unique_lease(self.conf, name, args, kwargs, idempotency_key, unique_for, default_unique_for)
+        if unique is not None:
+            headers["unique"] = unique
         parent = current_request()
         return Message(
             id=task_id or new_id(),
@@ -354,9 +364,19 @@ class Conveyor:
             parent_id=parent.id if parent else None,
             root_id=(parent.root_id or parent.id) if parent else None,
             created_at=now,
-            headers=dict(headers or {}),
+            headers=headers,
             serializer=serializers.get(serializer or default_serializer or self.conf.task_serializer).name,
         )
+
+    def _extra_headers(self, link: Any, link_error: Any) -> dict[str, Any]:
+        from conveyor.canvas import callback_nodes
+
+        extra: dict[str, Any] = {}
+        if link:
+            extra["link"] = callback_nodes(link)
+        if link_error:
+            extra["link_error"] = callback_nodes(link_error)
+        return extra
 
     def _checked(self, message: Message) -> Message:
         """Refuse a message that cannot travel, at the caller, with the reason."""
@@ -376,6 +396,14 @@ class Conveyor:
                 "store large data elsewhere (a file, a database row) and pass its id"
             )
         return message
+
+    def send(self, message: Message) -> str:
+        """Publish ``message``, unless it is unique and its key is held: then nothing is
+        sent. Returns the id of the task that stands for it (its own or the holder's)."""
+        if not message.headers.get("unique"):
+            self.publish(message)
+            return message.id
+        return send_unique(self.broker, self._checked(message))
 
     def publish(self, message: Message) -> None:
         observed = bool(signals.before_task_publish.receivers or signals.after_task_publish.receivers)
@@ -409,8 +437,7 @@ class Conveyor:
         if task is not None:
             return task.apply_async(args, kwargs, **options)
         message = self.build_message(name, args, kwargs, **options)
-        self.publish(message)
-        return self.AsyncResult(message.id, task_name=name)
+        return self.AsyncResult(self.send(message), task_name=name)
 
     # -- monitoring ----------------------------------------------------------------
     @property

@@ -1,32 +1,76 @@
-"""Signatures and the three ways to combine them: chain, group, chord.
+"""Signatures and the ways to combine them: chain, group, chord (nested at will),
+plus Celery's chunks/xmap/xstarmap, and callbacks (link, link_error).
 
-Data plus the send logic only. The links travel in message headers, so no process
-has to stay alive to drive a workflow:
+A canvas travels as plain JSON (``to_dict``), so no process has to stay alive to
+drive a workflow:
 
+- Before sending, every task in the canvas gets its id (``freeze``), so the caller
+  gets result handles at once and a redelivered step keeps its id.
 - ``chain``: each message carries the rest of the chain (``headers["chain"]``); the
-  worker that finishes one step sends the next with the result prepended to its
-  arguments.
+  worker that finishes one step sends the next (whatever it is: a task, a group, a
+  chord) with the result prepended to its arguments. A group followed by a step is
+  upgraded to a chord, as in Celery.
 - ``group``: every member is sent in one ``publish_many``.
-- ``chord``: each header member carries the chord (``headers["chord"]``). Each
-  finished member is counted once in the result store, in the same write as its
-  result; the one count that reaches the chord's size sends the body, so the body
-  is sent once however many workers finish members together.
+- ``chord``: the last task of each header member carries the chord
+  (``headers["chord"]``). Each finished member is counted once in the result store,
+  in the same write as its result; the one count that reaches the chord's size sends
+  the body, so the body is sent once however many workers finish members together.
+- ``link``/``link_error`` ride in the message's headers; the worker sends them with
+  the settle of the task they follow, so a crash cannot store a result and lose them.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from conveyor.message import Message, new_id
+from conveyor.message import Message
 
 if TYPE_CHECKING:
     from conveyor.app import Conveyor
-    from conveyor.backends.base import Reply
     from conveyor.result import AsyncResult, GroupResult
 
+Node = dict[str, Any]  # a canvas as data: what to_dict() returns
 
-class Signature:
+
+class Canvas:
+    """What every canvas piece shares: piping, sending, its data form."""
+
+    def to_dict(self) -> Node:
+        raise NotImplementedError
+
+    @property
+    def app(self) -> Conveyor:
+        raise NotImplementedError
+
+    def __or__(self, other: Canvas) -> Canvas:
+        if isinstance(self, group) and not isinstance(other, group):
+            return chord(self, other)  # Celery's upgrade: group | task is a chord
+        return chain(self, other)
+
+    def apply_async(
+        self, args: Sequence[Any] = (), kwargs: Mapping[str, Any] | None = None, **options: Any
+    ) -> Any:
+        """Send the whole canvas; returns the handle of its final result."""
+        app = self.app
+        node = self.to_dict()
+        if options:
+            node = _with_options(node, options)
+        freeze(node)
+        if app.conf.task_always_eager:
+            return run_eagerly(app, node, tuple(args), dict(kwargs or {}))
+        app.publish_many(messages_for(app, node, args, kwargs))
+        return result_of(app, node)
+
+    def delay(self, *args: Any, **kwargs: Any) -> Any:
+        return self.apply_async(args, kwargs)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.apply_async(args, kwargs)
+
+
+class Signature(Canvas):
     """A task call packaged as data: ``add.s(2, 2)``."""
 
     def __init__(
@@ -54,17 +98,37 @@ class Signature:
 
         return get_current_app()
 
+    @property
+    def id(self) -> str | None:
+        return self.options.get("task_id")
+
     def set(self, **options: Any) -> Signature:
+        """Options for this step only (``queue``, ``countdown``, ``priority``...)."""
         self.options.update(options)
         return self
 
-    def to_dict(self) -> dict[str, Any]:
+    def link(self, callback: Canvas) -> Canvas:
+        """Send ``callback`` with this task's return value first when it succeeds."""
+        self.options["link"] = [*self.options.get("link", []), callback.to_dict()]
+        return callback
+
+    def link_error(self, errback: Canvas) -> Canvas:
+        """Send ``errback`` as ``errback(request, exc, traceback)`` when this task fails for good."""
+        self.options["link_error"] = [*self.options.get("link_error", []), errback.to_dict()]
+        return errback
+
+    def on_error(self, errback: Canvas) -> Signature:
+        self.link_error(errback)
+        return self
+
+    def to_dict(self) -> Node:
         return {
             "task": self.task,
-            "args": self.args,
-            "kwargs": self.kwargs,
-            "options": self.options,
+            "args": list(self.args),
+            "kwargs": dict(self.kwargs),
+            "options": dict(self.options),
             "immutable": self.immutable,
+            "subtask_type": None,
         }
 
     @classmethod
@@ -86,7 +150,8 @@ class Signature:
         full_kwargs = self.kwargs if self.immutable else {**self.kwargs, **(kwargs or {})}
         app = self.app
         task = app.tasks.get(self.task)
-        opts = {**self.options, **options}
+        headers = {**self.options.get("headers", {}), **options.get("headers", {})}
+        opts = {**self.options, **options, "headers": headers}
         if task is not None:
             return task.build_message(full_args, full_kwargs, **opts)
         return app.build_message(self.task, full_args, full_kwargs, **opts)
@@ -94,160 +159,199 @@ class Signature:
     def apply_async(
         self, args: Sequence[Any] = (), kwargs: Mapping[str, Any] | None = None, **options: Any
     ) -> AsyncResult[Any]:
-        if self.app.conf.task_always_eager:
-            task = self.app.get_task(self.task)
-            msg = self.message(args, kwargs, **options)
-            return task.apply(msg.args, msg.kwargs, task_id=msg.id)
+        app = self.app
         msg = self.message(args, kwargs, **options)
-        self.app.publish(msg)
-        return self.app.AsyncResult(msg.id, task_name=self.task)
-
-    def delay(self, *args: Any, **kwargs: Any) -> AsyncResult[Any]:
-        return self.apply_async(args, kwargs)
-
-    def __call__(self, *args: Any, **kwargs: Any) -> AsyncResult[Any]:
-        return self.apply_async(args, kwargs)
+        if app.conf.task_always_eager:
+            return app.get_task(self.task).apply(msg.args, msg.kwargs, task_id=msg.id)
+        return app.AsyncResult(app.send(msg), task_name=self.task)
 
     def __repr__(self) -> str:
         return f"{self.task}.s(*{self.args!r}, **{self.kwargs!r})"
 
 
-class chain:  # noqa: N801 - Celery's public name
-    """Run signatures one after the other, each receiving the previous result first."""
+def _flatten(items: Iterable[Canvas | Iterable[Canvas]]) -> list[Canvas]:
+    flat: list[Canvas] = []
+    for item in items:
+        flat.extend([item] if isinstance(item, Canvas) else list(item))
+    return flat
 
-    def __init__(self, *tasks: Signature | Iterable[Signature]) -> None:
-        flat: list[Signature] = []
-        for item in tasks:
-            flat.extend([item] if isinstance(item, Signature) else list(item))
+
+class chain(Canvas):  # noqa: N801 - Celery's public name
+    """Run steps one after the other, each receiving the previous result first."""
+
+    def __init__(self, *tasks: Canvas | Iterable[Canvas]) -> None:
+        flat: list[Canvas] = []
+        for item in _flatten(tasks):
+            flat.extend(item.tasks if isinstance(item, chain) else [item])
         if not flat:
             raise ValueError("chain() needs at least one signature")
-        self.tasks = flat
+        self.tasks: list[Canvas] = flat
 
-    def apply_async(
-        self, args: Sequence[Any] = (), kwargs: Mapping[str, Any] | None = None
-    ) -> AsyncResult[Any]:
-        """Send the first step; returns the result of the *last* step (ids are fixed up front)."""
-        ids = [sig.options.get("task_id") or new_id() for sig in self.tasks]
-        rest = [
-            {**sig.to_dict(), "options": {**sig.options, "task_id": tid}}
-            for sig, tid in zip(self.tasks[1:], ids[1:], strict=True)
-        ]
-        first = self.tasks[0]
-        headers = {"chain": rest} if rest else {}
-        first.app.publish(first.message(args, kwargs, task_id=ids[0], headers=headers))
-        return first.app.AsyncResult(ids[-1], task_name=self.tasks[-1].task)
+    @property
+    def app(self) -> Conveyor:
+        return self.tasks[0].app
 
-    def __call__(self, *args: Any, **kwargs: Any) -> AsyncResult[Any]:
-        return self.apply_async(args, kwargs)
+    def __or__(self, other: Canvas) -> Canvas:
+        return chain(*self.tasks, other)
 
-    delay = __call__
+    def to_dict(self) -> Node:
+        return {"subtask_type": "chain", "tasks": [t.to_dict() for t in self.tasks], "options": {}}
 
 
-class group:  # noqa: N801 - Celery's public name
+class group(Canvas):  # noqa: N801 - Celery's public name
     """Run signatures in parallel; the result is a GroupResult of all of them."""
 
-    def __init__(self, *tasks: Signature | Iterable[Signature]) -> None:
-        flat: list[Signature] = []
-        for item in tasks:
-            flat.extend([item] if isinstance(item, Signature) else list(item))
-        self.tasks = flat
+    def __init__(self, *tasks: Canvas | Iterable[Canvas], app: Conveyor | None = None) -> None:
+        self.tasks = _flatten(tasks)
+        self._app = app
 
-    def messages(self, args: Sequence[Any] = (), headers: Mapping[str, Any] | None = None) -> list[Message]:
-        return [
-            sig.message(args, headers={**sig.options.get("headers", {}), **(headers or {})})
-            for sig in self.tasks
-        ]
+    @property
+    def app(self) -> Conveyor:
+        if self.tasks:
+            return self.tasks[0].app
+        from conveyor.app import get_current_app
 
-    def apply_async(self, args: Sequence[Any] = ()) -> GroupResult:
-        from conveyor.result import GroupResult
+        return self._app or get_current_app()
 
-        if not self.tasks:
-            return GroupResult(new_id(), [])
-        app = self.tasks[0].app
-        if app.conf.task_always_eager:
-            return GroupResult(new_id(), [sig.apply_async(args) for sig in self.tasks])
-        messages = self.messages(args)
-        app.publish_many(messages)
-        return GroupResult(new_id(), [app.AsyncResult(m.id, task_name=m.task) for m in messages], app=app)
+    def to_dict(self) -> Node:
+        return {"subtask_type": "group", "tasks": [t.to_dict() for t in self.tasks], "options": {}}
 
-    def __call__(self, *args: Any) -> GroupResult:
-        return self.apply_async(args)
-
-    delay = __call__
+    def apply_async(
+        self, args: Sequence[Any] = (), kwargs: Mapping[str, Any] | None = None, **options: Any
+    ) -> GroupResult:
+        result: GroupResult = super().apply_async(args, kwargs, **options)
+        return result
 
 
-class chord:  # noqa: N801 - Celery's public name
+class chord(Canvas):  # noqa: N801 - Celery's public name
     """Run a group, then one callback with the list of the group's results."""
 
-    def __init__(self, header: group | Iterable[Signature], body: Signature | None = None) -> None:
+    def __init__(self, header: group | Iterable[Canvas], body: Canvas | None = None) -> None:
         self.header = header if isinstance(header, group) else group(header)
         self.body = body
 
-    def __call__(self, body: Signature | None = None) -> AsyncResult[Any]:
-        callback = body or self.body
-        if callback is None:
+    @property
+    def app(self) -> Conveyor:
+        return self.body.app if self.body is not None else self.header.app
+
+    def to_dict(self) -> Node:
+        if self.body is None:
             raise ValueError("chord() needs a body: chord(header, body)() or chord(header)(body)")
-        if not self.header.tasks:
-            return callback.apply_async(([],))
-        app = callback.app
-        body_id = callback.options.get("task_id") or new_id()
-        if app.conf.task_always_eager:
-            results = self.header.apply_async().get()
-            return callback.apply_async((results,), task_id=body_id)
-        member_ids = [new_id() for _ in self.header.tasks]
-        spec = {
-            "id": new_id(),
-            "members": member_ids,
-            "body": {**callback.to_dict(), "options": {**callback.options, "task_id": body_id}},
+        return {
+            "subtask_type": "chord",
+            "header": [t.to_dict() for t in self.header.tasks],
+            "body": self.body.to_dict(),
+            "options": {},
         }
-        messages = [
-            sig.message(task_id=tid, headers={"chord": spec})
-            for sig, tid in zip(self.header.tasks, member_ids, strict=True)
-        ]
-        app.publish_many(messages)
-        return app.AsyncResult(body_id, task_name=callback.task)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if len(args) == 1 and isinstance(args[0], Canvas) and not kwargs:
+            return chord(self.header, args[0]).apply_async()  # Celery's chord(header)(body)
+        return self.apply_async(args, kwargs)
 
 
-def next_in_chain(app: Conveyor, message: Message, result: Any) -> Message | None:
-    """The message for the step after ``message`` in its chain, or None at the end."""
-    rest = message.headers.get("chain")
-    if not rest:
-        return None
-    step = Signature.from_dict(rest[0], app=app)
-    headers = {"chain": rest[1:]} if len(rest) > 1 else {}
-    return step.message((result,), headers=headers)
+class chunks(group):  # noqa: N801 - Celery's public name
+    """``task.chunks(items, n)``: the items split in groups of ``n``, each run as one task
+    that returns the list of its calls' results (``task(*item)`` per item)."""
+
+    def __init__(self, task: Signature, it: Iterable[Sequence[Any]], n: int) -> None:
+        if n < 1:
+            raise ValueError(f"chunks: n must be 1 or more, got {n}")
+        items = iter(it)
+        parts = iter(lambda: list(itertools.islice(items, n)), [])
+        super().__init__([xstarmap(task, part) for part in parts])
+
+    def group(self) -> group:
+        return group(self.tasks)
 
 
-def count_chord_member(app: Conveyor, spec: Mapping[str, Any], task_id: str) -> Reply[bool]:
-    """Count a finished member; True for the one call that counted the last member."""
-    return app.backend.count_chord_member(str(spec["id"]), task_id, size=len(spec.get("members") or []))
+def xmap(task: Signature, it: Iterable[Any]) -> Signature:
+    """One task that calls ``task(item)`` for each item and returns the list (Celery's ``task.map``)."""
+    return _mapped(task, "each", [*it])
 
 
-def complete_chord(app: Conveyor, spec: Mapping[str, Any]) -> None:
-    """Send the body of a chord whose last member was just counted, with the
-    members' results in header order: called once per chord, by whoever counted
-    the last member (``count_chord_member``), so the members are read only here.
+def xstarmap(task: Signature, it: Iterable[Sequence[Any]]) -> Signature:
+    """One task that calls ``task(*item)`` for each item and returns the list (``task.starmap``)."""
+    return _mapped(task, "star", [list(item) for item in it])
 
-    A member that did not succeed fails the body instead, without running it.
-    """
-    from conveyor import states
-    from conveyor.backends.base import ResultRecord
-    from conveyor.result import stored_value
-    from conveyor.serialization import exception_to_dict
 
-    members = list(spec.get("members") or [])
-    records = app.backend.get_many(members)
-    body = Signature.from_dict(spec["body"], app=app)
-    failed = next((m for m in members if m not in records or records[m].state != states.SUCCESS), None)
-    if failed is not None:
-        from conveyor.exceptions import TaskError
+def _mapped(task: Signature, how: str, items: list[Any]) -> Signature:
+    # The task itself carries the items: the worker runs it once per item, in one
+    # message, so the task's own queue, limits and result apply.
+    options = {**task.options, "headers": {**task.options.get("headers", {}), "map": how}}
+    return Signature(task.task, [items], options=options, immutable=True, app=task._app)
 
-        found = records.get(failed)
-        what = f"[{failed}] has no result" if found is None else f"{found.task}[{failed}] ended {found.state}"
-        error = TaskError(f"chord member {what}")
-        body_id = body.options.get("task_id") or new_id()
-        app.backend.store(
-            [ResultRecord(body_id, states.FAILURE, task=body.task, exception=exception_to_dict(error))]
-        )
-        return
-    app.publish(body.message(([stored_value(records[m].result, app) for m in members],)))
+
+def maybe_signature(value: Any, app: Conveyor | None = None) -> Canvas:
+    """A canvas object from a canvas or its dict form."""
+    if isinstance(value, Canvas):
+        return value
+    kind = value.get("subtask_type")
+    if kind == "chain":
+        return chain([maybe_signature(t, app) for t in value["tasks"]])
+    if kind == "group":
+        return group([maybe_signature(t, app) for t in value["tasks"]])
+    if kind == "chord":
+        return chord([maybe_signature(t, app) for t in value["header"]], maybe_signature(value["body"], app))
+    return Signature.from_dict(value, app=app)
+
+
+def signature(
+    varies: Any, args: Sequence[Any] = (), kwargs: Mapping[str, Any] | None = None, **options: Any
+) -> Canvas:
+    """Celery's ``signature()``: from a task name (with arguments and options) or a canvas's dict."""
+    if isinstance(varies, str):
+        return Signature(varies, args, kwargs, options=options)
+    return maybe_signature(varies)
+
+
+def callback_nodes(value: Any) -> list[Node]:
+    """``link=``/``link_error=`` as given (a canvas, its dict, or a list of them) as data."""
+    if value is None:
+        return []
+    items = value if isinstance(value, (list, tuple)) else [value]
+    return [item.to_dict() if isinstance(item, Canvas) else dict(item) for item in items]
+
+
+from conveyor.workflow import (  # noqa: E402 - the runtime half works on the data forms above
+    complete_chord,
+    count_chord_member,
+    follow_ups_on_failure,
+    follow_ups_on_success,
+    freeze,
+    messages_for,
+    next_in_chain,
+    result_of,
+    run_eagerly,
+)
+
+__all__ = [
+    "Canvas",
+    "Signature",
+    "chain",
+    "chord",
+    "chunks",
+    "complete_chord",
+    "count_chord_member",
+    "follow_ups_on_failure",
+    "follow_ups_on_success",
+    "group",
+    "maybe_signature",
+    "messages_for",
+    "next_in_chain",
+    "signature",
+    "xmap",
+    "xstarmap",
+]
+
+
+def _with_options(node: Node, options: Mapping[str, Any]) -> Node:
+    """Options given to a whole canvas at send time: on its first step(s)."""
+    kind = node.get("subtask_type")
+    if kind is None:
+        return {**node, "options": {**node["options"], **options}}
+    if kind == "chain":
+        return {**node, "tasks": [_with_options(node["tasks"][0], options), *node["tasks"][1:]]}
+    if kind == "group":
+        return {**node, "tasks": [_with_options(t, options) for t in node["tasks"]]}
+    return {**node, "header": [_with_options(t, options) for t in node["header"]]}

@@ -58,6 +58,10 @@ class TaskError(ConveyorError):
     """A task could not be run or its result could not be fetched."""
 
 
+class ChordError(TaskError):
+    """A chord's member failed, so its body did not run; the message names the member."""
+
+
 class NotRegistered(TaskError, KeyError):
     """No task with that name is registered: import the module that defines it (autodiscover_tasks)."""
 
@@ -126,6 +130,7 @@ def _retry_message(exc: BaseException | None, when: float | None) -> str:
 __all__ = [
     "BrokerConnectionError",
     "BrokerError",
+    "ChordError",
     "ConfigurationError",
     "ConveyorError",
     "MaxRetriesExceededError",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from conveyor import states
@@ -28,9 +29,28 @@ class AsyncResult(Generic[R]):
         self.id = id
         self.app = app
         self.task_name = task_name
+        # Known when this handle came from a canvas sent here (the previous step of a
+        # chain, a chord's header): Celery's ``parent``.
+        self.parent: Any = None
+        self._children: list[Any] = []
 
     def __repr__(self) -> str:
         return f"<AsyncResult {self.id}>"
+
+    @property
+    def children(self) -> list[Any]:
+        """Results this task's canvas sent after it (a chain's next step), as far as
+        this process built them."""
+        return list(self._children)
+
+    def collect(self, timeout: float | None = None) -> Iterator[tuple[Any, Any]]:
+        """``(result, value)`` for this result and its children, depth first (Celery's)."""
+        yield self, self.get(timeout=timeout)
+        for child in self.children:
+            if isinstance(child, AsyncResult):
+                yield from child.collect(timeout=timeout)
+            else:
+                yield child, child.get(timeout=timeout)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, AsyncResult) and other.id == self.id
@@ -166,6 +186,8 @@ class EagerResult(AsyncResult[R]):
     ) -> None:
         self.id = id
         self.task_name = task_name
+        self.parent = None
+        self._children = []
         self._value = value
         self._state = state
         self._traceback = traceback
@@ -217,22 +239,38 @@ class EagerResult(AsyncResult[R]):
         return {}  # it already ran, inline
 
 
-class GroupResult:
-    """The results of a group, in the order the group listed its tasks."""
+class ResultSet:
+    """A set of results handled as one: ``ready()``, ``get()`` of all, in order."""
 
-    def __init__(self, id: str, results: list[AsyncResult[Any]], app: Conveyor | None = None) -> None:
-        self.id = id
-        self.results = results
+    def __init__(self, results: list[AsyncResult[Any]], app: Conveyor | None = None, **kwargs: Any) -> None:
+        self.results = list(results)
         self.app = app
 
     def __repr__(self) -> str:
-        return f"<GroupResult {self.id} ({len(self.results)} tasks)>"
+        return f"<ResultSet ({len(self.results)} tasks)>"
 
-    def __iter__(self) -> Any:
+    def __iter__(self) -> Iterator[AsyncResult[Any]]:
         return iter(self.results)
 
     def __len__(self) -> int:
         return len(self.results)
+
+    def __getitem__(self, index: int) -> AsyncResult[Any]:
+        return self.results[index]
+
+    def add(self, result: AsyncResult[Any]) -> None:
+        if result not in self.results:
+            self.results.append(result)
+
+    def remove(self, result: AsyncResult[Any]) -> None:
+        self.results.remove(result)
+
+    def discard(self, result: AsyncResult[Any]) -> None:
+        if result in self.results:
+            self.results.remove(result)
+
+    def clear(self) -> None:
+        self.results.clear()
 
     def _records(self) -> dict[str, ResultRecord]:
         if self.app is None:  # eager results carry their own state
@@ -250,11 +288,18 @@ class GroupResult:
         records = self._records()
         return len(records) == len(self.results) and all(rec.ready for rec in records.values())
 
+    def waiting(self) -> bool:
+        return not self.ready()
+
     def successful(self) -> bool:
         return self.completed_count() == len(self.results)
 
     def failed(self) -> bool:
         return any(r.failed() for r in self.results)
+
+    def revoke(self, terminate: bool = False) -> None:
+        for result in self.results:
+            result.revoke(terminate=terminate)
 
     def get(self, timeout: float | None = None, propagate: bool = True, interval: float = 0.1) -> list[Any]:
         """Wait for every member; one deadline for all of them, not one each."""
@@ -266,3 +311,58 @@ class GroupResult:
         return values
 
     join = get
+
+
+class GroupResult(ResultSet):
+    """The results of a group, in the order the group listed its tasks."""
+
+    def __init__(
+        self,
+        id: str,
+        results: list[AsyncResult[Any]],
+        app: Conveyor | None = None,
+        parent: Any = None,
+    ) -> None:
+        super().__init__(results, app=app)
+        self.id = id
+        self.parent = parent
+
+    def __repr__(self) -> str:
+        return f"<GroupResult {self.id} ({len(self.results)} tasks)>"
+
+    @property
+    def children(self) -> list[AsyncResult[Any]]:
+        return list(self.results)
+
+    def save(self, app: Conveyor | None = None) -> GroupResult:
+        """Keep the group's member ids (for result_expires) so another process can
+        ``GroupResult.restore(id)``."""
+        app = app or self.app or _current()
+        from conveyor.serialization import dumps
+
+        ids = [[r.id, r.task_name] for r in self.results]
+        app.broker.kv_set(_GROUPS, self.id, dumps(ids), ttl_s=app.conf.result_expires)
+        return self
+
+    @classmethod
+    def restore(cls, id: str, app: Conveyor | None = None) -> GroupResult | None:
+        """A group saved with ``save()``, or None when there is none (or it expired)."""
+        app = app or _current()
+        from conveyor.serialization import loads
+
+        data = app.broker.kv_get(_GROUPS, id)
+        if data is None:
+            return None
+        return cls(id, [app.AsyncResult(tid, task_name=name) for tid, name in loads(data)], app=app)
+
+    def delete(self, app: Conveyor | None = None) -> None:
+        (app or self.app or _current()).broker.kv_delete(_GROUPS, self.id)
+
+
+_GROUPS = "groups"
+
+
+def _current() -> Conveyor:
+    from conveyor.app import get_current_app
+
+    return get_current_app()

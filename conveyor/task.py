@@ -99,6 +99,7 @@ TASK_OPTIONS = frozenset(
         "retry_kwargs", "retry_backoff", "retry_backoff_max", "retry_jitter", "acks_late",
         "time_limit", "soft_time_limit", "rate_limit", "expires", "ignore_result", "track_started",
         "serializer",
+        "unique_for",
     }
 )  # fmt: skip
 
@@ -133,6 +134,9 @@ class Task(Generic[P, R]):
     expires: float | dt.datetime | dt.timedelta | None = None
     serializer: str | None = None  # None: the app's task_serializer
     bind: bool = False
+    # Seconds a send with the same arguments (or idempotency_key) returns the first
+    # task instead of sending another; True: until that task finishes.
+    unique_for: float | bool | None = None
     # Options resolved against the app's settings when unset (the properties below);
     # a subclass may set the public name as a plain class attribute instead.
     _max_retries: int | None = _UNSET
@@ -307,8 +311,7 @@ class Task(Generic[P, R]):
             headers=headers,
             **options,
         )
-        app.publish(message)
-        return app.AsyncResult(message.id, task_name=self.name)
+        return app.AsyncResult(app.send(message), task_name=self.name)
 
     def build_message(
         self,
@@ -324,6 +327,7 @@ class Task(Generic[P, R]):
             default_priority=self.priority,
             default_expires=self.expires,
             default_serializer=self.serializer,
+            default_unique_for=self.unique_for,
             **options,
         )
 
@@ -372,6 +376,21 @@ class Task(Generic[P, R]):
         return Signature(self.name, args, kwargs, app=self._app, immutable=True)
 
     signature = s
+
+    def chunks(self, it: Iterable[Sequence[Any]], n: int) -> Any:
+        """Celery's ``task.chunks(items, n)``: a group of tasks, each calling this task on
+        ``n`` items (``task(*item)``) and returning the list of results."""
+        from conveyor.canvas import chunks
+
+        return chunks(self.s(), it, n)
+
+    def starmap(self, it: Iterable[Sequence[Any]]) -> Signature:
+        """Celery's ``task.starmap(items)``: one task calling ``task(*item)`` per item.
+        (``Task.map`` keeps its Conveyor meaning, one message per item in one round trip;
+        Celery's one-task form is ``conveyor.canvas.xmap(task.s(), items)``.)"""
+        from conveyor.canvas import xstarmap
+
+        return xstarmap(self.s(), it)
 
     # -- progress ------------------------------------------------------------------------
     def update_state(

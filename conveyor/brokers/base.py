@@ -143,6 +143,17 @@ class BrokerAdmin(Protocol):
     def acquire_lease(self, name: str, owner: str, ttl_s: float) -> bool:
         """Take or renew a named lease (the scheduler's leader lease)."""
 
+    def claim_lease(self, name: str, owner: str, ttl_s: float) -> str:
+        """Take a named lease unless someone holds it; returns its holder, atomically.
+
+        ``owner`` when this call took it (or held it already), else the owner that
+        holds it: unique tasks answer a second send with the first task's id.
+        """
+
+    def release_lease(self, name: str, owner: str) -> None:
+        """Give a lease back if ``owner`` still holds it; inside ``batch()`` it joins
+        the batch (released with the result it follows)."""
+
     def result_backend(self, *, result_expires_s: float) -> ResultBackend:
         """The result store that lives with this broker (``result_backend`` unset)."""
 

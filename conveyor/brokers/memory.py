@@ -393,6 +393,23 @@ class MemoryBroker:
             store.leases[name] = _Lease(owner, now + ttl_s)
             return True
 
+    def claim_lease(self, name: str, owner: str, ttl_s: float) -> str:
+        now = time.time()
+        store = self._store
+        with store.cond:
+            lease = store.leases.get(name)
+            if lease is not None and lease.expires_at > now:
+                return lease.owner
+            store.leases[name] = _Lease(owner, now + ttl_s)
+            return owner
+
+    def release_lease(self, name: str, owner: str) -> None:
+        store = self._store
+        with store.cond:
+            lease = store.leases.get(name)
+            if lease is not None and lease.owner == owner:
+                del store.leases[name]
+
     # -- kv and logs -------------------------------------------------------------------
     def kv_set(self, namespace: str, key: str, value: bytes, *, ttl_s: float | None = None) -> None:
         check_name("namespace", namespace)

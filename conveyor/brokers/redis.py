@@ -515,6 +515,22 @@ return 1
 """
 )
 
+# Set-if-absent that answers with the holder: the new owner or the one already there.
+_CLAIM = Script(
+    """
+local owner = redis.call('GET', KEYS[1])
+if owner then return owner end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return ARGV[1]
+"""
+)
+_RELEASE = Script(
+    """
+if redis.call('GET', ARGV[1]) == ARGV[2] then return redis.call('DEL', ARGV[1]) end
+return 0
+"""
+)
+
 # kv: KEYS = hash, expiry zset. Expired records are dropped when seen.
 _KV_SET = Script(
     _NOW
@@ -866,6 +882,14 @@ class RedisBroker:
     def acquire_lease(self, name: str, owner: str, ttl_s: float) -> bool:
         args = (owner, max(1, int(ttl_s * 1000)))
         return bool(self.link.read(_LEASE, args, keys=(self.link.key("lease", name),)))
+
+    def claim_lease(self, name: str, owner: str, ttl_s: float) -> str:
+        ttl_ms = max(1, int(ttl_s * 1000))
+        holder = self.link.read(_CLAIM, (owner, ttl_ms), keys=(self.link.key("lease", name),))
+        return holder.decode() if isinstance(holder, bytes) else str(holder)
+
+    def release_lease(self, name: str, owner: str) -> None:
+        self.link.run(_RELEASE, (self.link.key("lease", name), owner))
 
     # -- kv records --------------------------------------------------------------------
     def _kv_keys(self, namespace: str) -> tuple[str, str]:

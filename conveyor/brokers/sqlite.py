@@ -163,6 +163,13 @@ ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, expires_at = excluded.e
 WHERE {LEASES}.owner = excluded.owner OR {LEASES}.expires_at <= ?
 """
 _SQL_LEASE_EXPIRE = f"DELETE FROM {LEASES} WHERE expires_at <= ?"
+_SQL_LEASE_CLAIM = f"""
+INSERT INTO {LEASES} (name, owner, expires_at) VALUES (?, ?, ?)
+ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, expires_at = excluded.expires_at
+WHERE {LEASES}.expires_at <= ?
+"""
+_SQL_LEASE_OWNER = f"SELECT owner FROM {LEASES} WHERE name = ?"
+_SQL_LEASE_RELEASE = f"DELETE FROM {LEASES} WHERE name = ? AND owner = ?"
 _LEASE_SWEEP_EVERY = 100  # acquire_lease calls per sweep: the scheduler claims one lease per run
 
 
@@ -494,6 +501,18 @@ class SQLiteBroker(SQLiteStoreMixin):
             # claimed scheduler run would stay on disk for good.
             self._db.write(_SQL_LEASE_EXPIRE, (now,))
         return self._db.write(_SQL_LEASE_TAKE, (name, owner, now + ttl_s, now)) > 0
+
+    def claim_lease(self, name: str, owner: str, ttl_s: float) -> str:
+        now = time.time()
+
+        def claim(conn: sqlite3.Connection) -> str:
+            conn.execute(_SQL_LEASE_CLAIM, (name, owner, now + ttl_s, now))
+            return str(conn.execute(_SQL_LEASE_OWNER, (name,)).fetchone()[0])
+
+        return self._db.transaction(claim)
+
+    def release_lease(self, name: str, owner: str) -> None:
+        self._db.write(_SQL_LEASE_RELEASE, (name, owner))
 
 
 def _dead_letter(row: tuple[Any, ...]) -> DeadLetter:

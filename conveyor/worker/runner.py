@@ -24,7 +24,7 @@ from conveyor.exceptions import (
 )
 from conveyor.message import Message, decode
 from conveyor.retry import backoff_countdown
-from conveyor.serialization import dumps, exception_to_dict, format_traceback
+from conveyor.serialization import dumps, exception_from_dict, exception_to_dict, format_traceback
 from conveyor.serializers import accepted, wrap_result
 from conveyor.task import Request, pop_request, push_request
 from conveyor.worker.limits import TaskTerminated, soft_time_limit
@@ -64,6 +64,7 @@ class Outcome:
     reason: str | None = None
     follow_ups: list[bytes] = field(default_factory=list)  # the next chain step, sent with the ack
     chord: dict[str, Any] | None = None  # the chord this task is a member of
+    unique: str | None = None  # the lease a unique task holds until it finishes
     log_level: str = "info"
     log: str = ""
 
@@ -102,6 +103,7 @@ def not_registered(message: Message) -> Outcome:
         retries=message.retries,
         finished_at=time.time(),
         reason=f"unknown task {message.task!r}: no task of that name is registered on the worker",
+        unique=unique_lease(message),
         log_level="error",
         log=f"Received unregistered task of type {message.task!r}[{message.id}]: dead-lettered. "
         "Is its module imported by the worker (-A / include / autodiscover_tasks)?",
@@ -121,6 +123,7 @@ def expired(message: Message, now: float) -> Outcome:
         kwargs=message.kwargs,
         retries=message.retries,
         finished_at=now,
+        unique=unique_lease(message),
         log_level="warning",
         log=f"{label(message.task, message.id)} expired: not run (revoked)",
     )
@@ -147,6 +150,7 @@ def revoked(
         args=message.args if message else [],
         kwargs=message.kwargs if message else {},
         retries=message.retries if message else 0,
+        unique=unique_lease(message) if message else None,
         started_at=started_at,
         finished_at=time.time(),
         reason=reason,
@@ -208,7 +212,7 @@ def _run(
     try:
         with soft_time_limit(task.soft_time_limit if use_soft_limit else None):
             try:
-                value = task(*message.args, **message.kwargs)
+                value = call(task, message)
             except Exception as exc:
                 if (
                     task.autoretry_for
@@ -308,8 +312,33 @@ def autoretry(task: Task[Any, Any], exc: Exception) -> None:
     raise task.retry(exc=exc, **options)
 
 
+def call(task: Task[Any, Any], message: Message) -> Any:
+    """Run the task as the message asks: once, once per item (xmap, xstarmap, chunks),
+    or as an error callback with the failed task's request and exception rebuilt."""
+    args, headers = message.args, message.headers
+    how = headers.get("map")
+    if how == "star":
+        return [task(*item) for item in args[0]]
+    if how == "each":
+        return [task(item) for item in args[0]]
+    if headers.get("errback") and len(args) >= 3 and isinstance(args[0], dict):
+        args = [_errback_request(args[0]), exception_from_dict(args[1]), *args[2:]]
+    return task(*args, **message.kwargs)
+
+
+def _errback_request(data: dict[str, Any]) -> Request:
+    known = {k: v for k, v in data.items() if k in Request.__dataclass_fields__}
+    return Request(**{"id": "", "task": "", **known})
+
+
+def unique_lease(message: Message) -> str | None:
+    unique = message.headers.get("unique")
+    return str(unique["name"]) if unique and unique.get("release") else None
+
+
 def _base(message: Message, started: float) -> dict[str, Any]:
     return {
+        "unique": unique_lease(message),
         "chord": message.headers.get("chord"),
         "task_id": message.id,
         "task_name": message.task,
@@ -352,13 +381,10 @@ def _succeeded(task: Task[Any, Any], message: Message, value: Any, started: floa
             **base,
         )
     follow_ups = []
-    if message.headers.get("chain"):
-        from conveyor.canvas import next_in_chain
+    if message.headers.get("chain") or message.headers.get("link"):
+        from conveyor.canvas import follow_ups_on_success
 
-        step = next_in_chain(task.app, message, value)
-        if step is not None:
-            step = step.with_changes(parent_id=message.id, root_id=message.root_id or message.id)
-            follow_ups.append(step.encode())
+        follow_ups = _encoded(message, follow_ups_on_success(task.app, message, value))
     return Outcome(
         ACK,
         state=states.SUCCESS,
@@ -369,10 +395,21 @@ def _succeeded(task: Task[Any, Any], message: Message, value: Any, started: floa
     )
 
 
+def _encoded(message: Message, follow_ups: list[Message]) -> list[bytes]:
+    root = message.root_id or message.id
+    return [m.with_changes(parent_id=message.id, root_id=root).encode() for m in follow_ups]
+
+
 def _failed(
     task: Task[Any, Any], message: Message, request: Request, exc: BaseException, started: float
 ) -> Outcome:
     base = _base(message, started)
+    if message.headers.get("link_error"):
+        from conveyor.canvas import follow_ups_on_failure
+
+        base["follow_ups"] = _encoded(
+            message, follow_ups_on_failure(task.app, message, exc, request.hostname)
+        )
     runtime = base["finished_at"] - started
     text = f"{type(exc).__name__}({str(exc)!r})"
     if request.retries_exhausted:

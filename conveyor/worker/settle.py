@@ -103,6 +103,9 @@ class Settler:
                 self.broker.publish_many(batch.publish)
             for delivery, reason in batch.dead:
                 self.broker.dead_letter(delivery, reason=reason)
+            # With the result: a client that sees the task finished may send the key again.
+            for name, owner in batch.releases:
+                self.broker.release_lease(name, owner)
             for delivery in batch.requeue:
                 self.broker.nack(delivery, retry_at=None, reason="requeued")
             # Answered already (SQLite, memory): the body joins this transaction too.
@@ -214,6 +217,7 @@ class _Settlement:
     requeue: list[Delivery] = field(default_factory=list)
     chords: list[Outcome] = field(default_factory=list)
     events: list[bytes] = field(default_factory=list)  # encoded task events
+    releases: list[tuple[str, str]] = field(default_factory=list)  # unique tasks' leases: (name, owner)
 
     def add(self, job: Job, outcome: Outcome) -> None:
         delivery = job.delivery
@@ -221,6 +225,10 @@ class _Settlement:
         self.publish.extend(decode(body, OWN_BODIES) for body in outcome.follow_ups)
         if outcome.chord and outcome.state in states.READY_STATES:
             self.chords.append(outcome)
+        if outcome.action not in (RETRY, REQUEUE):  # it finished, however
+            unique = outcome.unique or _ended_by_worker_lease(job, outcome)
+            if unique:
+                self.releases.append((unique, outcome.task_id or ""))
         if outcome.action == RETRY and outcome.retry_body is not None:
             self.publish.append(decode(outcome.retry_body, OWN_BODIES))
         elif outcome.action == DEAD:
@@ -234,3 +242,14 @@ class _Settlement:
                 self.publish.append(decode(delivery.body, OWN_BODIES))  # accepted when fetched
         if unacked:
             self.acks.append(delivery)
+
+
+def _ended_by_worker_lease(job: Job, outcome: Outcome) -> str | None:
+    """The unique lease of a task the worker ended (time limit, lost process, terminated):
+    such an outcome is made without the message, so its headers are read here, when
+    they may hold a lease at all."""
+    if not outcome.task_id or b'"unique"' not in job.delivery.body:
+        return None
+    from conveyor.worker.runner import unique_lease
+
+    return unique_lease(job.message or decode(job.delivery.body))

@@ -512,3 +512,15 @@ def test_consumer_threads_never_share_a_message(broker_case: BrokerCase, broker:
         thread.join()
     flat = [i for part in seen for i in part]
     assert len(flat) == len(set(flat)) == len(published)
+
+
+def test_claim_lease_answers_with_the_holder_and_release_frees_it(broker: AdminBroker) -> None:
+    assert broker.claim_lease("unique:k", "first", 30) == "first"
+    assert broker.claim_lease("unique:k", "second", 30) == "first"
+    assert broker.claim_lease("unique:k", "first", 30) == "first"
+    broker.release_lease("unique:k", "second")  # not the holder: nothing happens
+    assert broker.claim_lease("unique:k", "third", 30) == "first"
+    broker.release_lease("unique:k", "first")
+    assert broker.claim_lease("unique:k", "third", 30) == "third"
+    assert broker.claim_lease("unique:short", "a", 0.2) == "a"
+    assert wait_for(lambda: broker.claim_lease("unique:short", "b", 30) == "b", timeout=3.0)

@@ -133,6 +133,38 @@ def progress(self, total, go_file):
 def order(n):
     record("order", n)
     return n
+
+
+@app.task(name="proj.plus")
+def plus(x, y=0):
+    record("plus", x, y)
+    return x + y
+
+
+@app.task(name="proj.tsum")
+def tsum(values):
+    record("tsum", len(values))
+    return sum(values)
+
+
+@app.task(name="proj.echo")
+def echo(value, *extra):
+    record("echo", value, *extra)
+    return value
+
+
+@app.task(name="proj.boom")
+def boom(key):
+    record("boom", key)
+    raise ValueError("boom " + key)
+
+
+@app.task(name="proj.on_err")
+def on_err(request, exc, traceback, tag=None):
+    # Celery's error-callback signature: the failed task's request, its exception, its traceback.
+    record("on_err", request.id, request.task, type(exc).__name__, str(exc).replace(" ", "_"),
+           traceback.startswith("Traceback"), tag)
+    return request.id
 """
 
 

@@ -35,11 +35,11 @@ def test_eager_group_and_chord(app: Conveyor) -> None:
 def test_chain_step_carries_the_rest(app: Conveyor) -> None:
     add = app.tasks["c.add"]
     first = add.s(1, 2).message(headers={"chain": [add.s(10).to_dict(), add.si(0, 0).to_dict()]})
-    step = next_in_chain(app, first, 3)
-    assert step is not None and step.args == [3, 10] and len(step.headers["chain"]) == 1
-    last = next_in_chain(app, step, 13)
-    assert last is not None and last.args == [0, 0] and last.headers == {}
-    assert next_in_chain(app, last, 0) is None
+    (step,) = next_in_chain(app, first, 3)
+    assert step.args == [3, 10] and len(step.headers["chain"]) == 1
+    (last,) = next_in_chain(app, step, 13)
+    assert last.args == [0, 0] and last.headers == {}
+    assert next_in_chain(app, last, 0) == []
 
 
 def test_signature_round_trips_as_data(app: Conveyor) -> None:

@@ -12,7 +12,7 @@ from conveyor import Conveyor, chord, states
 from conveyor.backends.base import ResultRecord
 from conveyor.brokers import memory
 from conveyor.brokers.base import Delivery
-from conveyor.exceptions import BrokerError
+from conveyor.exceptions import BrokerError, ChordError
 from conveyor.testing import run_until_empty
 from conveyor.worker.pools import Completion, Job
 from conveyor.worker.runner import run_one
@@ -84,9 +84,11 @@ def test_completion_reads_the_members_once(
 def test_a_failed_member_fails_the_body_without_running_it(app: Conveyor, runs: list[int]) -> None:
     header: list[Any] = [app.tasks["t.add"].s(1, 1), app.tasks["t.boom"].s(), app.tasks["t.add"].s(2, 2)]
     result = chord(header, app.tasks["t.tally"].s())()
+    member = result.parent[1]
     run_until_empty(app)
     assert result.state == states.FAILURE
-    assert "ended FAILURE" in str(result.result)
+    assert isinstance(result.result, ChordError)  # Celery's: naming the member and its error
+    assert str(result.result) == f"Dependency t.boom[{member.id}] raised ValueError('boom')"
     assert runs == []
 
 
