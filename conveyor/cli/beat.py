@@ -14,7 +14,7 @@ from types import FrameType
 import click
 
 from conveyor.brokers.base import mask_url
-from conveyor.cli.context import CliState, import_project, pass_state, shared_options
+from conveyor.cli.context import CliState, load_tasks, pass_state, shared_options
 from conveyor.cli.worker import loglevel_option
 
 
@@ -40,8 +40,7 @@ def beat(state: CliState, loglevel: str, lease_s: float | None) -> None:
     from conveyor.worker.main import setup_logging
 
     app = state.get_app(need_project="beat")
-    for module_name in app.include:
-        import_project(module_name)
+    load_tasks(app)
     setup_logging(loglevel)
     scheduler = Beat(app, lease_s=lease_s)
 
