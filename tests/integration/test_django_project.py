@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 
+from conveyor import Conveyor
 from conveyor.testing import wait_for
 
 pytest.importorskip("django", reason="Django is not installed (the dev extra has it)")
@@ -57,8 +58,11 @@ def readme_django() -> tuple[dict[str, tuple[str, bool]], list[list[str]]]:
 # long connections live comes from the environment, per test), and tasks that show
 # which database session they ran on.
 TEST_SETTINGS = """
+import os
+
+CELERY_BROKER_URL = os.environ.get("TEST_BROKER_URL", CELERY_BROKER_URL)
 DATABASES = {{"default": {{
-    "ENGINE": "django.db.backends.postgresql", "NAME": {name!r}, "HOST": {host!r},
+    "ENGINE": "django.db.backends.postgresql", "NAME": os.environ["TEST_DATABASE"], "HOST": {host!r},
     "PORT": {port!r}, "USER": {user!r}, "OPTIONS": {{"application_name": "conveyor-test"}},
     "CONN_MAX_AGE": int(os.environ.get("TEST_CONN_MAX_AGE", "0")),
     "CONN_HEALTH_CHECKS": os.environ.get("TEST_CONN_MAX_AGE", "0") != "0",
@@ -95,16 +99,23 @@ ShopConfig.ready = _query_at_ready
 
 
 class Site:
-    """A Django project on disk, its database, and the worker processes started in it."""
+    """A Django project on disk, its database and broker, and the processes started in it.
 
-    def __init__(self, root: Path, database: str) -> None:
+    ``work`` holds what one test writes (its broker file, logs), so tests can share
+    one project directory.
+    """
+
+    def __init__(self, root: Path, database: str, work: Path | None = None) -> None:
         self.root = root
+        self.work = work or root
         self.database = database
         self.workers: list[subprocess.Popen[bytes]] = []
         path = f"{BIN}{os.pathsep}{os.environ['PATH']}"
-        self.env = {**os.environ, "PATH": path, "PYTHONPATH": str(root)}
+        self.env = {**os.environ, "PATH": path, "PYTHONPATH": str(root), "TEST_DATABASE": database}
         for name in ("DJANGO_SETTINGS_MODULE", "CONVEYOR_BROKER_URL", "CONVEYOR_APP"):
             self.env.pop(name, None)
+        if work is not None:
+            self.env["TEST_BROKER_URL"] = f"sqlite:///{work / 'conveyor.sqlite3'}"
 
     def run(self, line: str, **env: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -121,8 +132,29 @@ class Site:
         assert done.returncode == 0, f"{line}\n{done.stdout}\n{done.stderr}"
         return done.stdout
 
+    def build(self) -> None:
+        """The README's first block run, its files written, then this test's additions."""
+        files, commands = readme_django()
+        for line in commands[0]:
+            self.ok(line)
+        for rel, (text, append) in files.items():
+            with open(self.root / rel, "a" if append else "w") as fh:
+                fh.write(("\n" if append else "") + text)
+        params = dict(p.split("=", 1) for p in PG.split())
+        with open(self.root / "core" / "settings.py", "a") as fh:
+            fh.write(TEST_SETTINGS.format(**params))
+        with open(self.root / "shop" / "tasks.py", "a") as fh:
+            fh.write(TEST_TASKS)
+        with open(self.root / "shop" / "apps.py", "a") as fh:
+            fh.write(textwrap.dedent(TEST_APPS))
+
+    def migrate(self) -> None:
+        _, commands = readme_django()
+        for line in commands[1][:2]:  # makemigrations, migrate
+            self.ok(line)
+
     def start_worker(self, line: str, **env: str) -> subprocess.Popen[bytes]:
-        log_path = self.root / f"worker{len(self.workers)}.log"
+        log_path = self.work / f"worker{len(self.workers)}.log"
         with open(log_path, "wb") as log:
             proc = subprocess.Popen(
                 shlex.split(line),
@@ -145,6 +177,23 @@ class Site:
         with psycopg.connect(f"{PG} dbname={self.database}", autocommit=True) as conn:
             return list(conn.execute(query, params).fetchall())
 
+    def client(self) -> Conveyor:
+        """An app on the project's broker, as another process of the project would send."""
+        return Conveyor(
+            "client", broker=self.env.get("TEST_BROKER_URL") or self._broker(), set_as_current=False
+        )
+
+    def _broker(self) -> str:
+        return f"sqlite:///{self.root / 'conveyor.sqlite3'}"
+
+    def sessions(self) -> list[int]:
+        """The backend pids of the project's open database sessions (not this test's)."""
+        rows = self.sql(
+            "SELECT pid FROM pg_stat_activity WHERE datname = %s AND application_name = 'conveyor-test'",
+            self.database,
+        )
+        return [pid for (pid,) in rows]
+
     def stop_all(self) -> None:
         for proc in self.workers:
             if proc.poll() is None:
@@ -152,53 +201,66 @@ class Site:
                 proc.wait(10)
 
 
-@pytest.fixture
-def database() -> Iterator[str]:
-    """A database of its own for each test, dropped (its sessions ended) afterwards."""
-    try:
-        admin = psycopg.connect(f"{PG} dbname=postgres", autocommit=True)
-    except psycopg.OperationalError as exc:
-        if os.environ.get("CI"):
-            raise
-        pytest.skip(f"PostgreSQL is not reachable at {PG!r}: {exc}")
-    name = f"conveyor_test_{uuid.uuid4().hex[:12]}"
-    with admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
+class Databases:
+    """Creates and drops this module's databases on the PostgreSQL server."""
+
+    def __init__(self) -> None:
         try:
-            yield name
-        finally:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            self.admin = psycopg.connect(f"{PG} dbname=postgres", autocommit=True)
+        except psycopg.OperationalError as exc:
+            if os.environ.get("CI"):
+                raise
+            pytest.skip(f"PostgreSQL is not reachable at {PG!r}: {exc}")
+
+    def create(self, template: str | None = None) -> str:
+        name = f"conveyor_test_{uuid.uuid4().hex[:12]}"
+        copy = f' TEMPLATE "{template}"' if template else ""
+        self.admin.execute(f'CREATE DATABASE "{name}"{copy}')
+        return name
+
+    def drop(self, name: str) -> None:
+        self.admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="module")
+def databases() -> Iterator[Databases]:
+    made = Databases()
+    try:
+        yield made
+    finally:
+        made.admin.close()
+
+
+@pytest.fixture(scope="module")
+def migrated(tmp_path_factory: pytest.TempPathFactory, databases: Databases) -> Iterator[Site]:
+    """One project, built and migrated once as the README says: each test gets a copy of its database."""
+    template = databases.create()
+    made = Site(tmp_path_factory.mktemp("site"), template)
+    try:
+        made.build()
+        made.migrate()
+        yield made
+    finally:
+        databases.drop(template)
 
 
 @pytest.fixture
-def site(tmp_path: Path, database: str) -> Iterator[Site]:
-    """The README's first block run and its files written; migrations are the test's to run."""
-    made = Site(tmp_path, database)
-    files, commands = readme_django()
+def site(migrated: Site, databases: Databases, tmp_path: Path) -> Iterator[Site]:
+    """The migrated project on a database of this test's own (dropped after) and its own broker."""
+    database = databases.create(template=migrated.database)
+    made = Site(migrated.root, database, work=tmp_path)
     try:
-        for line in commands[0]:
-            made.ok(line)
-        for rel, (text, append) in files.items():
-            path = tmp_path / rel
-            with open(path, "a" if append else "w") as fh:
-                fh.write(("\n" if append else "") + text)
-        params = dict(p.split("=", 1) for p in PG.split())
-        with open(tmp_path / "core" / "settings.py", "a") as fh:
-            fh.write("\nimport os\n" + TEST_SETTINGS.format(name=database, **params))
-        with open(tmp_path / "shop" / "tasks.py", "a") as fh:
-            fh.write(TEST_TASKS)
-        with open(tmp_path / "shop" / "apps.py", "a") as fh:
-            fh.write(textwrap.dedent(TEST_APPS))
         yield made
     finally:
         made.stop_all()
+        databases.drop(database)
 
 
 def test_readme_django_section_works_as_written(site: Site) -> None:
+    """The ``migrated`` fixture ran the section's first commands (startproject,
+    startapp, makemigrations, migrate); the rest run here."""
     _, commands = readme_django()
-    makemigrations, migrate, worker, shell = commands[1]
-    site.ok(makemigrations)
-    site.ok(migrate)
+    worker, shell = commands[1][2:]
     site.ok("python manage.py check")
     site.start_worker(worker)
     created = site.ok(shell).split()[-1]  # Django 5.2 shell may print a line first
@@ -206,13 +268,13 @@ def test_readme_django_section_works_as_written(site: Site) -> None:
 
 
 def test_run_and_beat_set_django_up(site: Site) -> None:
-    _, commands = readme_django()
-    makemigrations, migrate, _, shell = commands[1]
-    site.ok(makemigrations)
-    site.ok(migrate)
     site.start_worker("conveyor -A core run --no-dashboard -P threads -c 1")
-    created = site.ok(shell).split()[-1]
-    assert site.sql("SELECT id, item FROM shop_order") == [(int(created), "book")]
+    client = site.client()
+    try:
+        created = client.send_task("shop.tasks.create_order", args=["book"]).get(timeout=60)
+    finally:
+        client.close()
+    assert site.sql("SELECT id, item FROM shop_order") == [(created, "book")]
     beat = subprocess.Popen(
         shlex.split("conveyor -A core beat"),
         cwd=site.root,
@@ -225,3 +287,46 @@ def test_run_and_beat_set_django_up(site: Site) -> None:
     assert beat.stderr is not None
     first = beat.stderr.readline().decode()
     assert first.startswith("beat "), first + beat.stderr.read().decode()
+
+
+@pytest.mark.parametrize("conn_max_age", ["0", "60"])
+def test_a_connection_dropped_while_the_worker_idles_is_replaced(site: Site, conn_max_age: str) -> None:
+    """The server ends the worker's session while it waits (a restart, a failover, an
+    idle timeout): the next task still runs, as the next request of a web process
+    would. With CONN_MAX_AGE=60 (and CONN_HEALTH_CHECKS) the session outlives a task,
+    so one is really there to be ended."""
+    site.start_worker("conveyor -A core worker -l info -c 1", TEST_CONN_MAX_AGE=conn_max_age)
+    client = site.client()
+    try:
+        first = client.send_task("shop.tasks.backend_pid", args=["first"]).get(timeout=60)
+        ended = site.sql(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = %s AND application_name = 'conveyor-test'",
+            site.database,
+        )
+        if conn_max_age != "0":
+            assert ended == [(True,)], "the worker kept no session to end"
+        wait_for(lambda: first not in site.sessions(), timeout=30, message="the session was not ended")
+        second = client.send_task("shop.tasks.backend_pid", args=["second"]).get(timeout=60)
+        assert second != first
+        assert site.sql("SELECT item FROM shop_order ORDER BY id") == [("first",), ("second",)]
+    finally:
+        client.close()
+
+
+def test_a_prefork_child_never_uses_its_parents_connection(site: Site) -> None:
+    """The worker's main process holds a session (the project queried in AppConfig.ready)
+    when it forks: each child opens its own, and the parent's stays alive (a child that
+    closed the inherited one politely would end the parent's session on the server)."""
+    marker = site.work / "parent_backend"
+    site.start_worker("conveyor -A core worker -l info -c 2", TEST_QUERY_AT_READY=str(marker))
+    parent = int(marker.read_text())
+    client = site.client()
+    try:
+        sent = [client.send_task("shop.tasks.backend_pid", args=[f"o{i}"]) for i in range(6)]
+        used = {r.get(timeout=60) for r in sent}
+        assert parent not in used
+        assert site.sql("SELECT count(*) FROM shop_order") == [(6,)]
+        assert parent in site.sessions(), "a child ended the parent's session"
+    finally:
+        client.close()

@@ -1,4 +1,5 @@
-"""Django in a Conveyor process: ``django.setup()`` before the project's tasks are imported.
+"""Django in a Conveyor process: ``django.setup()`` before the project's tasks are imported,
+and the worker's database connection handling (``connections.py``).
 
 Celery's Django fixup does the same when its worker starts. A tasks module imports its
 models, which Django allows only once the app registry is populated; the worker
@@ -51,4 +52,7 @@ def setup_django(app: Conveyor) -> bool:
             raise ConfigurationError(
                 f"django.setup() failed for {module}: {type(exc).__name__}: {exc}"
             ) from exc
+    from conveyor.contrib.django.connections import install
+
+    install()
     return True
