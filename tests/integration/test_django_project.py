@@ -10,6 +10,7 @@ fail under CI.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -330,3 +331,73 @@ def test_a_prefork_child_never_uses_its_parents_connection(site: Site) -> None:
         assert parent in site.sessions(), "a child ended the parent's session"
     finally:
         client.close()
+
+
+ON_COMMIT = """
+import json, os
+import django
+from django.conf import settings
+
+settings.configure(DATABASES={"default": {
+    "ENGINE": "django.db.backends.postgresql", "NAME": os.environ["TEST_DATABASE"],
+    "HOST": os.environ["PGHOST"], "PORT": os.environ["PGPORT"], "USER": os.environ["PGUSER"],
+}})
+django.setup()
+from django.db import transaction
+from conveyor import Conveyor
+
+app = Conveyor("on-commit", broker="memory://on-commit")
+
+
+@app.task
+def notify(n):
+    return n
+
+
+def sent():
+    return sum(s.ready + s.delayed for s in app.broker.queue_stats(["default"]))
+
+
+seen = {}
+with transaction.atomic():
+    notify.delay_on_commit(1)
+    notify.apply_async_on_commit((2,), countdown=0)
+    seen["inside"] = sent()
+seen["committed"] = sent()
+try:
+    with transaction.atomic():
+        notify.delay_on_commit(3)
+        raise RuntimeError("roll back")
+except RuntimeError:
+    pass
+seen["rolled_back"] = sent()
+with transaction.atomic():
+    notify.delay_on_commit(4)
+    try:
+        with transaction.atomic():  # a savepoint rolled back: its sends go with it
+            notify.delay_on_commit(5)
+            raise RuntimeError("roll back the savepoint")
+    except RuntimeError:
+        pass
+seen["savepoint"] = sent()
+notify.delay_on_commit(6)  # autocommit, no transaction open: sent now
+seen["autocommit"] = sent()
+print(json.dumps(seen))
+"""
+
+
+def test_delay_on_commit_sends_after_commit_and_never_on_rollback(databases: Databases) -> None:
+    database = databases.create()
+    try:
+        params = dict(p.split("=", 1) for p in PG.split())
+        env = {**os.environ, "TEST_DATABASE": database, "PGHOST": params["host"]}
+        env.update(PGPORT=params["port"], PGUSER=params["user"])
+        env.pop("DJANGO_SETTINGS_MODULE", None)
+        done = subprocess.run(
+            [sys.executable, "-c", ON_COMMIT], env=env, capture_output=True, text=True, timeout=60
+        )
+        assert done.returncode == 0, done.stderr
+        seen = json.loads(done.stdout)
+        assert seen == {"inside": 0, "committed": 2, "rolled_back": 2, "savepoint": 3, "autocommit": 4}
+    finally:
+        databases.drop(database)
