@@ -63,6 +63,20 @@ def get_current_app() -> Conveyor:
     return _current
 
 
+def release_app(app: Conveyor, *, restore: Conveyor | None) -> None:
+    """Forget ``app`` (shared tasks no longer bind to it) and make ``restore`` current again.
+
+    For test fixtures that make an app per test: without it every test's app stays
+    registered, and each new ``@shared_task`` is bound to all of them.
+    """
+    global _current
+    with _state_lock:
+        if app in _apps:
+            _apps.remove(app)
+        _current = restore
+    app.close()
+
+
 class _CurrentApp:
     """``conveyor.current_app``: Celery's proxy to whichever app is current.
 

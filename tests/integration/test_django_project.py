@@ -14,6 +14,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -67,6 +68,7 @@ DATABASES = {{"default": {{
     "PORT": {port!r}, "USER": {user!r}, "OPTIONS": {{"application_name": "conveyor-test"}},
     "CONN_MAX_AGE": int(os.environ.get("TEST_CONN_MAX_AGE", "0")),
     "CONN_HEALTH_CHECKS": os.environ.get("TEST_CONN_MAX_AGE", "0") != "0",
+    "TEST": {{"NAME": os.environ["TEST_DATABASE"]}},  # manage.py test --keepdb: the test's own copy
 }}}}
 """
 TEST_TASKS = """
@@ -401,3 +403,58 @@ def test_delay_on_commit_sends_after_commit_and_never_on_rollback(databases: Dat
         assert seen == {"inside": 0, "committed": 2, "rolled_back": 2, "savepoint": 3, "autocommit": 4}
     finally:
         databases.drop(database)
+
+
+# A project's test settings and tests, as a Django user writes them: eager tasks from
+# CELERY_TASK_ALWAYS_EAGER, and a real worker thread for the test that needs one.
+SETTINGS_TEST = """
+from .settings import *  # noqa: F403
+
+CELERY_TASK_ALWAYS_EAGER = True
+"""
+SHOP_TESTS = """
+from django.test import TestCase, TransactionTestCase
+
+from conveyor.testing import start_worker
+from core.celery import app
+from shop.models import Order
+from shop.tasks import create_order
+
+
+class EagerTests(TestCase):
+    def test_delay_runs_inline(self):
+        self.assertTrue(app.conf.task_always_eager)
+        pk = create_order.delay("eager").get()
+        self.assertEqual(Order.objects.get(pk=pk).item, "eager")
+
+
+class WorkerTests(TransactionTestCase):
+    def test_a_worker_thread_runs_orm_tasks(self):
+        app.conf.task_always_eager = False
+        try:
+            with start_worker(app, concurrency=2):
+                sent = [create_order.delay("t%d" % i) for i in range(3)]
+                pks = [result.get(timeout=30) for result in sent]
+        finally:
+            app.conf.task_always_eager = True
+        items = Order.objects.filter(pk__in=pks).values_list("item", flat=True)
+        self.assertEqual(sorted(items), ["t0", "t1", "t2"])
+        self.assertEqual(Order.objects.count(), 3)
+"""
+
+
+def test_django_tests_run_tasks_eagerly_or_on_a_worker_thread(site: Site, tmp_path: Path) -> None:
+    project = tmp_path / "project"  # a copy: the shared project stays as the README made it
+    shutil.copytree(site.root, project, ignore=shutil.ignore_patterns("__pycache__", "*.sqlite3"))
+    (project / "core" / "settings_test.py").write_text(SETTINGS_TEST)
+    (project / "shop" / "tests.py").write_text(SHOP_TESTS)
+    done = subprocess.run(
+        shlex.split("python manage.py test shop --settings core.settings_test --keepdb --noinput -v 2"),
+        cwd=project,
+        env={**site.env, "PYTHONPATH": str(project)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Ran 2 tests" in done.stderr, done.stderr
