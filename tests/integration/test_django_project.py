@@ -458,3 +458,115 @@ def test_django_tests_run_tasks_eagerly_or_on_a_worker_thread(site: Site, tmp_pa
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "Ran 2 tests" in done.stderr, done.stderr
+
+
+SETTINGS_ADMIN = """
+from .settings import *  # noqa: F403
+
+INSTALLED_APPS += ["conveyor.contrib.django"]  # noqa: F405
+"""
+ADMIN_SCRIPT = """
+import json, os
+os.environ["DJANGO_SETTINGS_MODULE"] = "core.settings_admin"
+import django
+django.setup()
+from django.contrib.auth.models import User
+from django.test import Client
+from django.test.utils import setup_test_environment
+
+from conveyor.testing import start_worker, wait_for
+from core.celery import app
+from shop.tasks import create_order
+
+setup_test_environment()
+base = "/admin/conveyor/periodictask/"
+out = {}
+admin = Client()
+admin.force_login(User.objects.create_superuser("admin", "admin@example.org", "pw"))
+staff = Client()
+staff.force_login(User.objects.create_user("staff", "staff@example.org", "pw", is_staff=True))
+
+app.periodic.add("from-cli", "shop.tasks.create_order", "30s", args=["cli"])
+page = admin.get(base).content.decode()
+out["listed"] = "from-cli" in page and "shop.tasks.create_order" in page
+out["dropdown"] = 'value="shop.tasks.create_order"' in admin.get(base + "add/").content.decode()
+form = {"name": "nightly", "task": "shop.tasks.create_order", "kind": "cron", "cron": "0 2 * * *",
+        "every": "", "args": '["n"]', "kwargs": "{}", "queue": "orders", "enabled": "on"}
+out["add"] = admin.post(base + "add/", form).status_code
+nightly = app.periodic.get("nightly")
+out["added"] = [nightly.schedule_text, list(nightly.args), nightly.options, nightly.enabled]
+bad = admin.post(base + "add/", {**form, "name": "bad", "args": "[1,"})
+out["bad_json"] = [bad.status_code, "Not valid JSON" in bad.content.decode(), app.periodic.get("bad") is None]
+bad = admin.post(base + "add/", {**form, "name": "bad", "args": '{"a": 1}'})
+out["args_not_a_list"] = [bad.status_code, app.periodic.get("bad") is None]
+bad = admin.post(base + "add/", {**form, "name": "bad", "cron": "99 * * * *"})
+out["bad_cron"] = [bad.status_code, app.periodic.get("bad") is None]
+edit = {**form, "kind": "every", "every": "5m", "cron": "", "kwargs": '{"x": 1}'}
+del edit["enabled"]
+out["edit"] = admin.post(base + "nightly/change/", edit).status_code
+nightly = app.periodic.get("nightly")
+out["edited"] = [nightly.schedule_text, nightly.kwargs, nightly.enabled]
+out["toggle"] = admin.post(base + "nightly/toggle/").status_code
+out["enabled"] = app.periodic.get("nightly").enabled
+out["delete"] = admin.post(base + "from-cli/delete/").status_code
+out["deleted"] = app.periodic.get("from-cli") is None
+out["staff"] = [staff.get(base).status_code, staff.post(base + "nightly/delete/").status_code]
+out["anonymous"] = Client().get(base).status_code
+
+with start_worker(app):
+    first = create_order.delay("r")
+    first.get(timeout=60)
+    results = "/admin/conveyor/taskresult/"
+    # Task events reach the index a moment after the result is stored: poll, bounded.
+    listed = lambda: first.id in admin.get(results + "?state=SUCCESS").content.decode()
+    out["results_listed"] = bool(wait_for(listed, timeout=30, message="not listed"))
+    out["results_filtered"] = first.id in admin.get(results + "?state=FAILURE").content.decode()
+    out["detail"] = "SUCCESS" in admin.get(results + first.id + "/").content.decode()
+    retried = admin.post(results + first.id + "/retry/")
+    new_id = retried["Location"].rstrip("/").rsplit("/", 1)[-1]
+    out["retry"] = [retried.status_code, new_id != first.id, app.AsyncResult(new_id).get(timeout=60) > 0]
+    out["staff_retry"] = staff.post(results + first.id + "/retry/").status_code
+print(json.dumps(out))
+"""
+
+
+def test_admin_pages_read_and_write_the_schedules_conveyor_uses(site: Site, tmp_path: Path) -> None:
+    project = tmp_path / "project"
+    shutil.copytree(site.root, project, ignore=shutil.ignore_patterns("__pycache__", "*.sqlite3"))
+    (project / "core" / "settings_admin.py").write_text(SETTINGS_ADMIN)
+    env = {**site.env, "PYTHONPATH": str(project)}
+    done = subprocess.run(
+        [sys.executable, "-c", ADMIN_SCRIPT],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout.splitlines()[-1])
+    assert out == {
+        "listed": True,
+        "dropdown": True,
+        "add": 302,
+        "added": ["0 2 * * *", ["n"], {"queue": "orders"}, True],
+        "bad_json": [200, True, True],
+        "args_not_a_list": [200, True],
+        "bad_cron": [200, True],
+        "edit": 302,
+        "edited": ["every 5m", {"x": 1}, False],
+        "toggle": 302,
+        "enabled": True,
+        "delete": 302,
+        "deleted": True,
+        "staff": [403, 403],
+        "anonymous": 302,
+        "results_listed": True,
+        "results_filtered": False,
+        "detail": True,
+        "retry": [302, True, True],
+        "staff_retry": 403,
+    }
+    # The CLI reads the same store: what the admin wrote is what `conveyor periodic` lists.
+    listed = site.ok("conveyor -A core periodic list --json")
+    assert [e["name"] for e in json.loads(listed)] == ["nightly"]
