@@ -228,8 +228,14 @@ class Conveyor:
         with self._discovery_lock:
             pending, self._pending_discovery = self._pending_discovery, []
         imported: list[str] = []
-        for packages, related_name in pending:
-            imported += autodiscover(packages, related_name)
+        for done, (packages, related_name) in enumerate(pending):
+            try:
+                imported += autodiscover(packages, related_name)
+            except BaseException:
+                # Kept for the next call: a failed import is raised again, not forgotten.
+                with self._discovery_lock:
+                    self._pending_discovery[:0] = pending[done:]
+                raise
         return imported
 
     # -- tasks ---------------------------------------------------------------------
