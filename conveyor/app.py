@@ -65,6 +65,20 @@ def get_current_app() -> Conveyor:
     return _current
 
 
+def release_app(app: Conveyor, *, restore: Conveyor | None) -> None:
+    """Forget ``app`` (shared tasks no longer bind to it) and make ``restore`` current again.
+
+    For test fixtures that make an app per test: without it every test's app stays
+    registered, and each new ``@shared_task`` is bound to all of them.
+    """
+    global _current
+    with _state_lock:
+        if app in _apps:
+            _apps.remove(app)
+        _current = restore
+    app.close()
+
+
 class _CurrentApp:
     """``conveyor.current_app``: Celery's proxy to whichever app is current.
 
@@ -122,6 +136,11 @@ class Conveyor:
             self.conf.result_backend = backend
         self.include = list(include or ())
         self.tasks: dict[str, Task[Any, Any]] = {}
+        # autodiscover_tasks() calls waiting for Django's app registry (conveyor/discovery.py).
+        self._pending_discovery: list[tuple[Any, str]] = []
+        self._discovery_lock = threading.Lock()
+        # Set by config_from_object("django.conf:settings"): processes that run tasks set Django up.
+        self.uses_django = False
         self._broker: AdminBroker | None = None
         self._backend: ResultBackend | None = None
         self._pid = _pid
@@ -148,6 +167,8 @@ class Conveyor:
         ``namespace="CONVEYOR"`` reads only ``CONVEYOR_*`` names (Django settings);
         ``namespace="CELERY"`` reads a project's existing Celery settings unchanged.
         """
+        if _is_django_settings(obj):
+            self.uses_django = True
         try:
             self.conf.update(settings_from_object(obj, namespace))
         except ConfigurationError:
@@ -159,6 +180,7 @@ class Conveyor:
         self,
         packages: Iterable[str] | Callable[[], Iterable[str]] | None = None,
         related_name: str = "tasks",
+        force: bool = False,
     ) -> list[str]:
         """Import ``<package>.<related_name>`` for each package; returns the modules imported.
 
@@ -166,23 +188,46 @@ class Conveyor:
         (``"accounts.apps.AccountsConfig"``) included. A package without a tasks module
         is skipped.
 
+        In a Django project whose app registry is not ready yet (``core/celery.py`` runs
+        while Django imports the settings), the request is kept and nothing is imported
+        (returns ``[]``): the worker, beat and ``run`` set Django up and then import the
+        modules (``import_includes``). ``force=True`` imports now, as in Celery.
+
         Raises:
             ConfigurationError: an entry names no package or AppConfig, or a tasks
                 module raised while importing (hiding it would leave its tasks
                 unregistered and their messages dead-lettered as unknown).
         """
-        from conveyor.discovery import autodiscover
+        from conveyor.discovery import autodiscover, waits_for_django
 
+        if not force and waits_for_django(packages):
+            with self._discovery_lock:
+                self._pending_discovery.append((packages, related_name))
+            return []
         return autodiscover(packages, related_name)
 
-    def import_includes(self) -> None:
-        """Import ``include=`` and Celery's ``imports``/``include`` settings; annotate the tasks."""
+    def import_includes(self) -> list[str]:
+        """Import the project's task modules: ``include=`` (and Celery's ``imports``/``include``
+        settings), then discovery held for Django; annotate the tasks.
+
+        Processes that run tasks call this at start (the worker, beat, ``run``); in a
+        Django project it calls ``django.setup()`` first. Returns the modules discovery
+        imported.
+
+        Raises:
+            ConfigurationError: Django could not be set up, or a tasks module failed to import.
+        """
+        from conveyor.contrib.django.setup import setup_django
+
+        setup_django(self)
         extra = self.conf.extra
         for module in [*self.include, *_names(extra.get("imports")), *_names(extra.get("include"))]:
             importlib.import_module(module)
+        imported = self.discover_pending()
         if self.conf.task_annotations:
             for task in self.tasks.values():
                 self._annotate(task)
+        return imported
 
     def _annotate(self, task: Task[Any, Any]) -> None:
         """``task_annotations``: {"name": {...}}, {"*": {...}} or a list of those; exact names win."""
@@ -194,6 +239,23 @@ class Conveyor:
                 options = entry.get(key)
                 if options:
                     task.set_options(options)
+
+    def discover_pending(self) -> list[str]:
+        """Run the ``autodiscover_tasks()`` calls that waited for Django; returns the modules imported."""
+        from conveyor.discovery import autodiscover
+
+        with self._discovery_lock:
+            pending, self._pending_discovery = self._pending_discovery, []
+        imported: list[str] = []
+        for done, (packages, related_name) in enumerate(pending):
+            try:
+                imported += autodiscover(packages, related_name)
+            except BaseException:
+                # Kept for the next call: a failed import is raised again, not forgotten.
+                with self._discovery_lock:
+                    self._pending_discovery[:0] = pending[done:]
+                raise
+        return imported
 
     # -- tasks ---------------------------------------------------------------------
     @overload
@@ -235,6 +297,12 @@ class Conveyor:
             self._annotate(task)
 
     def get_task(self, name: str) -> Task[Any, Any]:
+        task = self.tasks.get(name)
+        if task is None and self._pending_discovery:
+            from conveyor.discovery import waits_for_django
+
+            if not waits_for_django(None):  # a name looked up once Django is ready: discover now
+                self.discover_pending()
         try:
             return self.tasks[name]
         except KeyError:
@@ -521,6 +589,13 @@ class Conveyor:
     def Task(self) -> type[Task[Any, Any]]:  # noqa: N802 - Celery's name: class MyTask(app.Task)
         """The class ``@app.task`` instantiates unless ``base=`` names another (``task_cls=``)."""
         return task_class(self._task_cls, "task_cls")
+
+
+def _is_django_settings(obj: Any) -> bool:
+    """``"django.conf:settings"`` (or ``django.conf.settings``), or Django's settings object."""
+    if isinstance(obj, str):
+        return obj.replace(":", ".") == "django.conf.settings"
+    return type(obj).__module__ == "django.conf"
 
 
 def _route_queue(route: Any) -> str | None:

@@ -12,12 +12,21 @@ entry that names nothing, a tasks module that raises while importing) raises
 is Celery's behaviour too (its ``find_related_module`` re-raises), and it makes the
 worker refuse to start with one line that says what to fix, where logging and going
 on would leave those tasks unregistered until their messages were dead-lettered.
+
+In a Django project discovery waits for Django's app registry (``waits_for_django``):
+Celery's ``core/celery.py`` runs while Django imports the settings module, before any
+model can be imported, so a tasks module that imports its models would raise
+AppRegistryNotReady in every ``manage.py`` command. The app keeps the request and runs
+it once the registry is ready (``Conveyor.import_includes``, which the worker, beat and
+``run`` call after ``django.setup()``).
 """
 
 from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
+import sys
 from collections.abc import Callable, Iterable
 
 from conveyor.exceptions import ConfigurationError
@@ -51,6 +60,26 @@ def autodiscover(packages: Packages | None, related_name: str = "tasks") -> list
     return imported
 
 
+def waits_for_django(packages: Packages | None) -> bool:
+    """Must this discovery wait for Django's app registry?
+
+    Yes while the registry is not ready and Django is in play: no packages given (they
+    come from INSTALLED_APPS), or Django's settings are in use in this process. A
+    project without Django never waits, and never pays for importing it.
+    """
+    django_in_play = "django" in sys.modules or bool(os.environ.get("DJANGO_SETTINGS_MODULE"))
+    if not django_in_play:
+        return False
+    try:
+        from django.apps import apps  # type: ignore[import-not-found,import-untyped,unused-ignore]
+        from django.conf import settings  # type: ignore[import-not-found,import-untyped,unused-ignore]
+    except ImportError:
+        return False
+    if apps.ready:
+        return False
+    return packages is None or settings.configured or bool(os.environ.get("DJANGO_SETTINGS_MODULE"))
+
+
 def _django_apps() -> list[tuple[str, str]]:
     """(entry, where it came from) for each of Django's installed apps."""
     try:
@@ -63,15 +92,19 @@ def _django_apps() -> list[tuple[str, str]]:
         raise ConfigurationError(
             "autodiscover_tasks() needs a list of packages when Django is not installed"
         ) from None
-    if apps.apps_ready:
-        # django.setup() has run: the registry resolved every entry, AppConfig paths too.
-        return [(config.name, f"Django app {config.label!r}") for config in apps.get_app_configs()]
     try:
         installed = list(settings.INSTALLED_APPS)
     except ImproperlyConfigured as exc:
         raise ConfigurationError(
             f"autodiscover_tasks() reads Django's INSTALLED_APPS, but Django is not configured: {exc}"
         ) from None
+    if apps.apps_ready:
+        # django.setup() has run: the registry resolved every entry, AppConfig paths too,
+        # in INSTALLED_APPS order, so an error can still name the entry as written.
+        configs = list(apps.get_app_configs())
+        if len(configs) == len(installed):
+            return [(c.name, f"INSTALLED_APPS entry {e!r}") for c, e in zip(configs, installed, strict=True)]
+        return [(config.name, f"Django app {config.label!r}") for config in configs]
     return [(entry, f"INSTALLED_APPS entry {entry!r}") for entry in installed]
 
 

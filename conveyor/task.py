@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextvars
 import datetime as dt
+import functools
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -330,6 +331,29 @@ class Task(Generic[P, R]):
             default_unique_for=self.unique_for,
             **options,
         )
+
+    def delay_on_commit(self, *args: P.args, **kwargs: P.kwargs) -> None:
+        """``delay()`` once the current Django transaction commits; never if it rolls back.
+
+        Celery 5.4's name. Outside a transaction it sends at once, and where Django is
+        not in use it is ``delay()``. Returns None: the message does not exist until
+        the commit. Arguments that cannot travel raise TypeError here, not at commit.
+        """
+        self.apply_async_on_commit(args, kwargs)
+
+    def apply_async_on_commit(
+        self,
+        args: Sequence[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> None:
+        """``apply_async()`` once the current Django transaction commits (see ``delay_on_commit``)."""
+        from conveyor.contrib.django.transaction import on_commit
+        from conveyor.serialization import check_arguments
+
+        # Checked now: at commit time the caller's transaction is already over.
+        check_arguments(list(args or ()), dict(kwargs or {}), self.name)
+        on_commit(functools.partial(self.apply_async, args, kwargs, **options))
 
     def map(
         self, arguments: Iterable[Sequence[Any] | Mapping[str, Any]], **options: Any

@@ -37,3 +37,6 @@ def bound(self: Task[..., str], user_id: int) -> str:
 mul.delay(2, 3)
 mul.delay("2", 3)  # type: ignore[arg-type]
 bound.delay(1)
+
+add.delay_on_commit(1, 2)
+add.delay_on_commit(1, "x")  # type: ignore[arg-type]

@@ -15,7 +15,7 @@ from types import FrameType
 import click
 
 from conveyor.brokers.base import mask_url
-from conveyor.cli.context import CliState, import_project, pass_state, shared_options
+from conveyor.cli.context import CliState, load_tasks, pass_state, shared_options
 from conveyor.cli.worker import loglevel_option
 
 
@@ -50,8 +50,7 @@ def beat(state: CliState, loglevel: str, lease_s: float | None, scheduler_class:
     from conveyor.worker.main import setup_logging
 
     app = state.get_app(need_project="beat")
-    for module_name in app.include:
-        import_project(module_name)
+    load_tasks(app)
     setup_logging(loglevel)
     _note_scheduler_class(scheduler_class)
     for name, instead in app.conf.unhonoured().items():

@@ -202,6 +202,25 @@ def import_project(module_name: str) -> ModuleType:
         raise click.ClickException(f"cannot import {module_name!r}: {_describe(exc)}") from None
 
 
+def load_tasks(app: Conveyor) -> None:
+    """What a process that runs tasks or schedules does after loading the app.
+
+    ``django.setup()`` when the project uses Django, each ``include=`` module (a broken
+    one is one line naming it), then the discovery ``autodiscover_tasks()`` held until
+    Django was ready.
+
+    Raises:
+        click.ClickException: an include module cannot be imported.
+        ConfigurationError: Django cannot be set up, or a tasks module fails to import.
+    """
+    from conveyor.contrib.django.setup import setup_django
+
+    setup_django(app)
+    for module_name in app.include:
+        import_project(module_name)
+    app.discover_pending()
+
+
 def _named_app(module: ModuleType, module_name: str, attr: str) -> Conveyor:
     obj: Any = module
     for part in attr.split("."):

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from conveyor.cli.context import CliState, import_project, pass_state, queues_option, shared_options
+from conveyor.cli.context import CliState, load_tasks, pass_state, queues_option, shared_options
 from conveyor.cli.dashboard import allowed_host_option
 from conveyor.cli.output import split_names
 from conveyor.cli.worker import POOLS, loglevel_option
@@ -87,8 +87,7 @@ def run(
     from conveyor.worker.main import Worker, setup_logging
 
     app = state.get_app(need_project="run")
-    for module_name in app.include:
-        import_project(module_name)
+    load_tasks(app)
     setup_logging(loglevel)
     # In development every queue the project sends to is consumed, so work routed to
     # `email` or `feeds` does not pile up behind a worker that reads only `default`.

@@ -15,7 +15,7 @@ import socket
 
 import click
 
-from conveyor.cli.context import CliState, import_project, pass_state, queues_option, shared_options
+from conveyor.cli.context import CliState, load_tasks, pass_state, queues_option, shared_options
 from conveyor.cli.output import split_names
 
 POOLS = ("prefork", "threads", "solo")
@@ -142,10 +142,7 @@ def worker(
     from conveyor.worker.main import Worker, setup_logging
 
     app = state.get_app(need_project="worker")
-    for module_name in app.include:
-        # The task modules too: a broken one is one line here, not a traceback from
-        # Worker.start() (which imports them again, from the module cache).
-        import_project(module_name)
+    load_tasks(app)
     if hostname:
         hostname = expand_node_name(hostname)
     setup_logging(loglevel, logfile=expand_node_name(logfile, hostname) if logfile else None)

@@ -71,7 +71,9 @@ def test_dlq_list_show_and_replay_by_task_id_with_a_fresh_retry_budget(broker: s
     header, row = listed.stdout.splitlines()
     assert header.split()[:4] == ["ID", "TASK", "ID", "TASK"], header
     assert sent.id in row and "proj.gate" in row, row
-    assert re.search(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d (UTC|[A-Z]{3,5}|[+-]\d{4})\b", row), row  # when, with its zone
+    assert re.search(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d (UTC|[A-Z]{3,5}|[+-]\d{4})\b", row), (
+        row
+    )  # when, with its zone
     assert "gate k is closed" in row, row
 
     shown = _cli(p, "show", sent.id)

@@ -1,0 +1,1 @@
+"""Integrations with other frameworks: ``conveyor.contrib.django``, ``conveyor.contrib.pytest``."""
