@@ -118,6 +118,17 @@ class Consumer:
         self._fetching.clear()
         self.pool.wakeup()
 
+    def abandon(self, reason: str, *, grace_s: float) -> bool:
+        """From another thread: stop at once, giving back every message not started.
+
+        Returns True when the main loop has ended within ``grace_s``; False while a
+        task still runs in it.
+        """
+        self.request_stop(cold=True)
+        self.broker.wake()  # out of a blocking fetch
+        self._give_back(reason)
+        return self._stopped.wait(grace_s)
+
     def run(self) -> None:
         self.pool.start()
         self._fetching.set()
