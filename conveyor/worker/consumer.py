@@ -423,7 +423,8 @@ class Consumer:
             self._emit_received(message, now, started=False)
             self._settle_one(delivery, expired(message, now))
             return None
-        if not self._rate_allows(task, delivery, now):
+        # A taken message is acked: it runs now even if a rate limit was set since.
+        if taken is None and not self._rate_allows(task, delivery, now):
             return None
         log.info("%s received", label(message.task, message.id))
         self._emit_received(message, now, started=True)
