@@ -164,6 +164,7 @@ def test_started_early_ack_task_is_not_run_again_after_sigkill(own: Any, pool: s
     assert result.state in (states.PENDING, states.STARTED)
 
 
+@pytest.mark.parametrize("own", ["sqlite"], indirect=True)  # Redis: test_redis_faults.py
 def test_started_acks_late_task_runs_again_after_sigkill(own: Any) -> None:
     p, proj = own
     worker = p.start_worker("-c", "1", visibility=1.0)
@@ -176,6 +177,7 @@ def test_started_acks_late_task_runs_again_after_sigkill(own: Any) -> None:
     assert p.count("start") == 2  # at least once: its lease ran out and it ran again
 
 
+@pytest.mark.parametrize("own", ["sqlite"], indirect=True)  # broker-neutral: the consumer's logic
 def test_messages_taken_behind_a_long_task_run_once_elsewhere(own: Any) -> None:
     p, proj = own
     first = proj.plain.delay("long", 2.0)
