@@ -16,6 +16,9 @@ it sends down a pipe when such a task starts and ends:
 
 Children ignore SIGTERM and SIGINT themselves: a signal sent to the whole process
 group (Ctrl-C, systemd's default KillMode) must reach only the parent's logic.
+They do not outlive the supervisor: the kernel kills them when it dies (Linux's
+parent-death signal) or, where that cannot be asked for, each notices its parent
+is gone, gives back what it has not started and exits (``_watch_supervisor``).
 Children are forked under ``_forkguard.fork_guard()``: never while one of the
 parent's threads (heartbeats, control, the scheduler) is inside SQLite.
 """
@@ -329,7 +332,8 @@ def _child_main(
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
         signal.signal(sig, signal.SIG_IGN)
-    watched = _die_with_parent()
+    # A supervisor that died before the signal was asked for would never send it.
+    watched = _die_with_parent() and os.getppid() == supervisor_pid
     pool = _ReportingPool(app, hostname=options.hostname, events=events, slot=slot)
     consumer = Consumer(
         app,
