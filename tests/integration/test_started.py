@@ -141,7 +141,7 @@ def _gone(proj: Any) -> bool:
     return not [s for s in proj.app.broker.queue_stats() if s.ready or s.in_flight or s.delayed]
 
 
-@pytest.mark.parametrize("pool", ["prefork", "solo"])
+@pytest.mark.parametrize("pool", ["prefork", "solo", "threads"])
 def test_started_early_ack_task_is_not_run_again_after_sigkill(own: Any, pool: str) -> None:
     p, proj = own
     worker = p.start_worker("--pool", pool, "-c", "1", visibility=1.0)
