@@ -349,7 +349,7 @@ class Consumer:
         for job in jobs:
             if not job.acks_late:
                 job.early_acked = True
-                if not job.taken:
+                if not job.acked:
                     self._pending_acks.append(job.delivery)
         if self._pending_acks and self._burst:
             self._take_ahead()
@@ -424,8 +424,10 @@ class Consumer:
             self._settle_one(delivery, expired(message, now))
             return None
         # A taken message is acked: it runs now even if a rate limit was set since.
-        if taken is None and not self._rate_allows(task, delivery, now):
+        interval = None if taken is not None else self.rate_interval(task)
+        if interval and not self._rate_allows(task, delivery, interval, now):
             return None
+        acked = taken is not None or bool(interval and not task.acks_late)  # see _take_slot
         log.info("%s received", label(message.task, message.id))
         self._emit_received(message, now, started=True)
         if task.track_started:
@@ -450,7 +452,7 @@ class Consumer:
             time_limit=task.time_limit,
             soft_time_limit=task.soft_time_limit,
             meta={"args": message.args, "kwargs": message.kwargs, "retries": message.retries},
-            taken=taken is not None,
+            acked=acked,
         )
 
     def _emit_received(self, message: Message, now: float, *, started: bool) -> None:
@@ -490,11 +492,8 @@ class Consumer:
             self._rates[task.name] = parse_rate(task.rate_limit)
         return self._rates[task.name]
 
-    def _rate_allows(self, task: Task[Any, Any], delivery: Delivery, now: float) -> bool:
-        interval = self.rate_interval(task)
-        if not interval:
-            return True
-        wait = self._retrying(lambda: self.broker.rate_limit_wait(task.name, interval))
+    def _rate_allows(self, task: Task[Any, Any], delivery: Delivery, interval: float, now: float) -> bool:
+        wait = self._retrying(lambda: self._take_slot(task, delivery, interval))
         if wait <= 0:
             return True
         if wait <= RateGate.HOLD_MAX_S and not self.rate_gate.holding(task.name):
@@ -504,6 +503,15 @@ class Consumer:
             self._retrying(lambda: self.broker.nack(delivery, retry_at=retry_at, reason="rate limited"))
             self._release([delivery])
         return False
+
+    def _take_slot(self, task: Task[Any, Any], delivery: Delivery, interval: float) -> float:
+        """Take a rate-limit slot; an early-ack task is acked in the same write, so
+        it starts the moment it has its slot (the runs stay ``interval`` apart)."""
+        with self.broker.batch():
+            wait = self.broker.rate_limit_wait(task.name, interval)
+            if wait <= 0 and not task.acks_late:
+                self.broker.ack([delivery])
+        return wait
 
     # -- settling ----------------------------------------------------------------
     def _settle_one(self, delivery: Delivery, outcome: Outcome) -> None:
