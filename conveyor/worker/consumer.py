@@ -49,10 +49,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("conveyor.worker")
 T = TypeVar("T")
 
-SETTLE_DELAY_S = 0.005  # longest an outcome or early ack waits to share a write with others
+SETTLE_DELAY_S = 0.005  # longest an outcome waits to share a write with others
 SETTLE_BATCH = 32
 BURST_MAX = SETTLE_BATCH  # most messages an inline consumer fetches at once while a backlog lasts
-STALL_S = 0.1  # a task running this long makes its process give back what it prefetched  # ... or until this many outcomes are waiting
+TAKE_AHEAD = BURST_MAX  # most early-ack messages acked in one write, ahead of running them
+STALL_S = 0.1  # a task running this long makes its process give back what it prefetched
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
@@ -90,6 +91,8 @@ class Consumer:
         self._reserved: dict[str, Delivery] = {}  # receipt -> every leased, unsettled delivery
         self._incoming: collections.deque[Delivery] = collections.deque()
         self._pending_acks: list[Delivery] = []
+        # receipt -> decoded message: acked ahead of running (_take_ahead), not started.
+        self._taken: dict[str, Message] = {}
         self._pending_records: list[ResultRecord] = []
         self._unsettled: list[Completion] = []  # finished, not yet written (adaptive batching)
         self._settle_by = 0.0  # monotonic deadline for the oldest unsettled outcome
@@ -116,6 +119,17 @@ class Consumer:
             self._warm_deadline = time.monotonic() + self.shutdown_timeout_s
         self._fetching.clear()
         self.pool.wakeup()
+
+    def abandon(self, reason: str, *, grace_s: float) -> bool:
+        """From another thread: stop at once, giving back every message not started.
+
+        Returns True when the main loop has ended within ``grace_s``; False while a
+        task still runs in it.
+        """
+        self.request_stop(cold=True)
+        self.broker.wake()  # out of a blocking fetch
+        self._give_back(reason)
+        return self._stopped.wait(grace_s)
 
     def run(self) -> None:
         self.pool.start()
@@ -199,8 +213,8 @@ class Consumer:
         while the parent talks to the store. Settling is batched adaptively: with a
         backlog, completions gather for up to SETTLE_DELAY_S (or SETTLE_BATCH of
         them) and are written in one transaction; with none, they are written at
-        once, so a lone task's round trip pays no delay. Early acks ride in the same
-        batch and wait at most SETTLE_DELAY_S.
+        once, so a lone task's round trip pays no delay. Early acks and STARTED
+        records never wait: they are written before their task runs (``_start``).
         """
         waiting = self._has_pending()
         self._dispatch()
@@ -230,12 +244,10 @@ class Consumer:
         return bool(self._unsettled or self._pending_acks or self._pending_records)
 
     def _arm_settle(self, had_pending: bool) -> bool:
-        """Start the settle clock when the first outcome, early ack or record arrives.
+        """Start the settle clock when the first outcome arrives.
 
         Armed only on that first arrival: re-arming on later ones would let a steady
-        stream postpone the write for ever, and not arming on an early ack (which
-        arrives before its outcome) would leave a stale deadline that makes every
-        task settle on its own.
+        stream postpone the write for ever.
         """
         has = self._has_pending()
         if has and not had_pending:
@@ -311,31 +323,83 @@ class Consumer:
         now = time.time()
         for _key, item in self.rate_gate.due(now):
             self._incoming.appendleft(item)
-        while self._incoming and self.pool.idle_slots() > 0 and not self._warm:
+        jobs: list[Job] = []
+        room = self.pool.idle_slots()
+        while self._incoming and len(jobs) < room and not (self._warm or self._cold):
             with self._cond:  # the stall guard may take them back meanwhile
                 if not self._incoming:
                     break
                 delivery = self._incoming.popleft()
             job = self._prepare(delivery, now)
             if job is not None:
-                if not job.acks_late:
-                    # Early ack: the message is acknowledged once a pool slot has it
-                    # (DESIGN.md, "Delivery"), never while it only sits prefetched
-                    # here. The write is batched with the next settle; if the process
-                    # dies first, whoever settles the lost task acks it then (the
-                    # prefork supervisor), so an early-acked task is never run twice.
-                    self._pending_acks.append(delivery)
-                    job.early_acked = True
-                self._task_running.set()
+                jobs.append(job)
+        if jobs:
+            self._start(jobs)
+
+    def _start(self, jobs: Sequence[Job]) -> None:
+        """Hand jobs to the pool, once what must precede their code is in the store.
+
+        Early ack (DESIGN.md, "Delivery": at most once, even if the whole worker
+        dies): the ack is written *before* the task runs, so a task that started and
+        was then SIGKILLed with its worker does not come back after its lease. The
+        STARTED record of a ``track_started`` task is written then too, so a client
+        sees it while the task runs. One write covers these, the outcomes waiting to
+        be settled and, while a backlog lasts, the acks of the next early-ack
+        messages this process will run (``_take_ahead``): one ack write per task
+        would halve a drain.
+        """
+        for job in jobs:
+            if not job.acks_late:
+                job.early_acked = True
+                if not job.acked:
+                    self._pending_acks.append(job.delivery)
+        if self._pending_acks and self._burst:
+            self._take_ahead()
+        if self._pending_acks or self._pending_records:
+            pending, self._unsettled = self._unsettled, []
+            self._settle(pending)
+        for job in jobs:
+            self._task_running.set()
+            try:
+                self.pool.submit(job)
+            finally:
+                if self.pool.inline:
+                    self._task_running.clear()
+
+    def _take_ahead(self) -> None:
+        """Ack, with the write that acks the task starting now, the next TAKE_AHEAD
+        early-ack messages waiting here: this process runs them next.
+
+        Until they start they are held as copies: given back (stall guard, warm
+        shutdown, a dead supervisor) they are published anew, since their originals
+        are gone. Tasks that may wait in the worker (rate limits) are not taken.
+        """
+        now = time.time()
+        with self._cond:  # the stall guard gives messages back from another thread
+            for delivery in list(self._incoming)[:TAKE_AHEAD]:
+                if delivery.receipt in self._taken:
+                    continue
                 try:
-                    self.pool.submit(job)
-                finally:
-                    if self.pool.inline:
-                        self._task_running.clear()
+                    message = decode(delivery.body)
+                except SerializationError:
+                    continue
+                task = self.app.tasks.get(message.task)
+                if (
+                    task is None
+                    or task.acks_late
+                    or self.rate_interval(task)
+                    or message.id in self.revoked
+                    or (message.expires is not None and now > message.expires)
+                ):
+                    continue
+                self._taken[delivery.receipt] = message
+                self._pending_acks.append(delivery)
 
     def _prepare(self, delivery: Delivery, now: float) -> Job | None:
+        with self._cond:
+            taken = self._taken.pop(delivery.receipt, None)
         try:
-            message = decode(delivery.body, self.content_types)
+            message = taken or decode(delivery.body, self.content_types)
         except SerializationError as exc:
             self._settle_one(delivery, undecodable(delivery.body, exc))
             return None
@@ -361,8 +425,11 @@ class Consumer:
             self._emit_received(message, now, started=False)
             self._settle_one(delivery, expired(message, now))
             return None
-        if not self._rate_allows(task, delivery, now, message.id):
+        # A taken message is acked: it runs now even if a rate limit was set since.
+        interval = None if taken is not None else self.rate_interval(task)
+        if interval and not self._rate_allows(task, delivery, interval, now, message.id):
             return None
+        acked = taken is not None or bool(interval and not task.acks_late)  # see _take_slot
         log.info("%s received", label(message.task, message.id))
         self._emit_received(message, now, started=True)
         if task.track_started:
@@ -387,6 +454,7 @@ class Consumer:
             time_limit=task.time_limit,
             soft_time_limit=task.soft_time_limit,
             meta={"args": message.args, "kwargs": message.kwargs, "retries": message.retries},
+            acked=acked,
         )
 
     def _emit_received(self, message: Message, now: float, *, started: bool) -> None:
@@ -426,11 +494,10 @@ class Consumer:
             self._rates[task.name] = parse_rate(task.rate_limit)
         return self._rates[task.name]
 
-    def _rate_allows(self, task: Task[Any, Any], delivery: Delivery, now: float, task_id: str) -> bool:
-        interval = self.rate_interval(task)
-        if not interval:
-            return True
-        wait = self._retrying(lambda: self.broker.rate_limit_wait(task.name, interval))
+    def _rate_allows(
+        self, task: Task[Any, Any], delivery: Delivery, interval: float, now: float, task_id: str
+    ) -> bool:
+        wait = self._retrying(lambda: self._take_slot(task, delivery, interval))
         if wait <= 0:
             return True
         if wait <= RateGate.HOLD_MAX_S and not self.rate_gate.holding(task.name):
@@ -452,6 +519,15 @@ class Consumer:
             self._retrying(lambda: self.broker.nack(delivery, retry_at=retry_at, reason="rate limited"))
             self._release([delivery])
         return False
+
+    def _take_slot(self, task: Task[Any, Any], delivery: Delivery, interval: float) -> float:
+        """Take a rate-limit slot; an early-ack task is acked in the same write, so
+        it starts the moment it has its slot (the runs stay ``interval`` apart)."""
+        with self.broker.batch():
+            wait = self.broker.rate_limit_wait(task.name, interval)
+            if wait <= 0 and not task.acks_late:
+                self.broker.ack([delivery])
+        return wait
 
     # -- settling ----------------------------------------------------------------
     def _settle_one(self, delivery: Delivery, outcome: Outcome) -> None:
@@ -516,7 +592,17 @@ class Consumer:
         with self._cond:
             waiting = list(self._incoming) + (self.rate_gate.drain() if include_held else [])
             self._incoming.clear()
+            taken = {d.receipt: self._taken.pop(d.receipt) for d in waiting if d.receipt in self._taken}
+        if taken:
+            # Acked already (_take_ahead): a new copy is the only way back.
+            copies = list(taken.values())
+            try:
+                self._retrying(lambda: self.broker.publish_many(copies))
+            except BrokerError as exc:
+                log.error("Could not give back %d taken message(s): %s", len(copies), exc)
         for delivery in waiting:
+            if delivery.receipt in taken:
+                continue
             try:
                 self.broker.nack(delivery, retry_at=None, reason=reason)
             except BrokerError as exc:

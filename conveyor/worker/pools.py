@@ -46,7 +46,8 @@ class Job:
     time_limit: float | None = None
     soft_time_limit: float | None = None
     started_at: float = 0.0  # time.monotonic() when handed to a slot
-    early_acked: bool = False  # its ack is written (or queued to be) at dispatch
+    early_acked: bool = False  # its ack is written before it runs
+    acked: bool = False  # acked already: taken ahead (consumer._take_ahead) or with its rate-limit slot
     meta: dict[str, Any] = field(default_factory=dict)
     # The decoded body, for pools that run the job in this process (not sent to children).
     message: Message | None = field(default=None, repr=False, compare=False)

@@ -16,6 +16,9 @@ it sends down a pipe when such a task starts and ends:
 
 Children ignore SIGTERM and SIGINT themselves: a signal sent to the whole process
 group (Ctrl-C, systemd's default KillMode) must reach only the parent's logic.
+They do not outlive the supervisor: the kernel kills them when it dies (Linux's
+parent-death signal) or, where that cannot be asked for, each notices its parent
+is gone, gives back what it has not started and exits (``_watch_supervisor``).
 Children are forked under ``_forkguard.fork_guard()``: never while one of the
 parent's threads (heartbeats, control, the scheduler) is inside SQLite.
 """
@@ -61,6 +64,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("conveyor.worker")
 
 COMMAND_WAIT_S = 2.0  # longest a control command waits for the supervisor's loop
+# False: children do not ask the kernel for a parent-death signal, as where libc's
+# prctl cannot be loaded (musl, macOS). Tests set it to exercise that path.
+USE_PDEATHSIG = True
+SUPERVISOR_CHECK_S = 0.2  # without that signal, how often a child checks its supervisor lives
+ORPHAN_GRACE_S = 0.5  # how long an orphaned child lets its main loop wind down before it exits
 
 
 @dataclass(frozen=True)
@@ -257,13 +265,30 @@ def _trim_heap() -> None:
             ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
-def _die_with_parent() -> None:
-    # A child must not outlive a SIGKILLed parent: nobody would enforce its limits.
-    if sys.platform.startswith("linux"):
+def _die_with_parent() -> bool:
+    """Ask the kernel to SIGKILL this child when its parent dies; False where it cannot."""
+    if USE_PDEATHSIG and sys.platform.startswith("linux"):
         import ctypes
 
         with contextlib.suppress(Exception):
-            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+            libc = ctypes.CDLL("libc.so.6", use_errno=True)
+            return bool(libc.prctl(1, signal.SIGKILL) == 0)  # PR_SET_PDEATHSIG
+    return False
+
+
+def _watch_supervisor(supervisor_pid: int, consumer: Consumer) -> None:
+    """Where no parent-death signal exists (musl, macOS): leave once the supervisor is gone.
+
+    A child must not outlive a SIGKILLed supervisor: it would go on fetching and
+    renewing leases with nobody enforcing its limits. It gives back the messages it
+    has not started and exits; an ``acks_late`` task it was running comes back
+    when its lease runs out.
+    """
+    while os.getppid() == supervisor_pid:
+        time.sleep(SUPERVISOR_CHECK_S)
+    log.error("Supervisor (pid %s) is gone: process %s exits", supervisor_pid, os.getpid())
+    if not consumer.abandon("supervisor died", grace_s=ORPHAN_GRACE_S):
+        os._exit(1)  # a task still runs in the main thread: stop it with the process
 
 
 def _read_commands(commands: _Channel, consumer: Consumer, pool: _ReportingPool) -> None:
@@ -301,12 +326,14 @@ def _child_main(
     commands: _Channel,
     revoked: set[str],
     rates: dict[str, str | float | None],
+    supervisor_pid: int,
 ) -> None:
     from conveyor.worker.consumer import Consumer
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
         signal.signal(sig, signal.SIG_IGN)
-    _die_with_parent()
+    # A supervisor that died before the signal was asked for would never send it.
+    watched = _die_with_parent() and os.getppid() == supervisor_pid
     pool = _ReportingPool(app, hostname=options.hostname, events=events, slot=slot)
     consumer = Consumer(
         app,
@@ -326,6 +353,10 @@ def _child_main(
     threading.Thread(
         target=_read_commands, args=(commands, consumer, pool), name="commands", daemon=True
     ).start()
+    if not watched:
+        threading.Thread(
+            target=_watch_supervisor, args=(supervisor_pid, consumer), name="supervisor-watch", daemon=True
+        ).start()
     try:
         consumer.run_inline()
     finally:
@@ -556,7 +587,16 @@ class PreforkSupervisor:
         slot = _Slot()
         process = self._ctx.Process(
             target=_child_main,
-            args=(self.app, self.options, slot, child_end, commands_in, set(self.revoked), dict(self.rates)),
+            args=(
+                self.app,
+                self.options,
+                slot,
+                child_end,
+                commands_in,
+                set(self.revoked),
+                dict(self.rates),
+                os.getpid(),
+            ),
             name=f"ForkPoolWorker-{len(self._children) + 1}",
             daemon=True,
         )
