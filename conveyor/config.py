@@ -126,6 +126,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("worker_prefetch_multiplier", 4, int, "messages reserved per pool slot"),
     Setting("worker_max_tasks_per_child", None, _to_opt_int, "recycle a child process after this many tasks"),
     Setting("worker_shutdown_timeout", 60.0, float, "warm shutdown: seconds to let running tasks finish"),
+    Setting(
+        "worker_early_ack_ahead",
+        0,
+        int,
+        "early-ack messages (up to 32) a draining process acks ahead of running them: faster drains, "
+        "but a SIGKILLed process loses those it holds; 0 = none, nothing lost",
+    ),
     Setting("worker_send_task_events", True, _to_bool, "workers write task events (monitoring, dashboard)"),
     Setting(
         "worker_heartbeat_interval", 2.0, float, "seconds between worker heartbeats; offline after 3 missed"
@@ -238,6 +245,7 @@ class Settings:
     worker_prefetch_multiplier: int
     worker_max_tasks_per_child: int | None
     worker_shutdown_timeout: float
+    worker_early_ack_ahead: int
     worker_send_task_events: bool
     worker_heartbeat_interval: float
     events_max_count: int

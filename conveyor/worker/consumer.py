@@ -85,6 +85,9 @@ class Consumer:
         self.max_deliveries = max_deliveries
         self.rate_gate = RateGate()
         self.content_types = accepted(app.conf.accept_content)  # what this worker deserializes
+        # Early-ack messages acked ahead of running them while a backlog lasts (speed,
+        # at the risk of losing them with a SIGKILLed process): 0 = never.
+        self.take_ahead = max(0, min(TAKE_AHEAD, int(app.conf.worker_early_ack_ahead)))
         self.settler = Settler(app, hostname=hostname, max_deliveries=max_deliveries)
         self.max_tasks = max_tasks
         self._cond = threading.Condition()
@@ -344,16 +347,17 @@ class Consumer:
         was then SIGKILLed with its worker does not come back after its lease. The
         STARTED record of a ``track_started`` task is written then too, so a client
         sees it while the task runs. One write covers these, the outcomes waiting to
-        be settled and, while a backlog lasts, the acks of the next early-ack
-        messages this process will run (``_take_ahead``): one ack write per task
-        would halve a drain.
+        be settled and, only when ``worker_early_ack_ahead`` allows it, while a
+        backlog lasts, the acks of the next early-ack messages this process will run
+        (``_take_ahead``). Off by default: a process SIGKILLed while holding those
+        would lose them, and Conveyor's default is to lose nothing.
         """
         for job in jobs:
             if not job.acks_late:
                 job.early_acked = True
                 if not job.acked:
                     self._pending_acks.append(job.delivery)
-        if self._pending_acks and self._burst:
+        if self._pending_acks and self._burst and self.take_ahead:
             self._take_ahead()
         if self._pending_acks or self._pending_records:
             pending, self._unsettled = self._unsettled, []
@@ -367,7 +371,7 @@ class Consumer:
                     self._task_running.clear()
 
     def _take_ahead(self) -> None:
-        """Ack, with the write that acks the task starting now, the next TAKE_AHEAD
+        """Ack, with the write that acks the task starting now, the next ``take_ahead``
         early-ack messages waiting here: this process runs them next.
 
         Until they start they are held as copies: given back (stall guard, warm
@@ -376,11 +380,11 @@ class Consumer:
         """
         now = time.time()
         with self._cond:  # the stall guard gives messages back from another thread
-            for delivery in list(self._incoming)[:TAKE_AHEAD]:
+            for delivery in list(self._incoming)[: self.take_ahead]:
                 if delivery.receipt in self._taken:
                     continue
                 try:
-                    message = decode(delivery.body)
+                    message = decode(delivery.body, self.content_types)
                 except SerializationError:
                     continue
                 task = self.app.tasks.get(message.task)
