@@ -28,7 +28,7 @@ import select
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -58,6 +58,7 @@ _SQL_GET_VERSION = f"SELECT MAX(version) FROM {VERSION_TABLE}"
 _SQL_SET_VERSION = f"INSERT INTO {VERSION_TABLE} (version) VALUES (%s)"
 _SQL_DDL_LOCK = "SELECT pg_advisory_xact_lock(%s)"
 _SQL_SCHEMA_EXISTS = "SELECT 1 FROM pg_namespace WHERE nspname = %s"
+_SQL_TABLES = "SELECT tablename FROM pg_tables WHERE schemaname = %s"
 _SQL_NOTIFY = "SELECT pg_notify(%s, '')"
 
 _abandoned: list[Any] = []  # connections inherited through fork: referenced forever, never closed
@@ -153,10 +154,11 @@ class Database:
     Args:
         url: the postgresql URL.
         schema: DDL run (idempotently, once per process) in the schema before first use.
+        tables: the tables ``schema`` creates; when all exist at this version the DDL is skipped.
         what: "broker" or "result store", for error messages.
     """
 
-    def __init__(self, url: str, *, schema: Sequence[str], what: str) -> None:
+    def __init__(self, url: str, *, schema: Sequence[str], tables: Iterable[str], what: str) -> None:
         spec = parse_url(url)
         self.url = url
         self.conninfo = spec.conninfo
@@ -172,6 +174,7 @@ class Database:
             f"-c synchronous_commit={spec.synchronous_commit}"
         )
         self._ddl = tuple(schema)
+        self._tables = frozenset(tables)
         self._schema_ready = False
         self._local = _Local()
         self._lock = threading.Lock()
@@ -179,9 +182,10 @@ class Database:
         self.generation = 0  # bumped by wake_local(): a blocked fetch seeing it change returns
         _databases.add(self)
 
-    def add_schema(self, schema: Sequence[str]) -> None:
+    def add_schema(self, schema: Sequence[str], tables: Iterable[str]) -> None:
         """Let another store (the results) share these connections, so ``batch()`` covers both."""
         self._ddl = self._ddl + tuple(schema)
+        self._tables = self._tables | frozenset(tables)
         self._schema_ready = False
 
     @property
@@ -246,6 +250,14 @@ class Database:
         conn.close()
 
     def _ensure_schema(self, conn: psycopg.Connection[Any]) -> None:
+        # Tables all there at this version: no DDL. CREATE INDEX takes a SHARE lock on
+        # its table even when the index exists, which deadlocks with the running
+        # workers' transactions (seen: a producer starting while workers settle).
+        tables = {name for (name,) in conn.execute(_SQL_TABLES, (self.schema,)).fetchall()}
+        if self._tables <= tables and VERSION_TABLE in tables:
+            version = conn.execute(_SQL_GET_VERSION).fetchone()
+            if version is not None and version[0] == SCHEMA_VERSION:
+                return
         with conn.transaction():
             # Many processes start at once: without the lock, two CREATE TABLE IF NOT
             # EXISTS can both pass the check and one fails on a duplicate type.

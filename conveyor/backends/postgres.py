@@ -25,6 +25,7 @@ from conveyor.states import READY_STATES
 RESULTS = "results"
 CHORDS = "chords"
 CHORD_MEMBERS = "chord_members"
+TABLES = (RESULTS, CHORDS, CHORD_MEMBERS)
 CLEANUP_EVERY_S = 60.0
 
 SCHEMA = (
@@ -102,9 +103,9 @@ class PostgresBackend:
         self.url = url
         self.result_expires_s = result_expires_s
         if database is None:
-            self._db = Database(url, schema=SCHEMA, what="result store")
+            self._db = Database(url, schema=SCHEMA, tables=TABLES, what="result store")
         else:  # the broker's schema: share its connections (PostgresBroker.result_backend)
-            database.add_schema(SCHEMA)
+            database.add_schema(SCHEMA, TABLES)
             self._db = database
         self._owns_db = database is None
         self._channel = channel(self._db.schema, "results")

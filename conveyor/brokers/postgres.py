@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from conveyor._postgres import SAFETY_POLL_S, Database, channel
 from conveyor.brokers.base import DeadLetter, Delivery, QueueStats
-from conveyor.brokers.postgres_store import STORE_SCHEMA, PostgresStoreMixin
+from conveyor.brokers.postgres_store import STORE_SCHEMA, STORE_TABLES, PostgresStoreMixin
 from conveyor.exceptions import BrokerError
 from conveyor.message import MAX_PRIORITY, MIN_PRIORITY, Message, decode
 
@@ -47,6 +47,7 @@ MESSAGES = "messages"
 DEAD_LETTERS = "dead_letters"
 RATE_LIMITS = "rate_limits"
 LEASES = "leases"
+TABLES = (MESSAGES, DEAD_LETTERS, RATE_LIMITS, LEASES)
 
 SCHEMA = (
     f"""CREATE TABLE IF NOT EXISTS {MESSAGES} (
@@ -194,7 +195,7 @@ class PostgresBroker(PostgresStoreMixin):
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self._db = Database(url, schema=SCHEMA + STORE_SCHEMA, what="broker")
+        self._db = Database(url, schema=SCHEMA + STORE_SCHEMA, tables=TABLES + STORE_TABLES, what="broker")
         self.schema = self._db.schema
         self._init_store()
         self._lease_calls = 0

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
 KV = "kv"
 LOGS = "logs"
+STORE_TABLES = (KV, LOGS)
 STORE_SCHEMA = (
     f"""CREATE TABLE IF NOT EXISTS {KV} (
         namespace TEXT NOT NULL, key TEXT NOT NULL, value BYTEA NOT NULL, expires_at DOUBLE PRECISION,

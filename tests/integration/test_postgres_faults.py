@@ -1,0 +1,94 @@
+"""Faults on the PostgreSQL broker: a SIGKILLed worker mid-batch, a schema made by a
+newer Conveyor.
+
+Each test gets its own schema on the test server (``tests/postgres_server.py``),
+dropped afterwards; the project module and its workers read it from TEST_BROKER_URL.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from conveyor import states
+from conveyor.exceptions import BrokerError
+from conveyor.testing import wait_for
+
+from ..postgres_server import drop_schema, fresh_schema, postgres_url_or_skip, with_schema
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def pg_url(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    base = postgres_url_or_skip()
+    schema = fresh_schema()
+    url = with_schema(base, schema)
+    # Read by the project module (tests/integration/conftest.py) and by its workers.
+    monkeypatch.setenv("TEST_BROKER_URL", url)
+    try:
+        yield url
+    finally:
+        drop_schema(base, schema)
+
+
+def _all_done(app: Any, ids: list[str]) -> bool:
+    try:
+        records = app.backend.get_many(ids)
+    except BrokerError:
+        return False
+    return len(records) == len(ids) and all(r.state == states.SUCCESS for r in records.values())
+
+
+def _counts(p: Any) -> collections.Counter[int]:
+    return collections.Counter(int(r[1]) for r in p.runs if r[0] == "mark")
+
+
+def test_sigkill_mid_batch_loses_no_acks_late_task(pg_url: str, project: Any) -> None:
+    p, proj = project
+    results = proj.mark.map([(n, 0.003) for n in range(1000)])
+    victim = p.start_worker("-c", "2", "--prefetch-multiplier", "4", visibility=2.0)
+    p.start_worker("-c", "2", "--prefetch-multiplier", "4", visibility=2.0)
+    wait_for(lambda: p.count("mark") >= 300, timeout=30, interval=0.005)
+    os.kill(victim.pid, signal.SIGKILL)  # its children die with it (PR_SET_PDEATHSIG)
+    victim.wait(5)
+
+    ids = [r.id for r in results]
+    wait_for(lambda: _all_done(proj.app, ids), timeout=60, interval=0.1, message="tasks lost after SIGKILL")
+    runs = _counts(p)
+    assert set(runs) == set(range(1000)), "a task was lost"
+    twice = sorted(n for n, c in runs.items() if c > 1)
+    assert len(twice) <= 8, f"{len(twice)} tasks ran twice: {twice}"  # 2 slots x prefetch 4
+    print(f"PostgreSQL, SIGKILL mid-batch: 1000/1000 done, {len(twice)} ran twice")
+    assert not [s for s in proj.app.broker.queue_stats() if s.ready or s.in_flight], "messages left behind"
+
+
+def test_worker_refuses_a_newer_schema_in_one_line(pg_url: str, project: Any) -> None:
+    import psycopg
+
+    from conveyor._postgres import SCHEMA_VERSION, parse_url
+
+    p, proj = project
+    proj.app.broker.queue_stats()  # tables made by this version
+    spec = parse_url(pg_url)
+    with psycopg.connect(spec.conninfo, autocommit=True) as conn:
+        conn.execute(f"INSERT INTO {spec.schema}.schema_version (version) VALUES (%s)", (SCHEMA_VERSION + 1,))
+    worker = subprocess.run(
+        [sys.executable, "-m", "conveyor.cli.main", "-A", "proj", "worker", "-c", "1"],
+        cwd=p.root,
+        env=p.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert worker.returncode != 0
+    lines = [line for line in worker.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, worker.stderr
+    assert f"schema version {SCHEMA_VERSION + 1}" in lines[0] and "upgrade Conveyor" in lines[0], lines[0]
