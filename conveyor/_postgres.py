@@ -220,14 +220,12 @@ class Database:
             conn = self.open()
             with pool.lock:
                 pool.all.add(conn)
-        if not self._schema_ready:
-            try:
-                self._ensure_schema(conn)
-            except BaseException:
-                self._give_back(conn)
-                raise
-            self._schema_ready = True
         return conn
+
+    def _prepare(self, conn: psycopg.Connection[Any]) -> None:
+        if not self._schema_ready:
+            self._ensure_schema(conn)
+            self._schema_ready = True
 
     def _take_retrying(self) -> psycopg.Connection[Any]:
         for attempt in range(CONNECT_RETRIES):
@@ -294,6 +292,9 @@ class Database:
         for attempt in range(CONNECT_RETRIES + 1):
             conn = self._take_retrying()
             try:
+                # Inside the try: a pooled connection the server dropped (a restart)
+                # fails on its first statement, which may be this one.
+                self._prepare(conn)
                 return body(conn)
             except psycopg.OperationalError as exc:
                 if not conn.closed and not _is_disconnect(exc):
@@ -345,6 +346,7 @@ class Database:
         if local.conn is not None:
             yield
             return
+        self.retrying(self._prepare)  # connected and ready, a dropped pooled connection replaced
         conn = self._take_retrying()
         after: list[Callable[[], None]] = []
         try:
