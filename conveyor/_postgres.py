@@ -350,6 +350,9 @@ class Database:
         conn = self._take_retrying()
         after: list[Callable[[], None]] = []
         try:
+            # Not pipelined: a pipelined cursor's rowcount is unknown until a sync, so
+            # count_chord_member took every repeat for a new member and sent the body
+            # before all results were stored (the chord test in test_postgres_faults.py).
             with conn.transaction():
                 local.conn, local.batch = conn, after
                 try:

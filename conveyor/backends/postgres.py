@@ -71,7 +71,6 @@ ON CONFLICT (task_id) DO UPDATE SET
 """
 _SQL_GET = f"SELECT {_COLUMNS} FROM {RESULTS} WHERE task_id = %s"
 _SQL_GET_MANY = f"SELECT {_COLUMNS} FROM {RESULTS} WHERE task_id = ANY(%s)"
-_SQL_STATE = f"SELECT state FROM {RESULTS} WHERE task_id = %s"
 _SQL_FORGET = f"DELETE FROM {RESULTS} WHERE task_id = %s"
 _SQL_CLEANUP = f"DELETE FROM {RESULTS} WHERE expires_at <= %s"
 _SQL_CHORD_MEMBER = f"""
@@ -156,12 +155,12 @@ class PostgresBackend:
         cap = max(min(interval_s, SAFETY_POLL_S), 0.001)
         while True:
             listener.drain()
-            state = self._db.query(_SQL_STATE, (task_id,))
-            if state and state[0][0] in READY_STATES:
-                return self.get(task_id)
+            record = self.get(task_id)
+            if record is not None and record.state in READY_STATES:
+                return record
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
-                return self.get(task_id) if state else None
+                return record
             listener.wait(cap if remaining is None else min(cap, remaining))
 
     def forget(self, task_id: str) -> None:

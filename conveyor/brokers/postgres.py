@@ -85,6 +85,14 @@ SCHEMA = (
 _SQL_INSERT = f"""
 INSERT INTO {MESSAGES} (queue, priority, visible_at, attempts, task_id, body) VALUES (%s, %s, %s, %s, %s, %s)
 """
+# One statement, so a lone publish is one round trip, its NOTIFY sent at its commit.
+_SQL_PUBLISH_ONE = f"""
+WITH inserted AS (
+    INSERT INTO {MESSAGES} (queue, priority, visible_at, attempts, task_id, body)
+    VALUES (%s, %s, %s, %s, %s, %s) RETURNING queue
+)
+SELECT pg_notify(%s, '') FROM inserted
+"""
 # SKIP LOCKED: rows another consumer is leasing right now are passed over, not waited for.
 _SQL_FETCH = f"""
 WITH picked AS (
@@ -222,6 +230,9 @@ class PostgresBroker(PostgresStoreMixin):
             visible_at = eta if eta is not None and eta > now else 0.0
             rows.append((message.queue, _priority(message), visible_at, 0, message.id, message.encode()))
         channels = [self._channel(m.queue) for m in messages]
+        if len(rows) == 1:
+            self._db.query(_SQL_PUBLISH_ONE, (*rows[0], channels[0]))
+            return
 
         def insert(conn: psycopg.Connection[Any]) -> None:
             with conn.cursor() as cur:

@@ -143,3 +143,18 @@ def test_server_restart_mid_batch_loses_nothing(private_server: PostgresServer, 
     assert not [s for s in proj.app.broker.queue_stats() if s.ready or s.in_flight], "messages left behind"
     for index in range(2):
         assert p.workers[index].poll() is None, p.log(index)  # the workers rode it out
+
+
+def test_a_chord_of_100_runs_its_body_once_on_a_prefork_worker(pg_url: str, project: Any) -> None:
+    from conveyor import chord
+
+    p, proj = project
+    worker = p.start_worker("-c", "2")
+    assert proj.add.delay(2, 3).get(timeout=30) == 5
+    result = chord([proj.add.s(i, i) for i in range(100)], proj.tally.s())()
+    assert result.get(timeout=60) == sum(2 * i for i in range(100))
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(30) == 0
+    assert [run for run in p.runs if run[0] == "tally"] == [["tally", "100"]]
+    stats = proj.app.broker.queue_stats(["default"])[0]
+    assert (stats.ready, stats.in_flight, stats.delayed) == (0, 0, 0)
