@@ -158,3 +158,20 @@ def test_a_chord_of_100_runs_its_body_once_on_a_prefork_worker(pg_url: str, proj
     assert [run for run in p.runs if run[0] == "tally"] == [["tally", "100"]]
     stats = proj.app.broker.queue_stats(["default"])[0]
     assert (stats.ready, stats.in_flight, stats.delayed) == (0, 0, 0)
+
+
+def test_unreachable_server_is_one_clear_line() -> None:
+    from conveyor.brokers.postgres import PostgresBroker
+    from conveyor.exceptions import BrokerConnectionError
+    from conveyor.message import Message, new_id
+
+    from ..redis_server import free_port
+
+    broker = PostgresBroker(f"postgresql://postgres:secret@127.0.0.1:{free_port()}/db")
+    started = time.monotonic()
+    with pytest.raises(BrokerConnectionError) as caught:
+        broker.publish(Message(id=new_id(), task="proj.add", args=[1, 2]))
+    text = str(caught.value)
+    assert "\n" not in text and "cannot connect to the PostgreSQL broker" in text, text
+    assert "secret" not in text and "check the URL and that the server is up" in text
+    assert time.monotonic() - started < 30
