@@ -247,6 +247,31 @@ class Database:
                 return
         conn.close()
 
+    def schema_version(self) -> int | None:
+        """The version recorded in the schema; None when Conveyor has not created it yet."""
+
+        def read(conn: psycopg.Connection[Any]) -> int | None:
+            tables = {name for (name,) in conn.execute(_SQL_TABLES, (self.schema,)).fetchall()}
+            if VERSION_TABLE not in tables:
+                return None
+            row = conn.execute(
+                sql.SQL("SELECT MAX(version) FROM {}.{}").format(
+                    sql.Identifier(self.schema), sql.Identifier(VERSION_TABLE)
+                )
+            ).fetchone()
+            return None if row is None else row[0]
+
+        self._schema_ready = True  # only reading: no DDL on this connection
+        try:
+            return self.retrying(read)
+        finally:
+            self._schema_ready = False
+
+    def migrate(self) -> None:
+        """Create or upgrade the tables now (what first use does anyway)."""
+        self._schema_ready = False
+        self.retrying(lambda conn: None)
+
     def _ensure_schema(self, conn: psycopg.Connection[Any]) -> None:
         # Tables all there at this version: no DDL. CREATE INDEX takes a SHARE lock on
         # its table even when the index exists, which deadlocks with the running
