@@ -28,7 +28,7 @@ import select
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -337,7 +337,7 @@ class Database:
         raise AssertionError("unreachable")
 
     # -- statements --------------------------------------------------------------------
-    def query(self, statement: str, params: Sequence[Any] = ()) -> list[Any]:
+    def query(self, statement: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> list[Any]:
         """One statement (atomic on its own outside a batch); all its rows."""
 
         def run(conn: psycopg.Connection[Any]) -> list[Any]:
@@ -346,7 +346,7 @@ class Database:
 
         return self.retrying(run)
 
-    def write(self, statement: str, params: Sequence[Any] = ()) -> int:
+    def write(self, statement: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> int:
         """One statement; the changed row count."""
         return self.retrying(lambda conn: conn.execute(statement, params).rowcount)
 

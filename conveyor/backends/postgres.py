@@ -69,6 +69,11 @@ ON CONFLICT (task_id) DO UPDATE SET
     started_at = excluded.started_at, finished_at = excluded.finished_at,
     updated_at = excluded.updated_at, expires_at = excluded.expires_at
 """
+# A lone ready record: stored and notified in one round trip.
+_SQL_STORE_READY = f"""
+WITH stored AS ({_SQL_STORE} RETURNING task_id)
+SELECT pg_notify(%s, '') FROM stored
+"""
 _SQL_GET = f"SELECT {_COLUMNS} FROM {RESULTS} WHERE task_id = %s"
 _SQL_GET_MANY = f"SELECT {_COLUMNS} FROM {RESULTS} WHERE task_id = ANY(%s)"
 _SQL_FORGET = f"DELETE FROM {RESULTS} WHERE task_id = %s"
@@ -120,17 +125,25 @@ class PostgresBackend:
         expires_at = now + self.result_expires_s if self.result_expires_s > 0 else None
         rows = [_row(record, now, expires_at) for record in records]
         ready = any(record.state in READY_STATES for record in records)
-
-        def write(conn: psycopg.Connection[Any]) -> None:
-            with conn.cursor() as cur:
-                cur.executemany(_SQL_STORE, rows)
-            if ready:  # only a ready record ends a wait(); progress updates wake nobody
-                self._db.notify(conn, [self._channel])
-
-        self._db.transaction(write)
+        if len(rows) == 1:
+            if ready:
+                self._db.query(_SQL_STORE_READY, (*rows[0], self._channel))
+            else:
+                self._db.write(_SQL_STORE, rows[0])
+        else:
+            self._store_many(rows, notify=ready)
         if self.result_expires_s > 0 and time.monotonic() >= self._next_cleanup:
             self._next_cleanup = time.monotonic() + CLEANUP_EVERY_S
             self.cleanup(now=now)
+
+    def _store_many(self, rows: list[tuple[Any, ...]], *, notify: bool) -> None:
+        def write(conn: psycopg.Connection[Any]) -> None:
+            with conn.cursor() as cur:
+                cur.executemany(_SQL_STORE, rows)
+            if notify:  # only a ready record ends a wait(); progress updates wake nobody
+                self._db.notify(conn, [self._channel])
+
+        self._db.transaction(write)
 
     def get(self, task_id: str) -> ResultRecord | None:
         rows = self._db.query(_SQL_GET, (task_id,))

@@ -51,8 +51,19 @@ _SQL_KV_DELETE = (
 )
 _SQL_KV_EXPIRE = f"DELETE FROM {KV} WHERE namespace = %s AND expires_at <= %s"
 
-_SQL_LOG_LOCK = "SELECT pg_advisory_xact_lock(hashtext(%s))"
-_SQL_LOG_APPEND = f"INSERT INTO {LOGS} (stream, ts, body) VALUES (%s, %s, %s)"
+# One round trip: the stream's lock (joined in, so it is taken before the first
+# id is drawn), the rows in the order given, then the NOTIFY.
+_SQL_LOG_APPEND = f"""
+WITH locked AS (SELECT pg_advisory_xact_lock(hashtext(%(stream)s))),
+appended AS (
+    INSERT INTO {LOGS} (stream, ts, body)
+    SELECT %(stream)s, %(ts)s, entry.body
+    FROM locked, unnest(%(bodies)s::bytea[]) WITH ORDINALITY AS entry(body, n)
+    ORDER BY entry.n
+    RETURNING id
+)
+SELECT pg_notify(%(channel)s, '') FROM (SELECT 1 FROM appended LIMIT 1) AS any_row
+"""
 _SQL_LOG_READ = f"SELECT id, body FROM {LOGS} WHERE stream = %s AND id > %s ORDER BY id LIMIT %s"
 _SQL_LOG_TAIL = f"SELECT MAX(id) FROM {LOGS} WHERE stream = %s"
 _SQL_LOG_CUTOFF = f"SELECT id FROM {LOGS} WHERE stream = %s ORDER BY id DESC LIMIT 1 OFFSET %s"
@@ -101,15 +112,21 @@ class PostgresStoreMixin:
         trim = pending >= max(1, maxlen // 20)
         self._appended[stream] = 0 if trim else pending
 
+        params = {
+            "stream": stream,
+            "ts": now,
+            "bodies": list(entries),
+            "channel": channel(self.schema, "log", stream),
+        }
+        if not trim:
+            self._db.query(_SQL_LOG_APPEND, params)  # one statement: atomic on its own
+            return
+
         def append(conn: psycopg.Connection[Any]) -> None:
-            conn.execute(_SQL_LOG_LOCK, (stream,))
-            with conn.cursor() as cur:
-                cur.executemany(_SQL_LOG_APPEND, [(stream, now, body) for body in entries])
-            if trim:
-                cutoff = conn.execute(_SQL_LOG_CUTOFF, (stream, maxlen)).fetchone()
-                if cutoff is not None:
-                    conn.execute(_SQL_LOG_TRIM_ID, (stream, cutoff[0]))
-            self._db.notify(conn, [channel(self.schema, "log", stream)])
+            conn.execute(_SQL_LOG_APPEND, params)
+            cutoff = conn.execute(_SQL_LOG_CUTOFF, (stream, maxlen)).fetchone()
+            if cutoff is not None:
+                conn.execute(_SQL_LOG_TRIM_ID, (stream, cutoff[0]))
 
         self._db.transaction(append)
 
