@@ -435,13 +435,24 @@ class Database:
             listener.poke()
 
     def close(self) -> None:
-        """Close this object's LISTEN connections; pooled ones stay for other users of the URL."""
+        """Close this object's LISTEN connections and the URL's idle pooled ones.
+
+        Idle ones too, although another object of the URL may use the pool: it
+        reconnects when it needs to, and a process that opens many schemas (tests, a
+        multi-tenant app) does not keep a session per schema open on the server.
+        """
         self.wake_local()
         with self._lock:
             listeners = list(self._listeners)
             self._listeners = weakref.WeakSet()
         for listener in listeners:
             listener.close()
+        pool = self._pool
+        with pool.lock:
+            idle, pool.idle = pool.idle, []
+        for conn in idle:
+            with contextlib.suppress(Exception):
+                conn.close()
         self._local = _Local()
 
     def _after_fork(self) -> None:

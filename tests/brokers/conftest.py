@@ -171,7 +171,9 @@ def _postgres_backend_case(tmp_path: Path) -> BackendCase:
     schema = fresh_schema()
     url = with_schema(base, schema)
     _postgres_schemas.append((base, schema))
-    PostgresBackend(url).get("none")  # tables made now, as in _postgres_case
+    creator = PostgresBackend(url)
+    creator.get("none")  # tables made now, as in _postgres_case
+    creator.close()
     return BackendCase("postgres", url, lambda expires: PostgresBackend(url, result_expires_s=expires))
 
 
