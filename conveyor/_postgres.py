@@ -3,11 +3,12 @@
 - ``parse_url``: ``postgresql://user:pass@host:5432/db?schema=conveyor`` (or
   ``postgres://``); ``schema`` picks the schema that holds Conveyor's tables, every
   other query option goes to libpq unchanged.
-- ``Database``: one connection per thread per process, in autocommit mode, with
-  ``statement_timeout`` and ``idle_in_transaction_session_timeout`` set, so a stuck
-  statement or a crashed client's open transaction cannot hold row locks for long.
-  A connection inherited through ``fork()`` is never used or closed in the child:
-  closing it would send a Terminate message down the socket the parent still uses.
+- ``Database``: connections in autocommit mode from a small per-process pool per URL,
+  taken per operation (per batch inside ``batch()``), with ``statement_timeout`` and
+  ``idle_in_transaction_session_timeout`` set, so a stuck statement or a crashed
+  client's open transaction cannot hold row locks for long. A connection inherited
+  through ``fork()`` is never used or closed in the child (the pools start empty
+  there): closing it would send a Terminate message down the parent's socket.
   A lost connection is reopened and the operation retried; after ``CONNECT_RETRIES``
   failures it becomes one ``BrokerConnectionError`` line.
 - ``batch()``: the thread's following writes share one transaction. NOTIFY inside a
