@@ -164,8 +164,13 @@ def backend_from_url(url: str, *, result_expires_s: float) -> ResultBackend:
         from conveyor.backends.redis import RedisBackend
 
         return RedisBackend(url, result_expires_s=result_expires_s)
+    if scheme in ("postgresql", "postgres"):
+        from conveyor.backends.postgres import PostgresBackend
+
+        return PostgresBackend(url, result_expires_s=result_expires_s)
     from conveyor.brokers.base import mask_url
 
     raise ConfigurationError(
-        f"unknown result backend URL scheme {scheme!r} in {mask_url(url)}: use sqlite:///path.sqlite3, redis://host:6379/1, memory:// or backend=False"
+        f"unknown result backend URL scheme {scheme!r} in {mask_url(url)}: use sqlite:///path.sqlite3, "
+        "redis://host:6379/1, postgresql://user@host:5432/db, memory:// or backend=False"
     )

@@ -249,6 +249,11 @@ def broker_from_url(url: str) -> AdminBroker:
         from conveyor.brokers.redis import RedisBroker
 
         return RedisBroker(url)
+    if scheme in ("postgresql", "postgres"):
+        from conveyor.brokers.postgres import PostgresBroker
+
+        return PostgresBroker(url)
     raise ConfigurationError(
-        f"unknown broker URL scheme {scheme!r} in {mask_url(url)}: use sqlite:///path.sqlite3, redis://host:6379/0 or memory://"
+        f"unknown broker URL scheme {scheme!r} in {mask_url(url)}: use sqlite:///path.sqlite3, redis://host:6379/0, "
+        "postgresql://user@host:5432/db or memory://"
     )

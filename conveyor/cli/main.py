@@ -38,6 +38,7 @@ COMMANDS = {
     "control": "conveyor.cli.control:control",
     "report": "conveyor.cli.report:report",
     "flower": "conveyor.cli.dashboard:flower",
+    "migrate": "conveyor.cli.migrate:migrate",
 }
 
 

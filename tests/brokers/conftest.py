@@ -25,6 +25,7 @@ from conveyor.brokers.base import AdminBroker
 from conveyor.brokers.memory import MemoryBroker
 from conveyor.brokers.sqlite import MESSAGES, SQLiteBroker
 
+from ..postgres_server import drop_schema, fresh_schema, postgres_url_or_skip, with_schema
 from ..redis_server import fresh_url, redis_server_or_skip
 
 
@@ -80,13 +81,56 @@ def _redis_case(tmp_path: Path) -> BrokerCase:
     return BrokerCase("redis", url, lambda: RedisBroker(url), cross_process=True, inject_raw=inject)
 
 
-_BROKER_CASES = {"memory": _memory_case, "sqlite": _sqlite_case, "redis": _redis_case}
+def _postgres_case(tmp_path: Path) -> BrokerCase:
+    from conveyor.brokers.postgres import MESSAGES as PG_MESSAGES
+    from conveyor.brokers.postgres import PostgresBroker
+
+    base = postgres_url_or_skip()
+    schema = fresh_schema()  # a fresh schema per test: tests share the server, not tables
+    url = with_schema(base, schema)
+    _postgres_schemas.append((base, schema))
+
+    def inject(queue: str, body: bytes) -> None:
+        import psycopg
+
+        creator = PostgresBroker(url)
+        creator.queue_stats()  # creates the schema
+        creator.close()
+        with psycopg.connect(base, autocommit=True) as conn:
+            conn.execute(
+                f"INSERT INTO {schema}.{PG_MESSAGES} (queue, priority, attempts, body) VALUES (%s, 0, 0, %s)",
+                (queue, body),
+            )
+
+    # Tables made now, as a deployed schema has them: a test's timings then measure
+    # the operation, not the one-off DDL of its first use.
+    creator = PostgresBroker(url)
+    creator.result_backend(result_expires_s=0).get("none")
+    creator.close()
+    return BrokerCase("postgres", url, lambda: PostgresBroker(url), cross_process=True, inject_raw=inject)
+
+
+_postgres_schemas: list[tuple[str, str]] = []
+
+
+def _drop_postgres_schemas() -> None:
+    while _postgres_schemas:
+        drop_schema(*_postgres_schemas.pop())
+
+
+_BROKER_CASES = {
+    "memory": _memory_case,
+    "sqlite": _sqlite_case,
+    "redis": _redis_case,
+    "postgres": _postgres_case,
+}
 
 
 @pytest.fixture(params=sorted(_BROKER_CASES))
 def broker_case(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[BrokerCase]:
     yield _BROKER_CASES[request.param](tmp_path)
     memory_broker.reset()
+    _drop_postgres_schemas()
 
 
 @pytest.fixture
@@ -120,10 +164,24 @@ def _redis_backend_case(tmp_path: Path) -> BackendCase:
     return BackendCase("redis", url, lambda expires: RedisBackend(url, result_expires_s=expires))
 
 
+def _postgres_backend_case(tmp_path: Path) -> BackendCase:
+    from conveyor.backends.postgres import PostgresBackend
+
+    base = postgres_url_or_skip()
+    schema = fresh_schema()
+    url = with_schema(base, schema)
+    _postgres_schemas.append((base, schema))
+    creator = PostgresBackend(url)
+    creator.get("none")  # tables made now, as in _postgres_case
+    creator.close()
+    return BackendCase("postgres", url, lambda expires: PostgresBackend(url, result_expires_s=expires))
+
+
 _BACKEND_CASES = {
     "memory": _memory_backend_case,
     "sqlite": _sqlite_backend_case,
     "redis": _redis_backend_case,
+    "postgres": _postgres_backend_case,
 }
 
 
@@ -131,6 +189,7 @@ _BACKEND_CASES = {
 def backend_case(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[BackendCase]:
     yield _BACKEND_CASES[request.param](tmp_path)
     memory_backend.reset()
+    _drop_postgres_schemas()
 
 
 @pytest.fixture

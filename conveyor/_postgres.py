@@ -1,0 +1,585 @@
+"""PostgreSQL plumbing shared by the PostgreSQL broker and result store.
+
+- ``parse_url``: ``postgresql://user:pass@host:5432/db?schema=conveyor`` (or
+  ``postgres://``); ``schema`` picks the schema that holds Conveyor's tables, every
+  other query option goes to libpq unchanged.
+- ``Database``: connections in autocommit mode from a small per-process pool per URL,
+  taken per operation (per batch inside ``batch()``), with ``statement_timeout`` and
+  ``idle_in_transaction_session_timeout`` set, so a stuck statement or a crashed
+  client's open transaction cannot hold row locks for long. A connection inherited
+  through ``fork()`` is never used or closed in the child (the pools start empty
+  there): closing it would send a Terminate message down the parent's socket.
+  A lost connection is reopened and the operation retried; after ``CONNECT_RETRIES``
+  failures it becomes one ``BrokerConnectionError`` line.
+- ``batch()``: the thread's following writes share one transaction. NOTIFY inside a
+  transaction is delivered by PostgreSQL at COMMIT and dropped on ROLLBACK, so a
+  consumer is never woken to read rows that are not there yet.
+- ``Listener``: a second connection per thread that LISTENs; a blocked fetch waits in
+  ``select()`` on its socket and on a pipe that ``wake_local()`` writes to.
+- the schema: created at first use, under an advisory lock, with its version in
+  ``schema_version``; a newer version than this code knows is refused.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import select
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import psycopg
+from psycopg import sql
+
+from conveyor.brokers.base import mask_url
+from conveyor.exceptions import BrokerConnectionError, BrokerError, ConfigurationError
+
+T = TypeVar("T")
+
+SCHEMA_VERSION = 1
+DEFAULT_SCHEMA = "conveyor"
+STATEMENT_TIMEOUT_MS = 30_000
+IDLE_IN_TRANSACTION_TIMEOUT_MS = 60_000
+CONNECT_TIMEOUT_S = 10
+CONNECT_RETRIES = 3
+POOL_IDLE_MAX = 8  # idle connections kept per process and URL
+SAFETY_POLL_S = 5.0  # a lost notification (a restarted server) costs at most this
+_CHANNEL_MAX = 63  # NAMEDATALEN - 1: longer channel names are refused by pg_notify
+_DDL_LOCK = 0x636F6E76  # advisory lock id ("conv") serialising schema creation
+
+VERSION_TABLE = "schema_version"
+_SQL_VERSION_TABLE = f"CREATE TABLE IF NOT EXISTS {VERSION_TABLE} (version INTEGER NOT NULL)"
+_SQL_GET_VERSION = f"SELECT MAX(version) FROM {VERSION_TABLE}"
+_SQL_SET_VERSION = f"INSERT INTO {VERSION_TABLE} (version) VALUES (%s)"
+_SQL_DDL_LOCK = "SELECT pg_advisory_xact_lock(%s)"
+_SQL_SCHEMA_EXISTS = "SELECT 1 FROM pg_namespace WHERE nspname = %s"
+_SQL_TABLES = "SELECT tablename FROM pg_tables WHERE schemaname = %s"
+_SQL_NOTIFY = "SELECT pg_notify(%s, '')"
+
+_abandoned: list[Any] = []  # connections inherited through fork: referenced forever, never closed
+_databases: weakref.WeakSet[Database] = weakref.WeakSet()
+
+
+_SYNCHRONOUS_COMMIT = ("on", "off", "local", "remote_write", "remote_apply")
+
+
+@dataclass(frozen=True, slots=True)
+class PostgresURL:
+    conninfo: str  # the URL minus Conveyor's own options, for libpq
+    schema: str
+    synchronous_commit: str
+
+
+def parse_url(url: str) -> PostgresURL:
+    """Split off ``schema=``; the rest is a libpq connection URI.
+
+    Raises:
+        ConfigurationError: not a postgres URL, or a schema name that is not a plain identifier.
+    """
+    parts = urlsplit(url)
+    if parts.scheme.lower() not in ("postgresql", "postgres"):
+        raise ConfigurationError(f"not a postgresql URL: {mask_url(url)}")
+    options = parse_qsl(parts.query, keep_blank_values=True)
+    schema = DEFAULT_SCHEMA
+    synchronous_commit = "off"
+    rest = []
+    for key, value in options:
+        if key == "schema":
+            schema = value
+        elif key == "synchronous_commit":
+            synchronous_commit = value.lower()
+        else:
+            rest.append((key, value))
+    if synchronous_commit not in _SYNCHRONOUS_COMMIT:
+        raise ConfigurationError(
+            f"postgresql URL option synchronous_commit={synchronous_commit!r} is not one of "
+            + ", ".join(_SYNCHRONOUS_COMMIT)
+        )
+    if not schema.replace("_", "").isalnum() or schema[0].isdigit():
+        raise ConfigurationError(
+            f"postgresql URL option schema={schema!r} is not a plain identifier: use letters, digits and _"
+        )
+    conninfo = urlunsplit(("postgresql", parts.netloc, parts.path, urlencode(rest), ""))
+    return PostgresURL(conninfo=conninfo, schema=schema.lower(), synchronous_commit=synchronous_commit)
+
+
+def channel(schema: str, kind: str, name: str = "") -> str:
+    """A NOTIFY channel name; hashed when it would be too long to LISTEN on."""
+    full = f"{schema}:{kind}:{name}" if name else f"{schema}:{kind}"
+    if len(full.encode()) <= _CHANNEL_MAX:
+        return full
+    return f"{schema}:{kind}#" + hashlib.sha256(full.encode()).hexdigest()[:32]
+
+
+class _Local(threading.local):
+    conn: psycopg.Connection[Any] | None = None  # held by an open batch
+    batch: list[Callable[[], None]] | None = None
+    listener: Listener | None = None
+
+
+class _Pool:
+    """This process's idle connections to one server with one set of session settings.
+
+    Shared by every ``Database`` of the URL in the process, and taken per operation,
+    not per thread: a thread that publishes once (a web request) or a second broker
+    object for the same URL then reuses a connection instead of paying for a new one.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.idle: list[psycopg.Connection[Any]] = []
+        self.all: weakref.WeakSet[psycopg.Connection[Any]] = weakref.WeakSet()
+
+
+_pools: dict[tuple[str, str], _Pool] = {}
+_pools_lock = threading.Lock()
+
+
+def _pool(key: tuple[str, str]) -> _Pool:
+    with _pools_lock:
+        found = _pools.get(key)
+        if found is None:
+            found = _pools[key] = _Pool()
+        return found
+
+
+class Database:
+    """Pooled connections to one PostgreSQL schema, with retries and error translation.
+
+    Args:
+        url: the postgresql URL.
+        schema: DDL run (idempotently, once per process) in the schema before first use.
+        tables: the tables ``schema`` creates; when all exist at this version the DDL is skipped.
+        what: "broker" or "result store", for error messages.
+    """
+
+    def __init__(self, url: str, *, schema: Sequence[str], tables: Iterable[str], what: str) -> None:
+        spec = parse_url(url)
+        self.url = url
+        self.conninfo = spec.conninfo
+        self.schema = spec.schema
+        self.what = what
+        self.options = (
+            f"-c statement_timeout={STATEMENT_TIMEOUT_MS} "
+            f"-c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_TIMEOUT_MS} "
+            f"-c search_path={self.schema} "
+            # Off by default, like the SQLite broker's synchronous=normal: a crash of the
+            # server's machine may lose the last commits, never corrupts them, and a
+            # commit does not wait for an fsync.
+            f"-c synchronous_commit={spec.synchronous_commit}"
+        )
+        self._ddl = tuple(schema)
+        self._tables = frozenset(tables)
+        self._schema_ready = False
+        self._local = _Local()
+        self._lock = threading.Lock()
+        self._listeners: weakref.WeakSet[Listener] = weakref.WeakSet()
+        self.generation = 0  # bumped by wake_local(): a blocked fetch seeing it change returns
+        _databases.add(self)
+
+    def add_schema(self, schema: Sequence[str], tables: Iterable[str]) -> None:
+        """Let another store (the results) share these connections, so ``batch()`` covers both."""
+        self._ddl = self._ddl + tuple(schema)
+        self._tables = self._tables | frozenset(tables)
+        self._schema_ready = False
+
+    @property
+    def where(self) -> str:
+        return f"the PostgreSQL {self.what} {mask_url(self.url)}"
+
+    @property
+    def _pool(self) -> _Pool:
+        return _pool((self.conninfo, self.options))
+
+    # -- connections ---------------------------------------------------------------
+    def open(self) -> psycopg.Connection[Any]:
+        """A new autocommit connection with the session settings, outside the pool."""
+        try:
+            return psycopg.connect(
+                self.conninfo, autocommit=True, options=self.options, connect_timeout=CONNECT_TIMEOUT_S
+            )
+        except psycopg.Error as exc:
+            raise BrokerConnectionError(
+                f"cannot connect to {self.where}: {_first_line(exc)}; check the URL and that the server is up"
+            ) from None
+
+    def _take(self) -> psycopg.Connection[Any]:
+        pool = self._pool
+        conn = None
+        with pool.lock:
+            while pool.idle and conn is None:
+                candidate = pool.idle.pop()
+                if not candidate.closed:
+                    conn = candidate
+        if conn is None:
+            conn = self.open()
+            with pool.lock:
+                pool.all.add(conn)
+        return conn
+
+    def _prepare(self, conn: psycopg.Connection[Any]) -> None:
+        if not self._schema_ready:
+            self._ensure_schema(conn)
+            self._schema_ready = True
+
+    def _take_retrying(self) -> psycopg.Connection[Any]:
+        for attempt in range(CONNECT_RETRIES):
+            try:
+                return self._take()
+            except BrokerConnectionError:
+                time.sleep(min(0.1 * 2**attempt, 1.0))
+        return self._take()
+
+    def _give_back(self, conn: psycopg.Connection[Any]) -> None:
+        if conn.closed or conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            with contextlib.suppress(Exception):
+                conn.close()
+            return
+        pool = self._pool
+        with pool.lock:
+            if len(pool.idle) < POOL_IDLE_MAX:
+                pool.idle.append(conn)
+                return
+        conn.close()
+
+    def schema_version(self) -> int | None:
+        """The version recorded in the schema; None when Conveyor has not created it yet."""
+
+        def read(conn: psycopg.Connection[Any]) -> int | None:
+            tables = {name for (name,) in conn.execute(_SQL_TABLES, (self.schema,)).fetchall()}
+            if VERSION_TABLE not in tables:
+                return None
+            row = conn.execute(
+                sql.SQL("SELECT MAX(version) FROM {}.{}").format(
+                    sql.Identifier(self.schema), sql.Identifier(VERSION_TABLE)
+                )
+            ).fetchone()
+            return None if row is None else row[0]
+
+        self._schema_ready = True  # only reading: no DDL on this connection
+        try:
+            return self.retrying(read)
+        finally:
+            self._schema_ready = False
+
+    def migrate(self) -> None:
+        """Create or upgrade the tables now (what first use does anyway)."""
+        self._schema_ready = False
+        self.retrying(lambda conn: None)
+
+    def _ensure_schema(self, conn: psycopg.Connection[Any]) -> None:
+        # Tables all there at this version: no DDL. CREATE INDEX takes a SHARE lock on
+        # its table even when the index exists, which deadlocks with the running
+        # workers' transactions (seen: a producer starting while workers settle).
+        tables = {name for (name,) in conn.execute(_SQL_TABLES, (self.schema,)).fetchall()}
+        if self._tables <= tables and VERSION_TABLE in tables:
+            version = conn.execute(_SQL_GET_VERSION).fetchone()
+            if version is not None and version[0] == SCHEMA_VERSION:
+                return
+        with conn.transaction():
+            # Many processes start at once: without the lock, two CREATE TABLE IF NOT
+            # EXISTS can both pass the check and one fails on a duplicate type.
+            conn.execute(_SQL_DDL_LOCK, (_DDL_LOCK,))
+            if conn.execute(_SQL_SCHEMA_EXISTS, (self.schema,)).fetchone() is None:
+                conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(self.schema)))
+            conn.execute(_SQL_VERSION_TABLE)
+            row = conn.execute(_SQL_GET_VERSION).fetchone()
+            version = row[0] if row else None
+            if version is not None and version > SCHEMA_VERSION:
+                raise BrokerError(
+                    f"{self.where} has schema version {version} in schema {self.schema!r}, newer than this "
+                    f"Conveyor understands ({SCHEMA_VERSION}): upgrade Conveyor or use another schema"
+                )
+            for statement in self._ddl:
+                conn.execute(statement)
+            if version is None:
+                conn.execute(_SQL_SET_VERSION, (SCHEMA_VERSION,))
+
+    def retrying(self, body: Callable[[psycopg.Connection[Any]], T]) -> T:
+        """Run ``body`` on a pooled connection (the batch's inside a batch), reconnecting
+        when the connection was lost.
+
+        A body that fails on a dropped connection is run again on a new one: at
+        least once, like every broker write. Inside a batch nothing is retried: the
+        transaction is gone, and the caller must see that.
+        """
+        held = self._local.conn
+        if held is not None:
+            try:
+                return body(held)
+            except psycopg.Error as exc:
+                raise self.translate(exc) from None
+        for attempt in range(CONNECT_RETRIES + 1):
+            conn = self._take_retrying()
+            try:
+                # Inside the try: a pooled connection the server dropped (a restart)
+                # fails on its first statement, which may be this one.
+                self._prepare(conn)
+                return body(conn)
+            except psycopg.OperationalError as exc:
+                if not conn.closed and not _is_disconnect(exc):
+                    raise self.translate(exc) from None
+                if attempt == CONNECT_RETRIES:
+                    raise BrokerConnectionError(
+                        f"lost the connection to {self.where} and could not reconnect "
+                        f"({_first_line(exc)}); check that the server is up"
+                    ) from None
+                time.sleep(min(0.1 * 2**attempt, 1.0))
+            except psycopg.Error as exc:
+                raise self.translate(exc) from None
+            finally:
+                self._give_back(conn)
+        raise AssertionError("unreachable")
+
+    # -- statements --------------------------------------------------------------------
+    def query(self, statement: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> list[Any]:
+        """One statement (atomic on its own outside a batch); all its rows."""
+
+        def run(conn: psycopg.Connection[Any]) -> list[Any]:
+            cur = conn.execute(statement, params)
+            return cur.fetchall() if cur.description is not None else []
+
+        return self.retrying(run)
+
+    def write(self, statement: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> int:
+        """One statement; the changed row count."""
+        return self.retrying(lambda conn: conn.execute(statement, params).rowcount)
+
+    def transaction(self, body: Callable[[psycopg.Connection[Any]], T]) -> T:
+        """Run ``body`` in one transaction (or in the open batch), retried as a whole."""
+        if self._local.conn is not None:
+            return self.retrying(body)
+
+        def run(conn: psycopg.Connection[Any]) -> T:
+            with conn.transaction():
+                return body(conn)
+
+        return self.retrying(run)
+
+    def in_batch(self) -> bool:
+        return self._local.conn is not None
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """One transaction for this thread's writes until the block ends."""
+        local = self._local
+        if local.conn is not None:
+            yield
+            return
+        self.retrying(self._prepare)  # connected and ready, a dropped pooled connection replaced
+        conn = self._take_retrying()
+        after: list[Callable[[], None]] = []
+        try:
+            # Not pipelined: a pipelined cursor's rowcount is unknown until a sync, so
+            # count_chord_member took every repeat for a new member and sent the body
+            # before all results were stored (the chord test in test_postgres_faults.py).
+            with conn.transaction():
+                local.conn, local.batch = conn, after
+                try:
+                    yield
+                finally:
+                    local.conn = local.batch = None
+        except psycopg.Error as exc:
+            raise self.translate(exc) from None
+        finally:
+            self._give_back(conn)
+        for callback in after:
+            callback()
+
+    def after_commit(self, callback: Callable[[], None]) -> None:
+        pending = self._local.batch
+        if pending is None:
+            callback()
+        else:
+            pending.append(callback)
+
+    def notify(self, conn: psycopg.Connection[Any], channels: Sequence[str]) -> None:
+        """Inside the caller's transaction: sent at COMMIT, dropped on ROLLBACK."""
+        for name in dict.fromkeys(channels):
+            conn.execute(_SQL_NOTIFY, (name,))
+
+    def translate(self, exc: psycopg.Error) -> BrokerError:
+        if isinstance(exc, psycopg.errors.QueryCanceled):
+            return BrokerError(
+                f"{self.where}: a statement ran past statement_timeout ({STATEMENT_TIMEOUT_MS} ms); "
+                "look for long transactions holding locks"
+            )
+        if isinstance(exc, psycopg.OperationalError):
+            return BrokerConnectionError(f"{self.where}: {_first_line(exc)}; check that the server is up")
+        return BrokerError(f"{self.where} failed: {_first_line(exc)}")
+
+    # -- wake-ups ------------------------------------------------------------------------
+    def listener(self) -> Listener:
+        """This thread's LISTEN connection, created on first use."""
+        local = self._local
+        found = local.listener
+        if found is not None and not found.closed:
+            return found
+        created = Listener(self)
+        with self._lock:
+            self._listeners.add(created)
+        local.listener = created
+        return created
+
+    def wake_local(self) -> None:
+        """Make blocked waits of this process (on this database) return."""
+        self.generation += 1
+        with self._lock:
+            listeners = list(self._listeners)
+        for listener in listeners:
+            listener.poke()
+
+    def close(self) -> None:
+        """Close this object's LISTEN connections and the URL's idle pooled ones.
+
+        Idle ones too, although another object of the URL may use the pool: it
+        reconnects when it needs to, and a process that opens many schemas (tests, a
+        multi-tenant app) does not keep a session per schema open on the server.
+        """
+        self.wake_local()
+        with self._lock:
+            listeners = list(self._listeners)
+            self._listeners = weakref.WeakSet()
+        for listener in listeners:
+            listener.close()
+        pool = self._pool
+        with pool.lock:
+            idle, pool.idle = pool.idle, []
+        for conn in idle:
+            with contextlib.suppress(Exception):
+                conn.close()
+        self._local = _Local()
+
+    def _after_fork(self) -> None:
+        # Every listener here is the parent's: keep its connection referenced so it is
+        # never finalised (PQfinish would end the parent's session), and start over.
+        _abandoned.extend(listener.abandon() for listener in self._listeners)
+        self._listeners = weakref.WeakSet()
+        self._local = _Local()
+        self._lock = threading.Lock()
+
+
+class Listener:
+    """One thread's LISTEN connection plus a pipe other threads poke to wake it."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self.pid = os.getpid()
+        self.closed = False
+        self._channels: set[str] = set()
+        self._conn: psycopg.Connection[Any] | None = None
+        self._read_fd, self._write_fd = os.pipe()
+        os.set_blocking(self._read_fd, False)
+        os.set_blocking(self._write_fd, False)
+
+    def listen(self, channels: Sequence[str]) -> None:
+        """LISTEN on any of ``channels`` not listened to yet; before the check it guards."""
+        if self._conn is not None and self._conn.closed:
+            self._conn, self._channels = None, set()
+        missing = [name for name in channels if name not in self._channels]
+        if not missing and self._conn is not None:
+            return
+        if self._conn is None:
+            self._conn = self.db.open()
+        for name in missing:
+            try:
+                self._conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(name)))
+            except psycopg.Error as exc:
+                with contextlib.suppress(Exception):
+                    self._conn.close()
+                self._conn, self._channels = None, set()
+                raise self.db.translate(exc) from None
+            self._channels.add(name)
+
+    def drain(self) -> None:
+        """Forget notifications and pokes that arrived before the check about to run."""
+        with contextlib.suppress(OSError):
+            while os.read(self._read_fd, 512):
+                pass
+        conn = self._conn
+        if conn is None or conn.closed:
+            return
+        try:
+            conn.pgconn.consume_input()
+            while conn.pgconn.notifies() is not None:
+                pass
+        except psycopg.Error:
+            with contextlib.suppress(Exception):
+                conn.close()
+
+    def wait(self, timeout_s: float) -> None:
+        if self.closed:
+            return
+        fds = [self._read_fd]
+        conn = self._conn
+        if conn is not None and not conn.closed:
+            fds.append(conn.pgconn.socket)
+        try:
+            select.select(fds, [], [], max(timeout_s, 0.0))
+        except (OSError, ValueError):  # closed by close() in another thread
+            pass
+
+    def abandon(self) -> psycopg.Connection[Any] | None:
+        """In a forked child: the parent's connection, to keep; the pipe is closed."""
+        self.closed = True
+        conn, self._conn = self._conn, None
+        for fd in (self._read_fd, self._write_fd):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        return conn
+
+    def poke(self) -> None:
+        with contextlib.suppress(OSError):
+            os.write(self._write_fd, b"\0")
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.poke()
+        conn, self._conn = self._conn, None
+        if conn is not None and self.pid == os.getpid():
+            with contextlib.suppress(Exception):
+                conn.close()
+        for fd in (self._read_fd, self._write_fd):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+def _after_fork_in_child() -> None:
+    global _pools_lock
+    # The pools hold the parent's connections: referenced forever, never used here.
+    for pool in _pools.values():
+        _abandoned.extend(pool.all)
+    _pools.clear()
+    _pools_lock = threading.Lock()
+    for database in list(_databases):
+        database._after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _is_disconnect(exc: psycopg.OperationalError) -> bool:
+    text = str(exc).lower()
+    return any(
+        marker in text
+        for marker in (
+            "server closed",
+            "connection",
+            "terminating",
+            "admin_shutdown",
+            "consuming input failed",
+        )
+    )
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
