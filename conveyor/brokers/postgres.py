@@ -157,6 +157,14 @@ ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, expires_at = excluded.e
 WHERE {LEASES}.owner = excluded.owner OR {LEASES}.expires_at <= %s
 """
 _SQL_LEASE_EXPIRE = f"DELETE FROM {LEASES} WHERE expires_at <= %s"
+# claim_lease: take a free (or expired) lease; either way, answer with whoever holds it.
+_SQL_LEASE_CLAIM = f"""
+INSERT INTO {LEASES} (name, owner, expires_at) VALUES (%s, %s, %s)
+ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, expires_at = excluded.expires_at
+WHERE {LEASES}.expires_at <= %s
+"""
+_SQL_LEASE_OWNER = f"SELECT owner FROM {LEASES} WHERE name = %s"
+_SQL_LEASE_RELEASE = f"DELETE FROM {LEASES} WHERE name = %s AND owner = %s"
 _LEASE_SWEEP_EVERY = 100  # acquire_lease calls per sweep: the scheduler claims one lease per run
 
 
@@ -429,6 +437,19 @@ class PostgresBroker(PostgresStoreMixin):
             # claimed scheduler run would stay in the table for good.
             self._db.write(_SQL_LEASE_EXPIRE, (now,))
         return self._db.write(_SQL_LEASE_TAKE, (name, owner, now + ttl_s, now)) > 0
+
+    def claim_lease(self, name: str, owner: str, ttl_s: float) -> str:
+        now = time.time()
+
+        def claim(conn: psycopg.Connection[Any]) -> str:
+            conn.execute(_SQL_LEASE_CLAIM, (name, owner, now + ttl_s, now))
+            row = conn.execute(_SQL_LEASE_OWNER, (name,)).fetchone()
+            return str(row[0]) if row else owner
+
+        return self._db.transaction(claim)
+
+    def release_lease(self, name: str, owner: str) -> None:
+        self._db.write(_SQL_LEASE_RELEASE, (name, owner))
 
 
 def _dead_letter(row: tuple[Any, ...]) -> DeadLetter:

@@ -546,7 +546,8 @@ def _poll(predicate: Callable[[], Any], what: str, timeout: float = 20.0) -> Non
 
 
 # -- the test --------------------------------------------------------------------------------
-@pytest.fixture(params=sorted(_BROKER_CASES))
+# PostgreSQL is not driven yet: its clock and wake-ups need a harness of their own.
+@pytest.fixture(params=["memory", "redis", "sqlite"])
 def harness(
     request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[Harness]:
