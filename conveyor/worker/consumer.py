@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import collections
 import logging
+import os
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -72,6 +74,7 @@ class Consumer:
         shutdown_timeout_s: float = 60.0,
         max_deliveries: int = 10,
         max_tasks: int | None = None,
+        max_memory_kib: int | None = None,
     ) -> None:
         self.app = app
         self.broker = app.broker
@@ -91,6 +94,7 @@ class Consumer:
         self.take_ahead = max(0, min(TAKE_AHEAD, int(app.conf.worker_early_ack_ahead)))
         self.settler = Settler(app, hostname=hostname, max_deliveries=max_deliveries)
         self.max_tasks = max_tasks
+        self.max_memory_kib = max_memory_kib  # prefork children only (worker_max_memory_per_child)
         self._cond = threading.Condition()
         self._reserved: dict[str, Delivery] = {}  # receipt -> every leased, unsettled delivery
         self._incoming: collections.deque[Delivery] = collections.deque()
@@ -570,6 +574,12 @@ class Consumer:
         self._release([c.job.delivery for c in completions])
         if self.max_tasks and self.settler.processed >= self.max_tasks and not self._warm:
             self.request_stop()  # recycled by the supervisor (max_tasks_per_child)
+        if self.max_memory_kib and not self._warm and (rss := resident_kib()) > self.max_memory_kib:
+            log.warning(
+                "Process %s uses %d KiB, over worker_max_memory_per_child (%d KiB): replacing it",
+                os.getpid(), rss, self.max_memory_kib,
+            )  # fmt: skip
+            self.request_stop()
 
     @property
     def processed(self) -> int:
@@ -676,3 +686,15 @@ class Consumer:
                 self._settle(completions)
             finally:
                 self._cold = True
+
+
+def resident_kib() -> int:
+    """This process's resident memory now, in KiB (its peak where /proc is missing)."""
+    try:
+        with open("/proc/self/statm", "rb") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
+    except (OSError, ValueError, IndexError):
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak // 1024 if sys.platform == "darwin" else peak

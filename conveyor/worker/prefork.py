@@ -80,6 +80,7 @@ class ChildOptions:
     shutdown_timeout_s: float
     max_deliveries: int
     max_tasks: int | None
+    max_memory_kib: int | None = None
 
 
 class _Channel:
@@ -345,6 +346,7 @@ def _child_main(
         shutdown_timeout_s=options.shutdown_timeout_s,
         max_deliveries=options.max_deliveries,
         max_tasks=options.max_tasks,
+        max_memory_kib=options.max_memory_kib,
     )
     signal.signal(signal.SIGUSR1, lambda *_: consumer.request_stop())
     consumer.revoked.update(revoked)
