@@ -45,6 +45,11 @@ def hog(mib):
     return os.getpid()
 
 
+@app.task(name="setproj.crash_kept", acks_late=True, reject_on_worker_lost=True)
+def crash_kept(key):
+    return crash(key)
+
+
 @app.task(name="setproj.crash", acks_late=True)
 def crash(key):
     record("crash", key)
@@ -142,6 +147,9 @@ def test_reject_on_worker_lost_chooses_requeue_or_failure(setproj: Any, reject: 
         assert worker.runs("crash") == 1
         assert setproj.app.broker.dead_letters() == []
         assert all((q.ready, q.in_flight, q.delayed) == (0, 0, 0) for q in setproj.app.broker.queue_stats())
+        # The task's own option (Celery's spelling) wins over the setting.
+        assert setproj.crash_kept.delay("kept").get(timeout=30) == "survived"
+        assert worker.runs("crash kept") == 2
 
 
 @pytest.mark.parametrize("ack", [True, False])
