@@ -74,14 +74,14 @@ def stuck(key):
 
 
 class _Worker:
-    def __init__(self, root: Path, conf: dict[str, Any]) -> None:
+    def __init__(self, root: Path, conf: dict[str, Any], *args: str) -> None:
         self.root = root
         env = {**os.environ, "PYTHONPATH": str(root), "SETPROJ_CONF": json.dumps(conf)}
         env.pop("CONVEYOR_BROKER_URL", None)
         with open(root / "worker.log", "wb") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "conveyor.cli.main", "-A", "setproj", "worker", "-c", "1",
-                 "--prefetch-multiplier", "1"],
+                 "--prefetch-multiplier", "1", *args],
                 cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
             )  # fmt: skip
         wait_for(lambda: b"ready." in self.log().encode() or self.proc.poll() is not None, timeout=20)
@@ -108,7 +108,7 @@ def setproj(tmp_path: Path) -> Iterator[Any]:
     import setproj  # type: ignore[import-not-found]
 
     workers: list[_Worker] = []
-    setproj.start = lambda conf: workers.append(_Worker(tmp_path, conf)) or workers[-1]
+    setproj.start = lambda conf, *args: workers.append(_Worker(tmp_path, conf, *args)) or workers[-1]
     try:
         yield setproj
     finally:
@@ -120,8 +120,12 @@ def setproj(tmp_path: Path) -> Iterator[Any]:
         sys.modules.pop("setproj", None)
 
 
-def test_a_child_over_max_memory_per_child_is_replaced_after_its_task(setproj: Any) -> None:
-    worker = setproj.start({"worker_max_memory_per_child": 150_000})  # KiB
+@pytest.mark.parametrize("given", ["setting", "option"])
+def test_a_child_over_max_memory_per_child_is_replaced_after_its_task(setproj: Any, given: str) -> None:
+    if given == "setting":
+        worker = setproj.start({"worker_max_memory_per_child": 150_000})  # KiB
+    else:
+        worker = setproj.start({}, "--max-memory-per-child", "150000")
     first = setproj.pid.delay().get(timeout=20)
     assert setproj.pid.delay().get(timeout=20) == first  # under the limit: kept
     hog = setproj.hog.delay(200)
