@@ -92,11 +92,11 @@ def _lines(root: Path) -> list[dict[str, object]]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
-def _start_worker(root: Path) -> subprocess.Popen[bytes]:
+def _start_worker(root: Path, *args: str) -> subprocess.Popen[bytes]:
     env = {**os.environ, "PYTHONPATH": str(root)}
     with open(root / "worker.log", "wb") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "conveyor.cli.main", "-A", "sigproj", "worker", "-c", "1", "-n", "w@h"],
+            [sys.executable, "-m", "conveyor.cli.main", "-A", "sigproj", "worker", "-c", "1", "-n", "w@h", *args],
             cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
 
@@ -228,3 +228,26 @@ def test_child_and_consumer_signals_fire_once_with_celerys_arguments(root: Path)
     assert revoked[sleeper.id]["terminated"] is True and revoked[sleeper.id]["signum"]
     assert revoked[sleeper.id]["sender"] == "sigproj.sleepy"
     assert all(ln["keys"] == ["expired", "request", "signum", "terminated"] for ln in by["task_revoked"])
+
+
+def test_without_prefork_consumer_signals_fire_in_the_main_process(root: Path) -> None:
+    """threads pool: no child processes, so no worker_process_*; the consumer is the main process."""
+    import sigproj
+
+    log = root / "worker.log"
+    worker = _start_worker(root, "--pool", "threads")
+    try:
+        wait_for(lambda: b"ready." in log.read_bytes(), timeout=20)
+        assert sigproj.add.delay(1, 1).get(timeout=20) == 2
+        unknown = sigproj.app.send_task("sigproj.nope")
+        wait_for(lambda: "task_unknown" in _by_signal(root), timeout=20)
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(30) == 0, log.read_text()
+    finally:
+        if worker.poll() is None:
+            os.killpg(worker.pid, signal.SIGKILL)
+        sigproj.app.close()
+    by = _by_signal(root)
+    assert "worker_process_init" not in by and "worker_process_shutdown" not in by
+    assert [ln["pid"] for ln in by["task_received"]] == [worker.pid]
+    assert [(ln["pid"], ln["id"]) for ln in by["task_unknown"]] == [(worker.pid, unknown.id)]
