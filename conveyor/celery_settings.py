@@ -46,11 +46,11 @@ CELERY_SETTINGS: dict[str, tuple[str, str]] = {
     "task_soft_time_limit": (HONOURED, "same"),
     "task_allow_error_cb_on_chord_header": (IGNORED, "a failed chord member fails the body"),
     "task_acks_late": (HONOURED, "same"),
-    "task_acks_on_failure_or_timeout": (IGNORED, "a finished task is always acked; failures are stored"),
-    "task_reject_on_worker_lost": (
-        IGNORED,
-        "an acks_late task whose worker died is redelivered after its lease",
+    "task_acks_on_failure_or_timeout": (
+        HONOURED,
+        "False dead-letters the message (Celery: reject, no requeue)",
     ),
+    "task_reject_on_worker_lost": (HONOURED, "same; Conveyor's default is True (requeue), Celery's False"),
     "task_default_rate_limit": (HONOURED, "same, across all workers"),
     "task_default_queue": (HONOURED, "same"),
     "task_default_queue_type": (IGNORED, "no AMQP queue types"),
@@ -126,7 +126,7 @@ CELERY_SETTINGS: dict[str, tuple[str, str]] = {
     "worker_enable_prefetch_count_reduction": (HONOURED, "prefetched messages are leased, not lost"),
     "worker_lost_wait": (IGNORED, "a dead child is noticed at once"),
     "worker_max_tasks_per_child": (HONOURED, "same"),
-    "worker_max_memory_per_child": (IGNORED, "use worker_max_tasks_per_child to recycle leaky children"),
+    "worker_max_memory_per_child": (HONOURED, "same (prefork)"),
     "worker_disable_rate_limits": (IGNORED, "rate limits always apply, across all workers"),
     "worker_state_db": (IGNORED, "revokes are kept in the broker"),
     "worker_timer_precision": (IGNORED, "no timer to tune"),
@@ -179,8 +179,6 @@ CELERY_SETTINGS: dict[str, tuple[str, str]] = {
 # Values of ignored settings that ask for what Conveyor does anyway: no warning.
 AGREEING = {
     "event_serializer": ("json",),
-    "task_acks_on_failure_or_timeout": (True,),
-    "task_reject_on_worker_lost": (True,),
     "worker_hijack_root_logger": (False,),
     "worker_disable_rate_limits": (False,),
     "task_store_eager_result": (False,),

@@ -91,6 +91,18 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("task_routes", None, _to_json, "task name or glob pattern -> queue name (or {'queue': ...})"),
     Setting("task_acks_late", False, _to_bool, "ack after the task finishes (at-least-once)"),
+    Setting(
+        "task_acks_on_failure_or_timeout",
+        True,
+        _to_bool,
+        "acks_late: ack a task that failed or timed out (True) or dead-letter its message (False)",
+    ),
+    Setting(
+        "task_reject_on_worker_lost",
+        True,
+        _to_bool,
+        "acks_late: requeue a task whose process died (True) or record FAILURE WorkerLostError (False)",
+    ),
     Setting("task_time_limit", None, _to_opt_float, "hard time limit, seconds"),
     Setting("task_soft_time_limit", None, _to_opt_float, "soft time limit, seconds"),
     Setting("task_always_eager", False, _to_bool, "run tasks inline in the caller (tests)"),
@@ -125,6 +137,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("worker_pool", "prefork", str, "prefork, threads or solo"),
     Setting("worker_prefetch_multiplier", 4, int, "messages reserved per pool slot"),
     Setting("worker_max_tasks_per_child", None, _to_opt_int, "recycle a child process after this many tasks"),
+    Setting(
+        "worker_max_memory_per_child",
+        None,
+        _to_opt_int,
+        "KiB: replace a prefork child whose resident memory exceeds this after a task",
+    ),
     Setting("worker_shutdown_timeout", 60.0, float, "warm shutdown: seconds to let running tasks finish"),
     Setting(
         "worker_early_ack_ahead",
@@ -229,6 +247,8 @@ class Settings:
     result_accept_content: Any
     task_annotations: Any
     task_acks_late: bool
+    task_acks_on_failure_or_timeout: bool
+    task_reject_on_worker_lost: bool
     task_time_limit: float | None
     task_soft_time_limit: float | None
     task_always_eager: bool
@@ -244,6 +264,7 @@ class Settings:
     worker_pool: str
     worker_prefetch_multiplier: int
     worker_max_tasks_per_child: int | None
+    worker_max_memory_per_child: int | None
     worker_shutdown_timeout: float
     worker_early_ack_ahead: int
     worker_send_task_events: bool

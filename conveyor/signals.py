@@ -28,17 +28,17 @@ signal                        process               sender / keyword arguments
 before_task_publish           the sender's          task name; body, exchange, routing_key,
                                                     headers, properties, declare, retry_policy
 after_task_publish            the sender's          task name; body, exchange, routing_key, headers
-task_received                 worker (consumer)     consumer; request
+task_received                 the consumer's        consumer; request
 task_prerun                   where the task runs   task; task_id, task, args, kwargs
 task_postrun                  where the task runs   task; task_id, task, args, kwargs, retval, state
 task_success                  where the task runs   task; result
 task_failure                  where the task runs   task; task_id, exception, args, kwargs,
                                                     traceback, einfo
 task_retry                    where the task runs   task; request, reason, einfo
-task_revoked                  worker                task (or None); request, terminated,
+task_revoked                  the consumer's        task (or None); request, terminated,
                                                     signum, expired
-task_rejected                 worker                consumer; message, exc
-task_unknown                  worker                consumer; name, id, message, exc
+task_rejected                 the consumer's        consumer; message (the Delivery), exc
+task_unknown                  the consumer's        consumer; name, id, message, exc
 worker_init                   worker main           None
 worker_process_init           each prefork child    None (after fork, before the first task)
 worker_process_shutdown       each prefork child    None; pid, exitcode
@@ -51,6 +51,13 @@ after_setup_logger            worker, beat          None; logger, loglevel, logf
                                                     colorize
 after_setup_task_logger       worker, beat          None; same as after_setup_logger
 ============================  ====================  =========================================
+
+"The consumer's" process is the worker's main process with the solo and threads
+pools, and each prefork child with prefork: Conveyor's children fetch their own
+messages (Celery's main process does), so a receiver there runs in the child. A
+task terminated by ``revoke(terminate=True)`` is reported where it ended: by the
+child that interrupted it (``signum`` SIGUSR2) or, when the supervisor had to kill
+the child, by the supervisor (``signum`` SIGKILL).
 """
 
 from __future__ import annotations

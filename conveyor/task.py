@@ -100,7 +100,7 @@ TASK_OPTIONS = frozenset(
         "retry_kwargs", "retry_backoff", "retry_backoff_max", "retry_jitter", "acks_late",
         "time_limit", "soft_time_limit", "rate_limit", "expires", "ignore_result", "track_started",
         "serializer",
-        "unique_for",
+        "unique_for", "reject_on_worker_lost", "acks_on_failure_or_timeout",
     }
 )  # fmt: skip
 
@@ -138,6 +138,9 @@ class Task(Generic[P, R]):
     # Seconds a send with the same arguments (or idempotency_key) returns the first
     # task instead of sending another; True: until that task finishes.
     unique_for: float | bool | None = None
+    # acks_late outcomes (conveyor/worker/settle.py); None: the task_* setting decides.
+    reject_on_worker_lost: bool | None = None
+    acks_on_failure_or_timeout: bool | None = None
     # Options resolved against the app's settings when unset (the properties below);
     # a subclass may set the public name as a plain class attribute instead.
     _max_retries: int | None = _UNSET

@@ -100,6 +100,12 @@ loglevel_option = click.option(
     help="Replace a prefork child after this many tasks (leaky task code).",
 )
 @click.option(
+    "--max-memory-per-child",
+    type=click.IntRange(min=1),
+    default=None,
+    help="KiB: replace a prefork child whose resident memory exceeds this after a task.",
+)
+@click.option(
     "--prefetch-multiplier",
     type=click.IntRange(min=1),
     default=None,
@@ -130,6 +136,7 @@ def worker(
     without_mingle: bool,
     without_heartbeat: bool,
     max_tasks_per_child: int | None,
+    max_memory_per_child: int | None,
     prefetch_multiplier: int | None,
     beat: bool,
 ) -> None:
@@ -148,6 +155,8 @@ def worker(
     setup_logging(loglevel, logfile=expand_node_name(logfile, hostname) if logfile else None)
     if task_events:
         app.conf.worker_send_task_events = True
+    if max_memory_per_child:
+        app.conf.worker_max_memory_per_child = max_memory_per_child
     if pidfile:
         claim_pidfile(expand_node_name(pidfile, hostname))
     process = Worker(

@@ -17,19 +17,22 @@ from __future__ import annotations
 
 import collections
 import logging
+import os
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from conveyor import states
+from conveyor import signals, states
 from conveyor.backends.base import ResultRecord
 from conveyor.brokers.base import Delivery
-from conveyor.exceptions import BrokerError, SerializationError
+from conveyor.exceptions import BrokerError, NotRegistered, SerializationError
 from conveyor.message import Message, decode
 from conveyor.monitor.events import received_event, started_event
 from conveyor.retry import parse_rate
 from conveyor.serializers import accepted
+from conveyor.task import Request
 from conveyor.worker.limits import RateGate
 from conveyor.worker.pools import LOST, Completion, Job, Pool
 from conveyor.worker.runner import (
@@ -71,6 +74,7 @@ class Consumer:
         shutdown_timeout_s: float = 60.0,
         max_deliveries: int = 10,
         max_tasks: int | None = None,
+        max_memory_kib: int | None = None,
     ) -> None:
         self.app = app
         self.broker = app.broker
@@ -90,6 +94,7 @@ class Consumer:
         self.take_ahead = max(0, min(TAKE_AHEAD, int(app.conf.worker_early_ack_ahead)))
         self.settler = Settler(app, hostname=hostname, max_deliveries=max_deliveries)
         self.max_tasks = max_tasks
+        self.max_memory_kib = max_memory_kib  # prefork children only (worker_max_memory_per_child)
         self._cond = threading.Condition()
         self._reserved: dict[str, Delivery] = {}  # receipt -> every leased, unsettled delivery
         self._incoming: collections.deque[Delivery] = collections.deque()
@@ -405,15 +410,22 @@ class Consumer:
         try:
             message = taken or decode(delivery.body, self.content_types)
         except SerializationError as exc:
+            signals.task_rejected.send(sender=self, message=delivery, exc=exc)
             self._settle_one(delivery, undecodable(delivery.body, exc))
             return None
         task = self.app.tasks.get(message.task)
         if task is None:
             self._emit_received(message, now, started=False)
+            if signals.task_unknown.receivers:
+                unknown = NotRegistered(f"task {message.task!r} is not registered on this worker")
+                signals.task_unknown.send(
+                    sender=self, name=message.task, id=message.id, message=message, exc=unknown
+                )
             self._settle_one(delivery, not_registered(message))
             return None
         if message.id in self.revoked:
             self._emit_received(message, now, started=False)
+            self._signal_revoked(task, message, delivery, expired=False)
             self._settle_one(
                 delivery,
                 revoked(
@@ -427,6 +439,7 @@ class Consumer:
             return None
         if message.expires is not None and now > message.expires:
             self._emit_received(message, now, started=False)
+            self._signal_revoked(task, message, delivery, expired=True)
             self._settle_one(delivery, expired(message, now))
             return None
         # A taken message is acked: it runs now even if a rate limit was set since.
@@ -436,6 +449,8 @@ class Consumer:
         acked = taken is not None or bool(interval and not task.acks_late)  # see _take_slot
         log.info("%s received", label(message.task, message.id))
         self._emit_received(message, now, started=True)
+        if signals.task_received.receivers:
+            signals.task_received.send(sender=self, request=self._request(message, delivery))
         if task.track_started:
             self._pending_records.append(
                 ResultRecord(
@@ -460,6 +475,18 @@ class Consumer:
             meta={"args": message.args, "kwargs": message.kwargs, "retries": message.retries},
             acked=acked,
         )
+
+    def _request(self, message: Message, delivery: Delivery) -> Request:
+        return Request.from_message(message, hostname=self.hostname, attempt=delivery.attempt)
+
+    def _signal_revoked(
+        self, task: Task[Any, Any], message: Message, delivery: Delivery, *, expired: bool
+    ) -> None:
+        if signals.task_revoked.receivers:
+            request = self._request(message, delivery)
+            signals.task_revoked.send(
+                sender=task, request=request, terminated=False, signum=None, expired=expired
+            )
 
     def _emit_received(self, message: Message, now: float, *, started: bool) -> None:
         events = self.events
@@ -547,6 +574,12 @@ class Consumer:
         self._release([c.job.delivery for c in completions])
         if self.max_tasks and self.settler.processed >= self.max_tasks and not self._warm:
             self.request_stop()  # recycled by the supervisor (max_tasks_per_child)
+        if self.max_memory_kib and not self._warm and (rss := resident_kib()) > self.max_memory_kib:
+            log.warning(
+                "Process %s uses %d KiB, over worker_max_memory_per_child (%d KiB): replacing it",
+                os.getpid(), rss, self.max_memory_kib,
+            )  # fmt: skip
+            self.request_stop()
 
     @property
     def processed(self) -> int:
@@ -653,3 +686,15 @@ class Consumer:
                 self._settle(completions)
             finally:
                 self._cold = True
+
+
+def resident_kib() -> int:
+    """This process's resident memory now, in KiB (its peak where /proc is missing)."""
+    try:
+        with open("/proc/self/statm", "rb") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
+    except (OSError, ValueError, IndexError):
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak // 1024 if sys.platform == "darwin" else peak

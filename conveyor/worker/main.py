@@ -117,6 +117,7 @@ class Worker:
                 shutdown_timeout_s=shutdown_s,
                 max_deliveries=max_deliveries,
                 max_tasks=max_tasks_per_child or conf.worker_max_tasks_per_child,
+                max_memory_kib=conf.worker_max_memory_per_child,
             )
             self.runner = PreforkSupervisor(app, self.concurrency, options)
         else:

@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from conveyor import states
+from conveyor import signals, states
 from conveyor.brokers.base import Delivery
 from conveyor.exceptions import TimeLimitExceeded
 from conveyor.serialization import exception_to_dict
@@ -111,7 +111,24 @@ def failed_job(
     )
 
 
-def terminated_outcome(job: Job) -> Outcome:
+def terminated_outcome(job: Job, app: Conveyor, signum: int = signal.SIGUSR2) -> Outcome:
+    """A task stopped by ``revoke(terminate=True)``: ``signum`` is the signal that ended it."""
+    if signals.task_revoked.receivers:
+        from conveyor.task import Request
+
+        meta = job.meta
+        request = Request(
+            id=job.task_id or "",
+            task=job.task_name or "",
+            args=meta.get("args", []),
+            kwargs=meta.get("kwargs", {}),
+            retries=meta.get("retries", 0),
+            queue=job.delivery.queue,
+        )
+        task = app.tasks.get(job.task_name or "")
+        signals.task_revoked.send(
+            sender=task, request=request, terminated=True, signum=signal.Signals(signum), expired=False
+        )
     started = time.time() - (time.monotonic() - job.started_at) if job.started_at else None
     return revoked(
         job.task_id, job.task_name, queue=job.delivery.queue, started_at=started, reason="terminated"
@@ -197,7 +214,7 @@ class ThreadPool:
                     message=job.message,
                 )
             except TaskTerminated:
-                outcome = terminated_outcome(job)
+                outcome = terminated_outcome(job, self.app)
             except BaseException as exc:  # noqa: BLE001 - the async time-limit exception lands here
                 outcome = Outcome(LOST, task_id=job.task_id, task_name=job.task_name, reason=repr(exc))
             with self._lock:
@@ -337,7 +354,7 @@ class SoloPool:
             )
         except TaskTerminated:
             self._current = None
-            outcome = terminated_outcome(job)
+            outcome = terminated_outcome(job, self.app)
         finally:
             self._current = None
         self._done.append(Completion(job, outcome))

@@ -43,7 +43,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from conveyor import _forkguard, states
+from conveyor import _forkguard, signals, states
 from conveyor.brokers.base import Delivery
 from conveyor.worker.pools import (
     LOST,
@@ -80,6 +80,7 @@ class ChildOptions:
     shutdown_timeout_s: float
     max_deliveries: int
     max_tasks: int | None
+    max_memory_kib: int | None = None
 
 
 class _Channel:
@@ -345,6 +346,7 @@ def _child_main(
         shutdown_timeout_s=options.shutdown_timeout_s,
         max_deliveries=options.max_deliveries,
         max_tasks=options.max_tasks,
+        max_memory_kib=options.max_memory_kib,
     )
     signal.signal(signal.SIGUSR1, lambda *_: consumer.request_stop())
     consumer.revoked.update(revoked)
@@ -357,9 +359,15 @@ def _child_main(
         threading.Thread(
             target=_watch_supervisor, args=(supervisor_pid, consumer), name="supervisor-watch", daemon=True
         ).start()
+    # Where users open per-process resources (database connections): after fork,
+    # before the first task. A receiver that raises is logged; the child still works.
+    signals.worker_process_init.send(sender=None)
+    exitcode = 1
     try:
         consumer.run_inline()
+        exitcode = 0
     finally:
+        signals.worker_process_shutdown.send(sender=None, pid=os.getpid(), exitcode=exitcode)
         app.close()
 
 
@@ -702,7 +710,9 @@ class PreforkSupervisor:
                     child.killed = True
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(child.process.pid or 0, signal.SIGKILL)
-                    self.settler.settle([Completion(running, terminated_outcome(running))])
+                    self.settler.settle(
+                        [Completion(running, terminated_outcome(running, self.app, signal.SIGKILL))]
+                    )
                     child.job = None
                     continue
             job = child.job

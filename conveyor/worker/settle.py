@@ -21,7 +21,7 @@ from conveyor.message import Message, decode
 from conveyor.monitor.events import EventBuffer, outcome_events
 from conveyor.serializers import OWN_BODIES
 from conveyor.worker.pools import LOST, Completion, Job, failed_job
-from conveyor.worker.runner import DEAD, REQUEUE, RETRY, Outcome, label
+from conveyor.worker.runner import ACK, DEAD, REQUEUE, RETRY, Outcome, label
 
 if TYPE_CHECKING:
     from conveyor.app import Conveyor
@@ -61,6 +61,8 @@ class Settler:
             outcome = completion.outcome
             if outcome.action == LOST:
                 outcome = self.lost(completion.job, outcome)
+            if outcome.action == ACK and outcome.state == states.FAILURE and completion.job.acks_late:
+                outcome = self._failed_late(completion.job, outcome)
             self._log(outcome)
             self._count(outcome)
             if outcome.state is not None:
@@ -144,7 +146,9 @@ class Settler:
         """The process running ``job`` died (OOM killer, segfault, os._exit, SIGKILL)."""
         how = outcome.reason or "unknown"
         name = label(job.task_name, job.task_id)
-        if job.acks_late:
+        # A cold shutdown is the worker stopping, not the task crashing it: as in
+        # Celery (unacked messages come back), acks_late work is put back.
+        if job.acks_late and (self.give_up or self._option(job, "reject_on_worker_lost")):
             if job.delivery.attempt >= self.max_deliveries:
                 exc = WorkerLostError(
                     f"worker process died ({how}) on each of {job.delivery.attempt} deliveries"
@@ -160,6 +164,21 @@ class Settler:
             )
         exc = WorkerLostError(f"worker process died ({how}) while running the task")
         return failed_job(job, exc, f"{name} failed: {exc}")
+
+    def _failed_late(self, job: Job, outcome: Outcome) -> Outcome:
+        """An acks_late task failed or timed out: acked, or (acks_on_failure_or_timeout
+        False) dead-lettered, Celery's reject without requeue. Its failure is stored either way."""
+        if self._option(job, "acks_on_failure_or_timeout"):
+            return outcome
+        outcome.action = DEAD
+        outcome.reason = "failed with task_acks_on_failure_or_timeout off: not acked"
+        return outcome
+
+    def _option(self, job: Job, name: str) -> bool:
+        """A task's own attribute (Celery's spelling) or else the task_* setting."""
+        task = self.app.tasks.get(job.task_name or "")
+        value = getattr(task, name, None) if task is not None else None
+        return bool(getattr(self.app.conf, "task_" + name) if value is None else value)
 
     def record(self, outcome: Outcome) -> ResultRecord:
         return ResultRecord(

@@ -22,16 +22,16 @@ from conveyor.testing import wait_for
 pytestmark = pytest.mark.integration
 
 PROJECT = """
-import json, os
+import json, os, time
 from conveyor import Conveyor, signals
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 app = Conveyor("sigproj", broker="sqlite:///" + os.path.join(HERE, "b.sqlite3"))
 
 
-def note(name, **fields):
+def note(signal_name, **fields):
     with open(os.path.join(HERE, "signals.log"), "a") as fh:
-        fh.write(json.dumps({"signal": name, "pid": os.getpid(), **fields}) + "\\n")
+        fh.write(json.dumps({"signal": signal_name, "pid": os.getpid(), **fields}) + "\\n")
 
 
 def plain(value):
@@ -42,7 +42,11 @@ def receiver_for(name):
     def receiver(sender=None, signal=None, **kwargs):
         note(name, sender=plain(getattr(sender, "name", sender)), keys=sorted(kwargs),
              **{k: plain(v) for k, v in kwargs.items() if k in ("task_id", "state", "retval", "result",
-                                                              "how", "sig", "args", "kwargs", "pid")})
+                                                              "how", "sig", "args", "kwargs", "pid",
+                                                              "exitcode", "terminated", "signum",
+                                                              "expired", "name", "id", "request",
+                                                              "message", "exc")},
+             request_id=getattr(kwargs.get("request"), "id", None))
     receiver.__name__ = "on_" + name
     return receiver
 
@@ -56,6 +60,11 @@ for receiver in RECEIVERS:
 @app.task(name="sigproj.add")
 def add(x, y):
     return x + y
+
+
+@app.task(name="sigproj.sleepy")
+def sleepy(seconds):
+    time.sleep(seconds)
 
 
 @app.task(name="sigproj.fail")
@@ -83,16 +92,20 @@ def _lines(root: Path) -> list[dict[str, object]]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
+def _start_worker(root: Path, *args: str) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    with open(root / "worker.log", "wb") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "conveyor.cli.main", "-A", "sigproj", "worker", "-c", "1", "-n", "w@h", *args],
+            cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+
+
 def test_worker_and_task_signals_fire_once_in_the_right_process(root: Path) -> None:
     import sigproj  # type: ignore[import-not-found]
 
-    env = {**os.environ, "PYTHONPATH": str(root)}
     log = root / "worker.log"
-    with open(log, "wb") as out:
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "conveyor.cli.main", "-A", "sigproj", "worker", "-c", "1", "-n", "w@h"],
-            cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
+    worker = _start_worker(root)
     try:
         wait_for(lambda: b"ready." in log.read_bytes(), timeout=20)
         assert sigproj.add.delay(2, 3).get(timeout=20) == 5
@@ -138,3 +151,103 @@ def test_worker_and_task_signals_fire_once_in_the_right_process(root: Path) -> N
         "args", "einfo", "exception", "kwargs", "task_id", "traceback",
     ]  # fmt: skip
     assert by["task_prerun"][0]["sender"] == "sigproj.add" and by["task_prerun"][0]["args"] == [2, 3]
+
+
+def _by_signal(root: Path) -> dict[str, list[dict[str, object]]]:
+    by: dict[str, list[dict[str, object]]] = {}
+    for line in _lines(root):
+        by.setdefault(str(line["signal"]), []).append(line)
+    return by
+
+
+def test_child_and_consumer_signals_fire_once_with_celerys_arguments(root: Path) -> None:
+    """worker_process_init/shutdown in the child; received, unknown, rejected, revoked once each."""
+    import datetime
+
+    import sigproj
+
+    log = root / "worker.log"
+    worker = _start_worker(root)
+    app = sigproj.app
+    try:
+        wait_for(lambda: b"ready." in log.read_bytes(), timeout=20)
+        assert sigproj.add.delay(1, 1).get(timeout=20) == 2
+        unknown = app.send_task("sigproj.nope", (1,))
+        app.send_task("sigproj.add", (1, 2), serializer="pickle")  # the worker accepts json only
+        stale = sigproj.add.apply_async(
+            (1, 1), expires=datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(minutes=1)
+        )
+        assert app.control.revoke("revoked-early", reply=True, timeout=20)  # in force in the child
+        sigproj.add.apply_async((1, 1), task_id="revoked-early")
+        sleeper = sigproj.sleepy.delay(60)
+        wait_for(
+            lambda: any(ln["task_id"] == sleeper.id for ln in _by_signal(root).get("task_prerun", [])),
+            timeout=20,
+        )
+        app.control.revoke(sleeper.id, terminate=True)
+        wait_for(lambda: sleeper.state == "REVOKED", timeout=20)
+        assert sigproj.add.delay(2, 2).get(timeout=20) == 4  # all of the above was settled
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(30) == 0, log.read_text()
+    finally:
+        if worker.poll() is None:
+            os.killpg(worker.pid, signal.SIGKILL)
+        app.close()
+    by = _by_signal(root)
+    main_pid = worker.pid
+    child = by["task_prerun"][0]["pid"]
+    assert child != main_pid
+
+    # Each prefork child: once after fork, before its first task; once as it exits.
+    assert [ln["pid"] for ln in by["worker_process_init"]] == [child]
+    lines = _lines(root)
+    first_task = next(i for i, ln in enumerate(lines) if ln["signal"] == "task_prerun")
+    assert lines.index(by["worker_process_init"][0]) < first_task
+    assert [(ln["pid"], ln["sender"]) for ln in by["worker_process_shutdown"]] == [(child, None)]
+    assert by["worker_process_shutdown"][0]["exitcode"] == 0
+
+    # Received once for each message accepted to run (the two adds, the sleeper, the last add).
+    received = by["task_received"]
+    assert [ln["request_id"] for ln in received][1:] == [sleeper.id, by["task_prerun"][2]["task_id"]]
+    assert len(received) == 3 and {ln["request"] for ln in received} == {"Request"}
+    assert {ln["sender"] for ln in received} == {"Consumer"}
+
+    assert len(by["task_unknown"]) == 1
+    (unk,) = by["task_unknown"]
+    assert (unk["name"], unk["id"], unk["exc"]) == ("sigproj.nope", unknown.id, "NotRegistered")
+    assert sorted(unk["keys"]) == ["exc", "id", "message", "name"]
+
+    assert len(by["task_rejected"]) == 1
+    assert by["task_rejected"][0]["keys"] == ["exc", "message"]
+    assert by["task_rejected"][0]["exc"] in ("SerializationError", "ContentDisallowed")
+
+    revoked = {ln["request_id"]: ln for ln in by["task_revoked"]}
+    assert len(by["task_revoked"]) == 3, by["task_revoked"]
+    assert revoked[stale.id]["expired"] is True and revoked[stale.id]["terminated"] is False
+    assert revoked["revoked-early"]["expired"] is False and revoked["revoked-early"]["terminated"] is False
+    assert revoked[sleeper.id]["terminated"] is True and revoked[sleeper.id]["signum"]
+    assert revoked[sleeper.id]["sender"] == "sigproj.sleepy"
+    assert all(ln["keys"] == ["expired", "request", "signum", "terminated"] for ln in by["task_revoked"])
+
+
+def test_without_prefork_consumer_signals_fire_in_the_main_process(root: Path) -> None:
+    """threads pool: no child processes, so no worker_process_*; the consumer is the main process."""
+    import sigproj
+
+    log = root / "worker.log"
+    worker = _start_worker(root, "--pool", "threads")
+    try:
+        wait_for(lambda: b"ready." in log.read_bytes(), timeout=20)
+        assert sigproj.add.delay(1, 1).get(timeout=20) == 2
+        unknown = sigproj.app.send_task("sigproj.nope")
+        wait_for(lambda: "task_unknown" in _by_signal(root), timeout=20)
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(30) == 0, log.read_text()
+    finally:
+        if worker.poll() is None:
+            os.killpg(worker.pid, signal.SIGKILL)
+        sigproj.app.close()
+    by = _by_signal(root)
+    assert "worker_process_init" not in by and "worker_process_shutdown" not in by
+    assert [ln["pid"] for ln in by["task_received"]] == [worker.pid]
+    assert [(ln["pid"], ln["id"]) for ln in by["task_unknown"]] == [(worker.pid, unknown.id)]
