@@ -153,6 +153,7 @@ class Beat:
             raise ConfigurationError(f"timezone setting: {exc}") from None
         self.config = config_entries(app)  # validated now: a bad beat_schedule stops start-up
         self.is_leader = False
+        self._said_standby = False  # "standby" is logged once per spell of following
         self.sent = 0
         self._stop = threading.Event()
         self.clock = BrokerClock(app.broker)
@@ -240,7 +241,11 @@ class Beat:
             self._publish(now, mono)
         if not self.is_leader:
             if not broker.acquire_lease(LEADER_LEASE, self.owner, self.lease_s):
+                if not self._said_standby:
+                    self._said_standby = True
+                    log.info("beat %s: standby: another scheduler leads; taking over if it stops", self.owner)
                 return min(FOLLOWER_RETRY_S, self.lease_s / 3)
+            self._said_standby = False
             self.is_leader = True
             self._renewed_at = mono
             self._synced_at = None

@@ -499,6 +499,11 @@ class Task(Generic[P, R]):
     def __repr__(self) -> str:
         return f"<Task {self.name}>"
 
+    # Last in the class body: from here on, ``AsyncResult`` in this class's scope is this method.
+    def AsyncResult(self, task_id: str) -> AsyncResult[R]:  # noqa: N802 - Celery's name
+        """The result handle of one of this task's runs: ``send_email.AsyncResult(task_id)``."""
+        return self.app.AsyncResult(task_id, task_name=self.name)
+
 
 def _resolve_eta(eta: dt.datetime | float | None, countdown: float | None) -> float:
     if eta is not None:
