@@ -128,6 +128,15 @@ def parse_url(url: str) -> SQLiteURL:
     return SQLiteURL(path=os.path.abspath(path), synchronous=synchronous)
 
 
+def same_file(url: str, other: str) -> bool:
+    """Whether two sqlite URLs name one database file, however each is spelled.
+
+    Relative or absolute, ``./`` or ``..`` segments, a symlinked directory, URL
+    options: all compare by the file they open.
+    """
+    return os.path.realpath(parse_url(url).path) == os.path.realpath(parse_url(other).path)
+
+
 def _is_locked(exc: sqlite3.OperationalError) -> bool:
     text = str(exc)
     return "locked" in text or "busy" in text
