@@ -14,7 +14,7 @@ gigabytes. So once the WAL passes ``wal_limit`` bytes, the thread also takes the
 writers' lock (``WriteLock``: no conveyor writer appends meanwhile) and runs a
 RESTART checkpoint, which copies the rest and makes the next writer rewind the
 WAL; when a reader still uses the WAL it gives up at once and is tried again
-soon. ``journal_size_limit`` on every connection then cuts the file back. Most
+soon, and once the WAL is twice the limit it waits a moment for the readers. ``journal_size_limit`` on every connection then cuts the file back. Most
 frames were copied by the PASSIVE checkpoints before, so writers wait only for
 the rest.
 """
@@ -35,9 +35,11 @@ CHECKPOINT_EVERY_COMMITS = 200
 CHECKPOINT_EVERY_S = 1.0
 SIZE_CHECK_EVERY_COMMITS = 16  # a stat of the WAL, to start a restart soon after the limit
 RESTART_RETRY_S = 0.02  # after a RESTART that readers kept from finishing
+RESTART_WAIT_S = 0.25  # past twice the limit: longest a RESTART waits for readers
 
 _SQL_PASSIVE = "PRAGMA wal_checkpoint(PASSIVE)"
 _SQL_RESTART = "PRAGMA wal_checkpoint(RESTART)"
+_SQL_BUSY_TIMEOUT = "PRAGMA busy_timeout = {:d}"  # milliseconds; PRAGMA takes no ? parameters
 
 
 class Checkpointer:
@@ -117,7 +119,13 @@ class Checkpointer:
             self._over = False
             with self._lock.held(self._lock_timeout_s):
                 # Another process may have restarted it while we waited for the lock.
-                if self._wal_size() >= self.wal_limit:
+                size = self._wal_size()
+                if size >= self.wal_limit:
+                    # Past twice the limit, readers kept it from starting over again
+                    # and again (long scans: a dashboard's counts): wait for the ones
+                    # reading now, holding writers up for RESTART_WAIT_S at most.
+                    wait_ms = int(RESTART_WAIT_S * 1000) if size >= 2 * self.wal_limit else 0
+                    conn.execute(_SQL_BUSY_TIMEOUT.format(wait_ms))
                     busy = conn.execute(_SQL_RESTART).fetchone()[0]
                     if busy:  # a reader stayed: try again soon, not on every commit
                         self._retry_at = time.monotonic() + RESTART_RETRY_S
@@ -127,8 +135,8 @@ class Checkpointer:
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:
-            # No busy timeout: a RESTART holds every writer up, so it must not sleep
-            # in SQLite's busy handler waiting for a reader; it gives up at once and
-            # is tried again (PASSIVE never waits anyway).
+            # No busy timeout by default: a RESTART holds every writer up, so it
+            # must not sleep in SQLite's busy handler waiting for a reader; it gives
+            # up at once and is tried again (PASSIVE never waits anyway).
             self._conn = sqlite3.connect(self.path, timeout=0, isolation_level=None, check_same_thread=False)
         return self._conn

@@ -109,13 +109,18 @@ class WriteLock:
         fd = self._file()
         if fd is None:
             return
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return
-        except BlockingIOError:
-            pass
-        except OSError:
-            return  # no flock here (ENOLCK): SQLite's own locking still holds
+        with self._handoff:
+            # While the flock thread waits on the file it owns the next grant: a
+            # non-blocking flock here would succeed through the same open file, and
+            # that thread, getting the lock nobody asked it for, would release it.
+            if not self._requested:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    return
+                except BlockingIOError:
+                    pass
+                except OSError:
+                    return  # no flock here (ENOLCK): SQLite's own locking still holds
         if not self._wait_for_file(deadline):
             raise BrokerError(self._stuck_message(fd, timeout_s))
 
