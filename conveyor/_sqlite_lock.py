@@ -10,12 +10,12 @@ its holder when the holder dies, however it dies.
 The wait is bounded (DESIGN.md, "Bad input": a clear error, never a hang). A
 process that holds the lock and does not let go (stopped with SIGSTOP, hung in a
 debugger) would otherwise hang every producer on the machine. A blocking ``flock``
-cannot be given a timeout or cancelled, so an uncontended lock is taken with one
-non-blocking call (retried a few times over a few milliseconds), and a lock still
-taken after that is waited for by a thread of the lock's own
-that blocks in ``flock`` and hands the lock to the caller, who waits on a condition
-with a deadline. A caller that gives up (deadline, exception) leaves that thread
-waiting; what it gets later, nobody wants, and it lets go at once.
+cannot be given a timeout or cancelled, so the lock is first tried without
+blocking (a few times over a few milliseconds), and a lock still taken after that
+is waited for by a thread of the lock's own that blocks in ``flock`` and hands the
+lock to the caller, who waits on a condition with a deadline. A caller that gives
+up (deadline, exception) leaves that thread waiting; what it gets later, nobody
+wants, and it lets go at once.
 """
 
 from __future__ import annotations
