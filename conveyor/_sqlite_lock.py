@@ -11,9 +11,9 @@ The wait is bounded (DESIGN.md, "Bad input": a clear error, never a hang). A
 process that holds the lock and does not let go (stopped with SIGSTOP, hung in a
 debugger) would otherwise hang every producer on the machine. A blocking ``flock``
 cannot be given a timeout or cancelled, so the lock is first tried without
-blocking (a few times over a few milliseconds), and a lock still taken after that
-is waited for by a thread of the lock's own that blocks in ``flock`` and hands the
-lock to the caller, who waits on a condition with a deadline. A caller that gives
+blocking, and a lock still taken is waited for by a thread of the lock's own that
+blocks in ``flock`` and hands the lock to the caller, who waits on a condition
+with a deadline. A caller that gives
 up (deadline, exception) leaves that thread waiting; what it gets later, nobody
 wants, and it lets go at once.
 """
@@ -29,10 +29,10 @@ from collections.abc import Iterator
 
 from conveyor.exceptions import BrokerError
 
-# Before handing the wait to the flock thread: short retries catch a lock that is
-# held for one transaction with one wake-up instead of two (the flock thread's,
-# then the caller's, while the lock sits idle), which slowed contending producers.
-_RETRY_PAUSES_S = (0.0, 0.0001, 0.0002, 0.0004, 0.0008, 0.0016)
+# Tries of a non-blocking flock before the wait goes to the flock thread. One:
+# retries with short sleeps saved contending producers a wake-up but cost a
+# draining worker more CPU per task than they saved.
+_RETRY_PAUSES_S = (0.0,)
 
 
 class WriteLock:
