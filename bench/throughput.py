@@ -636,8 +636,12 @@ def roles(processes: dict[int, int], *, wrapped: bool) -> dict[int, str]:
 
 # Leaf frames where a sampled thread is blocked rather than running (py-spy shows the
 # Python function that called the blocking C function: flock, select, a lock, a socket).
-LOCK_WAIT_LEAVES = ("_WriteLock.acquire ",)
+# A contended lock is waited for in _wait_for_file while a thread of the lock's own
+# blocks in flock (WriteLock._run): only the caller's wait is counted as lock wait.
+LOCK_WAIT_LEAVES = ("WriteLock._lock_file ",)
+LOCK_WAIT_FRAMES = ("WriteLock._wait_for_file ",)
 BLOCKED_LEAVES = (
+    "WriteLock._run ",
     "Condition.wait ",
     "Event.wait ",
     "_PollLikeSelector.select ",
@@ -653,7 +657,7 @@ def _category(frames: list[str]) -> str:
     leaf = frames[-1] if frames else ""
     if any(f.startswith("_find_and_load ") for f in frames):
         return "start-up (imports)"
-    if leaf.startswith(LOCK_WAIT_LEAVES):
+    if leaf.startswith(LOCK_WAIT_LEAVES) or any(f.startswith(LOCK_WAIT_FRAMES) for f in frames):
         return "waiting for the write lock (flock)"
     if leaf.startswith(BLOCKED_LEAVES):
         return "blocked (select/condition/socket)"

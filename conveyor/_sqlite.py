@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import fcntl
 import hashlib
 import os
 import random
@@ -42,12 +41,15 @@ from typing import Any, TypeVar
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from conveyor import _forkguard
+from conveyor._sqlite_checkpoint import Checkpointer
+from conveyor._sqlite_lock import WriteLock
 from conveyor.exceptions import BrokerConnectionError, BrokerError, ConfigurationError
 
 T = TypeVar("T")
 
 SCHEMA_VERSION = 1  # PRAGMA user_version of a file holding the current tables
 BUSY_TIMEOUT_S = 10.0
+WAL_LIMIT_MIB = 16.0  # see _sqlite_checkpoint: the WAL stays near this size under load
 LOCKED_RETRIES = 3  # after the busy timeout itself ran out
 MIN_SQLITE_VERSION = (3, 35, 0)  # UPDATE/DELETE ... RETURNING
 SAFETY_POLL_S = 1.0  # a lost wake-up (socket dir on a different machine, full buffer) costs at most this
@@ -58,9 +60,6 @@ _SQL_GET_JOURNAL_MODE = "PRAGMA journal_mode"
 _SQL_SET_WAL = "PRAGMA journal_mode = WAL"
 _SQL_GET_VERSION = "PRAGMA user_version"
 _SQL_NO_AUTOCHECKPOINT = "PRAGMA wal_autocheckpoint = 0"
-_SQL_CHECKPOINT = "PRAGMA wal_checkpoint(PASSIVE)"
-CHECKPOINT_EVERY_COMMITS = 200
-CHECKPOINT_EVERY_S = 1.0
 _SQL_SET_VERSION = f"PRAGMA user_version = {SCHEMA_VERSION:d}"  # PRAGMA takes no ? parameters
 _SQL_TABLES = "SELECT name FROM sqlite_master WHERE type = 'table'"
 
@@ -71,8 +70,8 @@ _pid = os.getpid()
 # parent's WAL). One entry per fork of a process that had used the database.
 _abandoned: list[Any] = []
 _databases: weakref.WeakSet[Database] = weakref.WeakSet()
-_write_locks: dict[str, _WriteLock] = {}
-_checkpointers: dict[str, _Checkpointer] = {}
+_write_locks: dict[str, WriteLock] = {}
+_checkpointers: dict[str, Checkpointer] = {}
 _channels: weakref.WeakSet[WakeChannel] = weakref.WeakSet()
 _owned_sockets: set[str] = set()  # wake socket paths bound by this process, unlinked at exit
 
@@ -93,6 +92,8 @@ _forkguard.before_fork(_close_for_fork)
 class SQLiteURL:
     path: str  # absolute
     synchronous: str  # a key of _SQL_SYNCHRONOUS
+    timeout_s: float  # longest wait for the write lock before a clear error
+    wal_limit: int  # bytes: past this, the WAL is checkpointed and made to start over
 
 
 def parse_url(url: str) -> SQLiteURL:
@@ -121,129 +122,45 @@ def parse_url(url: str) -> SQLiteURL:
     synchronous = options.pop("synchronous", "normal").lower()
     if synchronous not in _SQL_SYNCHRONOUS:
         raise ConfigurationError(f"sqlite URL option synchronous={synchronous!r} is not one of normal, full")
+    timeout_s = _positive(url, "timeout", options.pop("timeout", None), BUSY_TIMEOUT_S)
+    wal_limit_mib = _positive(url, "wal_limit_mib", options.pop("wal_limit_mib", None), WAL_LIMIT_MIB)
     if options:
         raise ConfigurationError(
-            f"unknown sqlite URL option(s) {', '.join(sorted(options))}: only synchronous="
+            f"unknown sqlite URL option(s) {', '.join(sorted(options))}: "
+            "only synchronous=, timeout= and wal_limit_mib="
         )
-    return SQLiteURL(path=os.path.abspath(path), synchronous=synchronous)
+    return SQLiteURL(
+        path=os.path.abspath(path),
+        synchronous=synchronous,
+        timeout_s=timeout_s,
+        wal_limit=int(wal_limit_mib * 1024 * 1024),
+    )
+
+
+def _positive(url: str, name: str, text: str | None, default: float) -> float:
+    if text is None:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < float("inf"):
+        raise ConfigurationError(f"sqlite URL option {name}={text!r} in {url!r} is not a number > 0")
+    return value
+
+
+def same_file(url: str, other: str) -> bool:
+    """Whether two sqlite URLs name one database file, however each is spelled.
+
+    Relative or absolute, ``./`` or ``..`` segments, a symlinked directory, URL
+    options: all compare by the file they open.
+    """
+    return os.path.realpath(parse_url(url).path) == os.path.realpath(parse_url(other).path)
 
 
 def _is_locked(exc: sqlite3.OperationalError) -> bool:
     text = str(exc)
     return "locked" in text or "busy" in text
-
-
-class _Checkpointer:
-    """Copies the WAL back into the database file, off every writer's path.
-
-    SQLite's automatic checkpoint runs inside whichever COMMIT crosses the WAL size
-    threshold, with that writer still holding the write lock, and includes an fsync:
-    measured, that stalled every worker for milliseconds at a time and cost about
-    40% of drain throughput. Here a daemon thread runs a PASSIVE checkpoint (which
-    never blocks readers or writers) after every CHECKPOINT_EVERY_COMMITS commits of
-    this process, or CHECKPOINT_EVERY_S after the first unsynced commit. It sleeps on
-    an event, so an idle process spends nothing on it.
-    """
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self._pending = 0
-        self._first_at = 0.0
-        self._due = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._conn: sqlite3.Connection | None = None
-
-    def close_connection(self) -> None:
-        """Under the fork guard only: no checkpoint is running."""
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            with contextlib.suppress(sqlite3.Error):
-                conn.close()
-
-    def committed(self) -> None:
-        self._pending += 1
-        now = time.monotonic()
-        if self._pending == 1:
-            self._first_at = now
-            self._ensure_thread()
-        if self._pending >= CHECKPOINT_EVERY_COMMITS or now - self._first_at >= CHECKPOINT_EVERY_S:
-            self._due.set()
-
-    def _ensure_thread(self) -> None:
-        if self._thread is None or not self._thread.is_alive():
-            self._thread = threading.Thread(target=self._run, name="sqlite-checkpoint", daemon=True)
-            self._thread.start()
-
-    def _run(self) -> None:
-        while True:
-            # A timeout as well: a process that made a few commits and went quiet
-            # still gets them checkpointed.
-            self._due.wait(CHECKPOINT_EVERY_S)
-            if not self._pending:
-                continue
-            self._due.clear()
-            self._pending = 0
-            with _forkguard.guard:
-                try:
-                    conn = self._conn
-                    if conn is None:
-                        conn = self._conn = sqlite3.connect(
-                            self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
-                        )
-                    conn.execute(_SQL_CHECKPOINT).fetchall()
-                except sqlite3.Error:
-                    pass  # busy with another process's checkpoint: the next one catches up
-
-
-class _WriteLock:
-    """A re-entrant thread lock plus an exclusive ``flock`` held while it is held.
-
-    The flock is taken by the outermost acquire only (the lock is re-entrant for
-    nested writes in one batch). The file descriptor is opened per process: a forked
-    child shares its parent's open file description, and flock would then count the
-    two as one holder.
-    """
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self._lock = threading.RLock()
-        self._depth = 0
-        self._fd: int | None = None
-        self._pid = os.getpid()
-
-    def _file(self) -> int | None:
-        if self._fd is None or self._pid != os.getpid():
-            self._pid = os.getpid()
-            try:
-                self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-            except OSError:
-                self._fd = None  # read-only directory: SQLite's own locking still holds
-        return self._fd
-
-    def acquire(self) -> None:
-        self._lock.acquire()
-        if self._depth == 0:
-            fd = self._file()
-            if fd is not None:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX)
-                except OSError:
-                    pass
-        self._depth += 1
-
-    def release(self) -> None:
-        self._depth -= 1
-        if self._depth == 0 and self._fd is not None:
-            with contextlib.suppress(OSError):
-                fcntl.flock(self._fd, fcntl.LOCK_UN)
-        self._lock.release()
-
-    def __enter__(self) -> _WriteLock:
-        self.acquire()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
 
 
 class Database:
@@ -268,6 +185,8 @@ class Database:
         self.path = spec.path
         self.what = what
         self._sql_synchronous = _SQL_SYNCHRONOUS[spec.synchronous]
+        self.timeout_s = spec.timeout_s
+        self.wal_limit = spec.wal_limit
         self._schema = tuple(schema)
         self._tables = frozenset(tables)
         self._schema_ready = False
@@ -323,7 +242,7 @@ class Database:
     def _open(self) -> sqlite3.Connection:
         conn = sqlite3.connect(
             self.path,
-            timeout=BUSY_TIMEOUT_S,
+            timeout=self.timeout_s,
             isolation_level=None,  # we issue BEGIN IMMEDIATE ourselves
             check_same_thread=False,  # only so close() may close it from another thread
         )
@@ -336,9 +255,12 @@ class Database:
                         "a network file system?): put the database on a local disk"
                     )
             conn.execute(self._sql_synchronous)
-            # Checkpoints run in a background thread (_Checkpointer), not inside a
+            # Checkpoints run in a background thread (_sqlite_checkpoint), not inside a
             # writer's COMMIT, where they held every other writer up for milliseconds.
             conn.execute(_SQL_NO_AUTOCHECKPOINT)
+            # Kept under wal_limit so that the file's size tells the checkpointer how
+            # full the WAL is; a quarter: a rewound WAL seldom needs to regrow the file.
+            conn.execute(f"PRAGMA journal_size_limit = {self.wal_limit // 4:d}")
             if not self._schema_ready:
                 self._ensure_schema(conn)
                 self._schema_ready = True
@@ -390,7 +312,7 @@ class Database:
     def retrying(self, operation: Callable[[], T]) -> T:
         """Run ``operation``, retrying on "database is locked", translating sqlite errors.
 
-        The busy timeout already waits BUSY_TIMEOUT_S for the lock; the retries cover
+        The busy timeout already waits ``timeout_s`` for the lock; the retries cover
         the cases SQLite reports without waiting (WAL recovery by another process).
         """
         for attempt in range(LOCKED_RETRIES + 1):
@@ -400,7 +322,7 @@ class Database:
             except sqlite3.OperationalError as exc:
                 # A failure that already sat out the busy timeout is not retried: the
                 # caller would wait minutes for a lock some process is not giving up.
-                waited_out = time.monotonic() - started >= BUSY_TIMEOUT_S * 0.9
+                waited_out = time.monotonic() - started >= self.timeout_s * 0.9
                 if _is_locked(exc) and not waited_out and attempt < LOCKED_RETRIES:
                     time.sleep(0.02 * (attempt + 1) + random.random() * 0.02)
                     continue
@@ -420,7 +342,7 @@ class Database:
         if getattr(self._local, "batch", None) is not None:
             yield
             return
-        with _forkguard.guard, self.write_lock:
+        with _forkguard.guard, self.write_lock.held(self.timeout_s):
             conn = self.connection()
             self.retrying(lambda: conn.execute("BEGIN IMMEDIATE"))
             after: list[Callable[[], None]] = []
@@ -458,7 +380,7 @@ class Database:
         with _forkguard.guard:
             conn = self.connection()
             if write:
-                with self.write_lock:
+                with self.write_lock.held(self.timeout_s):
                     rows = self.retrying(lambda: conn.execute(sql, params).fetchall())
                 if not self._in_batch():
                     self.checkpointer.committed()
@@ -469,33 +391,28 @@ class Database:
         """One statement in autocommit mode (atomic on its own); returns the changed row count."""
         with _forkguard.guard:
             conn = self.connection()
-            with self.write_lock:
+            with self.write_lock.held(self.timeout_s):
                 count = self.retrying(lambda: conn.execute(sql, params).rowcount)
         if not self._in_batch():
             self.checkpointer.committed()
         return count
 
     @property
-    def checkpointer(self) -> _Checkpointer:
+    def checkpointer(self) -> Checkpointer:
         found = _checkpointers.get(self.path)
         if found is None:
-            found = _checkpointers.setdefault(self.path, _Checkpointer(self.path))
+            made = Checkpointer(
+                self.path, self.write_lock, wal_limit=self.wal_limit, lock_timeout_s=self.timeout_s
+            )
+            found = _checkpointers.setdefault(self.path, made)
         return found
 
     @property
-    def write_lock(self) -> _WriteLock:
-        """One writer at a time per database file: across threads *and* processes.
-
-        Writers would otherwise meet on SQLite's file lock, where the loser's busy
-        handler *sleeps* in steps of a millisecond or more instead of waking when
-        the lock is free: measured, that halved a worker's throughput. Here a thread
-        waits on an in-process lock, then the process on ``flock`` of a lock file
-        beside the database, and the kernel wakes the next writer the moment the
-        previous one commits. Readers never take it (WAL lets them read alongside).
-        """
+    def write_lock(self) -> WriteLock:
+        """One writer at a time per database file, across threads and processes (_sqlite_lock)."""
         lock = _write_locks.get(self.path)
         if lock is None:
-            lock = _write_locks.setdefault(self.path, _WriteLock(self.path + "-lock"))
+            lock = _write_locks.setdefault(self.path, WriteLock(self.path + "-lock", self.path))
         return lock
 
     def transaction(self, body: Callable[[sqlite3.Connection], T], *, immediate: bool = True) -> T:
@@ -530,7 +447,7 @@ class Database:
 
         if not immediate:
             return self.retrying(run)
-        with self.write_lock:
+        with self.write_lock.held(self.timeout_s):
             result = self.retrying(run)
         self.checkpointer.committed()
         return result
@@ -541,7 +458,7 @@ class Database:
         if isinstance(exc, sqlite3.OperationalError):
             if _is_locked(exc):
                 return BrokerError(
-                    f"{where} stayed locked for over {BUSY_TIMEOUT_S:g} s: another process holds a long "
+                    f"{where} stayed locked for over {self.timeout_s:g} s: another process holds a long "
                     "write transaction; retry, or find the stuck process"
                 )
             if "unable to open" in text:

@@ -557,7 +557,7 @@ class Conveyor:
         if url is False:
             return DisabledBackend()
         expires = self.conf.result_expires
-        if not (isinstance(url, str) and url):
+        if not (isinstance(url, str) and url) or _names_broker_file(url, self.conf.broker_url):
             # The broker's own store: share its connections, so the worker can write
             # a result and its ack in one transaction.
             return self.broker.result_backend(result_expires_s=float(expires or 0))
@@ -596,6 +596,26 @@ def _is_django_settings(obj: Any) -> bool:
     if isinstance(obj, str):
         return obj.replace(":", ".") == "django.conf.settings"
     return type(obj).__module__ == "django.conf"
+
+
+def _names_broker_file(backend_url: str, broker_url: str) -> bool:
+    """True when an SQLite result backend URL names the SQLite broker's own file.
+
+    Celery projects write ``result_backend = broker_url``. A second store on that
+    file would open its own connections, and the worker's result write, made inside
+    the transaction that acks the message, would wait on that very transaction
+    until the busy timeout: never stored, every time. However the path is spelled,
+    the file gets one store.
+    """
+    if not (_scheme(backend_url) == _scheme(broker_url) == "sqlite"):
+        return False
+    from conveyor._sqlite import same_file
+
+    return same_file(backend_url, broker_url)
+
+
+def _scheme(url: str) -> str:
+    return url.split(":", 1)[0].lower()
 
 
 def _route_queue(route: Any) -> str | None:
