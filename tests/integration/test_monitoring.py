@@ -90,11 +90,15 @@ def test_events_for_success_failure_retry_and_dead_letter(project: Any) -> None:
     index = TaskIndex(proj.app)
 
     def settled() -> bool:
+        # Each prefork child writes its own events with its next settle or within a
+        # flush delay, so two children's events arrive in either order: wait for all.
         index.refresh()
         return (
             "task-dead-lettered" in _states(index, doomed.id)
+            and _states(index, doomed.id).count("task-retried") >= 2
             and "task-dead-lettered" in _states(index, unknown.id)
             and "task-succeeded" in _states(index, retried.id)
+            and "task-retried" in _states(index, retried.id)
             and "task-succeeded" in _states(index, ok.id)
         )
 
