@@ -125,6 +125,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("worker_pool", "prefork", str, "prefork, threads or solo"),
     Setting("worker_prefetch_multiplier", 4, int, "messages reserved per pool slot"),
     Setting("worker_max_tasks_per_child", None, _to_opt_int, "recycle a child process after this many tasks"),
+    Setting(
+        "worker_autoscale_idle_s", 30.0, float, "--autoscale: idle seconds before the pool shrinks by one"
+    ),
     Setting("worker_shutdown_timeout", 60.0, float, "warm shutdown: seconds to let running tasks finish"),
     Setting(
         "worker_early_ack_ahead",
@@ -244,6 +247,7 @@ class Settings:
     worker_pool: str
     worker_prefetch_multiplier: int
     worker_max_tasks_per_child: int | None
+    worker_autoscale_idle_s: float
     worker_shutdown_timeout: float
     worker_early_ack_ahead: int
     worker_send_task_events: bool
