@@ -149,6 +149,10 @@ class Worker:
         self.queues = list(queues)
         self.runner.set_queues(self.queues)
 
+    def _autoscale_note(self) -> str:
+        bounds = self.runner.autoscale if isinstance(self.runner, PreforkSupervisor) else None
+        return f", autoscale {bounds[0]},{bounds[1]}" if bounds else ""
+
     def banner(self) -> str:
         tasks = sorted(self.app.tasks)
         lines = [
@@ -156,7 +160,7 @@ class Worker:
             f"  broker:      {mask_url(self.app.conf.broker_url)}",
             f"  results:     {mask_url(self.app.backend.url)}",
             f"  queues:      {', '.join(self.queues)}",
-            f"  concurrency: {self.concurrency} ({self.pool_kind})",
+            f"  concurrency: {self.concurrency} ({self.pool_kind}{self._autoscale_note()})",
             "  tasks:",
             *(f"    . {name}" for name in tasks),
         ]

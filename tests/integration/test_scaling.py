@@ -82,6 +82,7 @@ def test_autoscale_grows_with_a_backlog_and_shrinks_when_idle(project: tuple[Pro
     p, proj = project
     p.env["CONVEYOR_WORKER_AUTOSCALE_IDLE_S"] = "1"
     p.start_worker("--pool=prefork", "--autoscale=3,1", "--prefetch-multiplier", "1", name="w0@test")
+    assert "concurrency: 1 (prefork, autoscale 3,1)" in p.log(0)
     assert _stats(proj, "w0@test")["concurrency"] == 1
     results = [proj.slow.delay(f"a{n}", 1.0) for n in range(15)]
     wait_for(lambda: _stats(proj, "w0@test")["concurrency"] == 3, timeout=30, message="did not grow to 3")
