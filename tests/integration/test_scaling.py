@@ -5,10 +5,22 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Iterator
 from typing import Any
+
+import pytest
 
 from conveyor.testing import wait_for
 from tests.integration.conftest import Project
+from tests.redis_server import fresh_url, redis_server_or_skip
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def on_each_broker(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    # Set before the shared fixture imports the project module, which reads it.
+    if request.param == "redis":
+        monkeypatch.setenv("TEST_BROKER_URL", fresh_url(redis_server_or_skip()))
+    yield request.getfixturevalue("project")
 
 
 def _control(p: Project, *args: str) -> str:
@@ -27,8 +39,10 @@ def _stats(proj: Any, name: str) -> dict[str, Any]:
     return dict(replies[name])
 
 
-def test_add_consumer_and_cancel_consumer_change_a_live_workers_queues(project: tuple[Project, Any]) -> None:
-    p, proj = project
+def test_add_consumer_and_cancel_consumer_change_a_live_workers_queues(
+    on_each_broker: tuple[Project, Any],
+) -> None:
+    p, proj = on_each_broker
     p.start_worker("--pool=prefork", "-c", "2", "-Q", "default", name="w0@test")
     assert "w0@test: ok" in _control(p, "add_consumer", "feeds")
     assert proj.add.apply_async((2, 3), queue="feeds").get(timeout=20) == 5
