@@ -143,6 +143,9 @@ SETTINGS: tuple[Setting, ...] = (
         _to_opt_int,
         "KiB: replace a prefork child whose resident memory exceeds this after a task",
     ),
+    Setting(
+        "worker_autoscale_idle_s", 30.0, float, "--autoscale: idle seconds before the pool shrinks by one"
+    ),
     Setting("worker_shutdown_timeout", 60.0, float, "warm shutdown: seconds to let running tasks finish"),
     Setting(
         "worker_early_ack_ahead",
@@ -265,6 +268,7 @@ class Settings:
     worker_prefetch_multiplier: int
     worker_max_tasks_per_child: int | None
     worker_max_memory_per_child: int | None
+    worker_autoscale_idle_s: float
     worker_shutdown_timeout: float
     worker_early_ack_ahead: int
     worker_send_task_events: bool

@@ -95,3 +95,54 @@ def revoke(
     click.echo(f"Revoked {', '.join(task_ids)} (remembered by workers started later too).")
     if replies:
         _print(replies, "revoke")
+
+
+@control.command("add_consumer")
+@click.argument("queue")
+@_timeout_option
+@_destination_option
+@shared_options(envvars=False)
+@pass_state
+def add_consumer(state: CliState, queue: str, timeout: float, destination: str | None) -> None:
+    """Running workers also consume QUEUE (until they restart)."""
+    app = state.get_app()
+    _print(app.control.add_consumer(queue, destination=_names(destination), timeout=timeout), "add_consumer")
+
+
+@control.command("cancel_consumer")
+@click.argument("queue")
+@_timeout_option
+@_destination_option
+@shared_options(envvars=False)
+@pass_state
+def cancel_consumer(state: CliState, queue: str, timeout: float, destination: str | None) -> None:
+    """Running workers stop consuming QUEUE (what they prefetched from it still runs)."""
+    app = state.get_app()
+    _print(
+        app.control.cancel_consumer(queue, destination=_names(destination), timeout=timeout),
+        "cancel_consumer",
+    )
+
+
+@control.command("pool_grow")
+@click.argument("n", type=click.IntRange(min=1), default=1)
+@_timeout_option
+@_destination_option
+@shared_options(envvars=False)
+@pass_state
+def pool_grow(state: CliState, n: int, timeout: float, destination: str | None) -> None:
+    """Start N more child processes in running prefork workers."""
+    app = state.get_app()
+    _print(app.control.pool_grow(n, destination=_names(destination), timeout=timeout), "pool_grow")
+
+
+@control.command("pool_shrink")
+@click.argument("n", type=click.IntRange(min=1), default=1)
+@_timeout_option
+@_destination_option
+@shared_options(envvars=False)
+@pass_state
+def pool_shrink(state: CliState, n: int, timeout: float, destination: str | None) -> None:
+    """Stop N child processes (each finishes its running task; at least one is kept)."""
+    app = state.get_app()
+    _print(app.control.pool_shrink(n, destination=_names(destination), timeout=timeout), "pool_shrink")

@@ -112,6 +112,12 @@ loglevel_option = click.option(
     help="Messages reserved per pool slot.",
 )
 @click.option(
+    "--autoscale",
+    default=None,
+    metavar="MAX,MIN",
+    help="Prefork: grow the pool up to MAX children while tasks wait, shrink it to MIN when idle.",
+)
+@click.option(
     "-B",
     "--beat",
     is_flag=True,
@@ -138,6 +144,7 @@ def worker(
     max_tasks_per_child: int | None,
     max_memory_per_child: int | None,
     prefetch_multiplier: int | None,
+    autoscale: str | None,
     beat: bool,
 ) -> None:
     """Consume tasks until SIGTERM (warm shutdown) or a second signal (cold).
@@ -159,6 +166,11 @@ def worker(
         app.conf.worker_max_memory_per_child = max_memory_per_child
     if pidfile:
         claim_pidfile(expand_node_name(pidfile, hostname))
+    bounds = parse_autoscale(autoscale) if autoscale else None
+    if bounds is not None and (pool or app.conf.worker_pool) != "prefork":
+        raise click.BadParameter(
+            "needs --pool=prefork (it starts and stops child processes)", param_hint="--autoscale"
+        )
     process = Worker(
         app,
         queues=split_names(queue_names) or None,
@@ -168,8 +180,24 @@ def worker(
         prefetch_multiplier=prefetch_multiplier,
         max_tasks_per_child=max_tasks_per_child,
         beat=beat,
+        autoscale=bounds,
     )
     ctx.exit(process.start())
+
+
+def parse_autoscale(value: str) -> tuple[int, int]:
+    """Celery's "MAX,MIN" (or "MAX": a minimum of one), as (max, min)."""
+    try:
+        parts = [int(p) for p in value.split(",")]
+    except ValueError:
+        parts = []
+    if len(parts) == 1:
+        parts.append(1)
+    if len(parts) != 2 or not 1 <= parts[1] <= parts[0]:
+        raise click.BadParameter(
+            f"{value!r}: use MAX,MIN with 1 <= MIN <= MAX, as in --autoscale=10,3", param_hint="--autoscale"
+        )
+    return parts[0], parts[1]
 
 
 def _refuse_detach() -> None:

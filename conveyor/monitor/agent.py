@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 from conveyor.brokers.base import mask_url
 from conveyor.exceptions import BrokerError, SerializationError
 from conveyor.message import decode
-from conveyor.monitor.control import ControlListener, describe_job, load_revoked
+from conveyor.monitor.control import ControlError, ControlListener, describe_job, load_revoked
 from conveyor.monitor.workers import Heartbeat, loadavg
 
 if TYPE_CHECKING:
@@ -77,7 +77,13 @@ class WorkerAgent:
 
     def _snapshot(self) -> dict[str, Any]:
         runner = self.worker.runner
-        return {"active": len(self._active_jobs()), "processed": runner.processed, "failed": runner.failed}
+        return {
+            "active": len(self._active_jobs()),
+            "processed": runner.processed,
+            "failed": runner.failed,
+            "concurrency": self.worker.pool_size,  # pool_grow, pool_shrink and autoscale change these
+            "queues": list(self.worker.queues),
+        }
 
     def _active_jobs(self) -> list[dict[str, Any]]:
         from conveyor.worker.prefork import PreforkSupervisor
@@ -109,7 +115,7 @@ class WorkerAgent:
             "hostname": self.worker.hostname,
             "pid": os.getpid(),
             "pool": self.worker.pool_kind,
-            "concurrency": self.worker.concurrency,
+            "concurrency": self.worker.pool_size,
             "queues": list(self.worker.queues),
             "broker": mask_url(self.app.conf.broker_url),
             "processed": runner.processed,
@@ -139,6 +145,27 @@ class WorkerAgent:
 
     def shutdown(self) -> None:
         self.worker.request_warm_shutdown()
+
+    def add_consumer(self, queue: str) -> list[str]:
+        if queue not in self.worker.queues:
+            self.worker.set_queues([*self.worker.queues, queue])
+        return list(self.worker.queues)
+
+    def cancel_consumer(self, queue: str) -> list[str]:
+        if queue not in self.worker.queues:
+            raise ControlError(f"not consuming from queue {queue!r}")
+        if len(self.worker.queues) == 1:
+            raise ControlError(f"{queue!r} is this worker's only queue: add another first")
+        self.worker.set_queues([q for q in self.worker.queues if q != queue])
+        return list(self.worker.queues)
+
+    def pool_resize(self, delta: int) -> int:
+        from conveyor.worker.prefork import PreforkSupervisor
+
+        runner = self.worker.runner
+        if not isinstance(runner, PreforkSupervisor):
+            raise ControlError(f"the {self.worker.pool_kind} pool cannot be resized: use --pool=prefork")
+        return runner.resize(delta)
 
 
 def _deliveries(deliveries: list[Delivery]) -> list[dict[str, Any]]:

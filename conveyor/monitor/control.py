@@ -49,6 +49,10 @@ COMMANDS = (
     "revoke",
     "rate_limit",
     "shutdown",
+    "add_consumer",
+    "cancel_consumer",
+    "pool_grow",
+    "pool_shrink",
 )
 
 
@@ -183,6 +187,67 @@ class Control:
         """Warm shutdown: workers stop taking tasks and finish the running ones."""
         return self.broadcast("shutdown", destination=destination, reply=reply, timeout=timeout)
 
+    def add_consumer(
+        self,
+        queue: str,
+        *,
+        destination: Sequence[str] | str | None = None,
+        reply: bool = True,
+        timeout: float = 1.0,
+    ) -> dict[str, Any]:
+        """Running workers also consume ``queue`` (every prefork child), until they restart."""
+        return self._queue_command("add_consumer", queue, destination, reply, timeout)
+
+    def cancel_consumer(
+        self,
+        queue: str,
+        *,
+        destination: Sequence[str] | str | None = None,
+        reply: bool = True,
+        timeout: float = 1.0,
+    ) -> dict[str, Any]:
+        """Running workers stop consuming ``queue``: what they prefetched from it runs."""
+        return self._queue_command("cancel_consumer", queue, destination, reply, timeout)
+
+    def _queue_command(
+        self, command: str, queue: str, destination: Sequence[str] | str | None, reply: bool, timeout: float
+    ) -> dict[str, Any]:
+        if not str(queue).strip():
+            raise ValueError("a queue name is required")
+        return self.broadcast(
+            command, {"queue": str(queue).strip()}, destination=destination, reply=reply, timeout=timeout
+        )
+
+    def pool_grow(
+        self,
+        n: int = 1,
+        *,
+        destination: Sequence[str] | str | None = None,
+        reply: bool = True,
+        timeout: float = 1.0,
+    ) -> dict[str, Any]:
+        """Start ``n`` more child processes in running prefork workers."""
+        return self._pool_command("pool_grow", n, destination, reply, timeout)
+
+    def pool_shrink(
+        self,
+        n: int = 1,
+        *,
+        destination: Sequence[str] | str | None = None,
+        reply: bool = True,
+        timeout: float = 1.0,
+    ) -> dict[str, Any]:
+        """Stop ``n`` child processes of running prefork workers (each finishes its
+        running task and gives back what it prefetched); at least one is kept."""
+        return self._pool_command("pool_shrink", n, destination, reply, timeout)
+
+    def _pool_command(
+        self, command: str, n: int, destination: Sequence[str] | str | None, reply: bool, timeout: float
+    ) -> dict[str, Any]:
+        if int(n) < 1:
+            raise ValueError(f"{command} takes a number of processes, 1 or more, got {n}")
+        return self.broadcast(command, {"n": int(n)}, destination=destination, reply=reply, timeout=timeout)
+
 
 class Inspect:
     """``app.control.inspect()``: each method returns ``{worker name: payload}``."""
@@ -253,6 +318,15 @@ class ControlTarget(Protocol):
     def set_rate_limit(self, task_name: str, rate: str | float | None) -> None: ...
 
     def shutdown(self) -> None: ...
+
+    def add_consumer(self, queue: str) -> list[str]:
+        """Consume ``queue`` too; returns the queues consumed now."""
+
+    def cancel_consumer(self, queue: str) -> list[str]:
+        """Stop consuming ``queue``; returns the queues consumed now."""
+
+    def pool_resize(self, delta: int) -> int:
+        """Start (delta > 0) or stop child processes; returns the pool's size now."""
 
 
 def describe_job(job: Job, *, pid: int | None = None) -> dict[str, Any]:
@@ -399,4 +473,24 @@ class ControlListener:
             log.warning("Shutdown requested by a control command: warm shutdown")
             target.shutdown()
             return "shutting down"
+        if command in ("add_consumer", "cancel_consumer"):
+            return self._queues(command, str(arguments["queue"]))
+        if command in ("pool_grow", "pool_shrink"):
+            n = int(arguments.get("n", 1))
+            if n < 1:
+                raise ControlError(f"{command} takes 1 or more processes, got {n}")
+            size = target.pool_resize(n if command == "pool_grow" else -n)
+            log.warning(
+                "Pool %s by %d: %d process(es)", "grown" if command == "pool_grow" else "shrunk", n, size
+            )
+            return {"concurrency": size}
         raise ControlError(f"unknown command {command!r}")
+
+    def _queues(self, command: str, queue: str) -> dict[str, Any]:
+        if command == "add_consumer":
+            queues = self.target.add_consumer(queue)
+            log.warning("Now consuming from queue %r", queue)
+        else:
+            queues = self.target.cancel_consumer(queue)
+            log.warning("No longer consuming from queue %r", queue)
+        return {"queues": queues}

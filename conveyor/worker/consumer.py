@@ -16,6 +16,7 @@ Three threads, one owner each:
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import os
 import sys
@@ -309,6 +310,14 @@ class Consumer:
 
     def accept(self, deliveries: Sequence[Delivery]) -> None:
         """Take leased deliveries into the worker: they are dispatched by the main loop."""
+        queues = self.queues
+        if any(d.queue not in queues for d in deliveries):
+            # A fetch begun before cancel_consumer: what it found there is not ours now.
+            for d in deliveries:
+                if d.queue not in queues:
+                    with contextlib.suppress(BrokerError):
+                        self.broker.nack(d, retry_at=None, reason="queue no longer consumed")
+            deliveries = [d for d in deliveries if d.queue in queues]
         with self._cond:
             for d in deliveries:
                 self._reserved[d.receipt] = d
@@ -501,6 +510,14 @@ class Consumer:
             events.emit(received)
 
     # -- control (called from the worker's control thread) ---------------------------
+    def set_queues(self, queues: Sequence[str]) -> None:
+        """Fetch from ``queues`` from the next fetch on (add_consumer, cancel_consumer).
+
+        A new list, never changed in place: the fetching thread reads ``self.queues``
+        once per fetch and must not see it half-changed.
+        """
+        self.queues = list(queues)
+
     def set_rate_limit(self, task_name: str, rate: str | float | None) -> None:
         """Change a task's rate limit in this process until it exits (app.control.rate_limit)."""
         self._rates[task_name] = parse_rate(rate)

@@ -85,6 +85,7 @@ class Worker:
         prefetch_multiplier: int | None = None,
         max_tasks_per_child: int | None = None,
         beat: bool = False,
+        autoscale: tuple[int, int] | None = None,
     ) -> None:
         conf = app.conf
         self.app = app
@@ -95,6 +96,10 @@ class Worker:
             if self.pool_kind == "solo"
             else int(concurrency or conf.worker_concurrency or os.cpu_count() or 1)
         )
+        if autoscale is not None:
+            if self.pool_kind != "prefork":
+                raise ValueError(f"--autoscale needs the prefork pool, not {self.pool_kind}")
+            self.concurrency = autoscale[1]  # start at the minimum; the backlog grows it
         self.hostname = hostname or default_hostname()
         self._stopping = False
         # worker --beat: the scheduler runs in this process, as a thread (conveyor/beat.py).
@@ -119,7 +124,7 @@ class Worker:
                 max_tasks=max_tasks_per_child or conf.worker_max_tasks_per_child,
                 max_memory_kib=conf.worker_max_memory_per_child,
             )
-            self.runner = PreforkSupervisor(app, self.concurrency, options)
+            self.runner = PreforkSupervisor(app, self.concurrency, options, autoscale=autoscale)
         else:
             in_process = make_pool(self.pool_kind, app, concurrency=self.concurrency, hostname=self.hostname)
             self.runner = Consumer(
@@ -133,6 +138,22 @@ class Worker:
                 max_deliveries=max_deliveries,
             )
 
+    @property
+    def pool_size(self) -> int:
+        """Pool slots now: a prefork pool's size changes with pool_grow/pool_shrink and autoscale."""
+        if isinstance(self.runner, PreforkSupervisor):
+            return self.runner.concurrency
+        return self.concurrency
+
+    def set_queues(self, queues: Sequence[str]) -> None:
+        """Consume ``queues`` from the next fetch on (add_consumer, cancel_consumer)."""
+        self.queues = list(queues)
+        self.runner.set_queues(self.queues)
+
+    def _autoscale_note(self) -> str:
+        bounds = self.runner.autoscale if isinstance(self.runner, PreforkSupervisor) else None
+        return f", autoscale {bounds[0]},{bounds[1]}" if bounds else ""
+
     def banner(self) -> str:
         tasks = sorted(self.app.tasks)
         lines = [
@@ -140,7 +161,7 @@ class Worker:
             f"  broker:      {mask_url(self.app.conf.broker_url)}",
             f"  results:     {mask_url(self.app.backend.url)}",
             f"  queues:      {', '.join(self.queues)}",
-            f"  concurrency: {self.concurrency} ({self.pool_kind})",
+            f"  concurrency: {self.concurrency} ({self.pool_kind}{self._autoscale_note()})",
             "  tasks:",
             *(f"    . {name}" for name in tasks),
         ]
@@ -210,16 +231,17 @@ class Worker:
             signal.signal(sig, self._on_signal)
         if not self._wait_for_broker():
             return 0
+        from conveyor.monitor.agent import WorkerAgent
+
+        # Before "ready": a control command sent once it is printed must reach us.
+        agent = WorkerAgent(self)  # heartbeats and app.control
+        agent.start()
         log.info("%s", self.banner())
         for warning in self.startup_warnings():
             log.warning("%s", warning)
         self._stopping = False
         if self._beat is not None:
             self._beat.start()
-        from conveyor.monitor.agent import WorkerAgent
-
-        agent = WorkerAgent(self)  # heartbeats and app.control
-        agent.start()
         signals.worker_ready.send(sender=self)
         try:
             if isinstance(self.runner, Consumer) and self.runner.pool.inline:

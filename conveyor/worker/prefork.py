@@ -40,7 +40,7 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from conveyor import _forkguard, signals, states
@@ -59,6 +59,7 @@ from conveyor.worker.settle import Settler
 
 if TYPE_CHECKING:
     from conveyor.app import Conveyor
+    from conveyor.worker.autoscale import Autoscaler
     from conveyor.worker.consumer import Consumer
 
 log = logging.getLogger("conveyor.worker")
@@ -311,6 +312,8 @@ def _read_commands(commands: _Channel, consumer: Consumer, pool: _ReportingPool)
             consumer.revoked.update(command[2])
         elif kind == "rate_limit":
             consumer.set_rate_limit(command[2], command[3])
+        elif kind == "queues":
+            consumer.set_queues(command[2])
         elif kind == "list":
             held = consumer.reserved_deliveries() if command[2] == "reserved" else consumer.held_deliveries()
             listed = [(d.body, d.queue, d.receipt, d.attempt, d.message_id) for d in held]
@@ -381,6 +384,7 @@ class _Child:
     killed: bool = False  # we ended it (time limit, cold shutdown); its death is expected
     terminate_at: float | None = None  # revoke(terminate=True): SIGKILL if still running then
     terminating: str | None = None  # the task id that terminate_at is for
+    retiring: bool = False  # stopped by a pool shrink: not replaced when it exits
 
     def running(self) -> Job | None:
         """The job this child runs now, from the pipe or from its slot."""
@@ -400,10 +404,18 @@ class PreforkSupervisor:
 
     name = "prefork"
 
-    def __init__(self, app: Conveyor, concurrency: int, options: ChildOptions) -> None:
+    def __init__(
+        self,
+        app: Conveyor,
+        concurrency: int,
+        options: ChildOptions,
+        *,
+        autoscale: tuple[int, int] | None = None,
+    ) -> None:
         self.app = app
         self.concurrency = concurrency
         self.options = options
+        self.autoscale = autoscale  # (max, min) children, --autoscale
         self.settler = Settler(app, hostname=options.hostname, max_deliveries=options.max_deliveries)
         self._ctx = multiprocessing.get_context("fork")
         # Before the worker starts its heartbeat and control threads: from here on
@@ -453,6 +465,21 @@ class PreforkSupervisor:
 
     def set_rate_limit(self, task_name: str, rate: str | float | None) -> None:
         self._command("rate_limit", task_name, rate)
+
+    def set_queues(self, queues: Sequence[str]) -> None:
+        """Every child (and every child started later) fetches from ``queues``."""
+        self._command("queues", list(queues), None)
+
+    def resize(self, delta: int) -> int:
+        """Start ``delta`` more children, or stop ``-delta`` of them (never the last);
+        returns the pool's size. A stopped child finishes its running task and gives
+        back what it prefetched, as in a warm shutdown."""
+        self._command("resize", delta, None)
+        return self.concurrency
+
+    def busy(self) -> int:
+        """Children running a task now."""
+        return sum(1 for c in list(self._children) if not c.retiring and c.running() is not None)
 
     def reserved_deliveries(self) -> list[Delivery]:
         """Prefetched and not started, in every child (inspect's "reserved")."""
@@ -510,6 +537,14 @@ class PreforkSupervisor:
             rate = second if isinstance(second, (str, float, int)) or second is None else None
             self.rates[first] = rate
             return self._send_children(("rate_limit", seq, first, rate))
+        if kind == "queues":
+            assert isinstance(first, list)
+            self.options = replace(self.options, queues=tuple(first))
+            return self._send_children(("queues", seq, first))
+        if kind == "resize":
+            assert isinstance(first, int)
+            self._resize(first)
+            return set()
         if kind == "list":
             assert isinstance(second, list)
             sent = self._send_children(("list", seq, first))
@@ -517,6 +552,22 @@ class PreforkSupervisor:
                 self._listed[seq] = second
             return sent
         return set()
+
+    def _resize(self, delta: int) -> None:
+        if self._warm or self._cold:
+            return
+        for _ in range(delta):
+            self._children.append(self._spawn())
+            self.concurrency += 1
+        if delta >= 0:
+            return
+        # Idle children first: a busy one would make its task wait for the shrink.
+        serving = sorted((c for c in self._children if not c.retiring), key=lambda c: c.running() is not None)
+        for child in serving[: min(-delta, len(serving) - 1)]:
+            child.retiring = True
+            self.concurrency -= 1
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child.process.pid or 0, signal.SIGUSR1)  # its warm shutdown
 
     def _send_children(self, command: tuple[object, ...]) -> set[int]:
         sent = set()
@@ -572,6 +623,7 @@ class PreforkSupervisor:
         _trim_heap()
         for _ in range(self.concurrency):
             self._children.append(self._spawn())
+        autoscaler = self._autoscaler()
         warned = False
         try:
             while self._children and not self._cold:
@@ -587,7 +639,20 @@ class PreforkSupervisor:
                     break
                 self.poll(self._timeout())
         finally:
+            if autoscaler is not None:
+                autoscaler.stop()
             self._stop_all()
+
+    def _autoscaler(self) -> Autoscaler | None:
+        if self.autoscale is None:
+            return None
+        from conveyor.worker.autoscale import Autoscaler
+
+        maximum, minimum = self.autoscale
+        idle_s = float(self.app.conf.worker_autoscale_idle_s)
+        autoscaler = Autoscaler(self, maximum, minimum, idle_s=idle_s)
+        autoscaler.start()
+        return autoscaler
 
     def _spawn(self) -> _Child:
         parent_end, child_end = _Channel.pipe()
@@ -687,7 +752,7 @@ class PreforkSupervisor:
             )
             self._settle_lost(job, how)
         self._forget(child)
-        if self._warm or self._cold:
+        if self._warm or self._cold or child.retiring:
             return
         if code != 0 and not child.killed:
             log.error("Process %s (pid %s) exited with code %s", child.process.name, child.process.pid, code)

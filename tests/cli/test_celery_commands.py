@@ -139,3 +139,22 @@ def test_beat_with_django_celery_beats_scheduler(project: Project, running: list
     assert beat.proc.wait(15) == 0
     bad = project.run("-A", "proj", "beat", "-S", "myproject.MyScheduler")
     assert_usage_error(bad, "'myproject.MyScheduler' is not a scheduler Conveyor knows")
+
+
+def test_worker_autoscale_flag_errors_are_one_line(project: Project) -> None:
+    reversed_bounds = project.run("-A", "proj", "worker", "--autoscale=1,3")
+    assert_usage_error(reversed_bounds, "--autoscale", "1 <= MIN <= MAX")
+    threads = project.run("-A", "proj", "worker", "--pool=threads", "--autoscale=3,1")
+    assert_usage_error(threads, "--autoscale", "--pool=prefork")
+
+
+def test_control_pool_grow_on_a_solo_worker_says_why_not(project: Project, running: list[Running]) -> None:
+    _worker(project, running)
+    grown = project.run("-A", "proj", "control", "pool_grow", "2")
+    assert grown.code == 1 and "w1@test: error: the solo pool cannot be resized" in grown.out, grown
+    added = project.run("-A", "proj", "control", "add_consumer", "feeds")
+    assert added.code == 0 and "w1@test: ok (queues ['default', 'feeds'])" in added.out, added
+    only = project.run("-A", "proj", "control", "cancel_consumer", "default")
+    assert only.code == 0, only
+    last = project.run("-A", "proj", "control", "cancel_consumer", "feeds")
+    assert last.code == 1 and "only queue" in last.out, last
