@@ -13,6 +13,11 @@ from conveyor.message import new_id
 
 from .conftest import BackendCase
 
+# A wake-up, not a poll: well under the SQLite broker's safety poll (1 s) and every
+# other broker's, so only a real notification passes, with room for a loaded machine
+# (CI shares it). How fast the wake-up is, is measured in bench/throughput.py.
+WAKE_BOUND_S = 0.5
+
 
 def record(state: str = states.SUCCESS, **fields: object) -> ResultRecord:
     return ResultRecord(task_id=str(fields.pop("task_id", new_id())), state=state, **fields)  # type: ignore[arg-type]
@@ -81,7 +86,7 @@ def test_wait_wakes_when_stored(backend_case: BackendCase, backend: ResultBacken
     thread.join()
     writer.close()
     assert got == done  # STARTED was not ready: it kept waiting
-    assert latency < 0.05, latency
+    assert latency < WAKE_BOUND_S, latency
 
 
 def test_wait_timeout_returns_latest_or_none(backend: ResultBackend) -> None:
@@ -98,7 +103,7 @@ def test_wait_returns_ready_record_at_once(backend: ResultBackend) -> None:
     backend.store([done])
     start = time.monotonic()
     assert backend.wait(done.task_id, timeout_s=None, interval_s=1.0) == done
-    assert time.monotonic() - start < 0.05
+    assert time.monotonic() - start < WAKE_BOUND_S
 
 
 def test_forget(backend: ResultBackend) -> None:

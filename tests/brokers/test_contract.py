@@ -22,6 +22,11 @@ from .conftest import BrokerCase
 
 Q = "default"
 
+# A wake-up, not a poll: well under the SQLite broker's safety poll (1 s) and every
+# other broker's, so only a real notification passes, with room for a loaded machine
+# (CI shares it). How fast the wake-up is, is measured in bench/throughput.py.
+WAKE_BOUND_S = 0.5
+
 
 def msg(queue: str = Q, *, priority: int = 0, task: str = "tests.add", eta: float | None = None) -> Message:
     return Message(
@@ -403,7 +408,7 @@ def test_blocked_fetch_wakes_on_publish_from_another_thread(
     thread.join()
     producer.close()
     assert ids(got) == [m.id]
-    assert latency < 0.05, latency
+    assert latency < WAKE_BOUND_S, latency
 
 
 def test_wake_interrupts_blocked_fetch(broker: AdminBroker) -> None:
@@ -452,7 +457,7 @@ def test_blocked_fetch_wakes_on_publish_from_another_process(
     woke_at, got = out.get(timeout=10)
     child.join(10)
     assert got == [m.id]
-    assert woke_at - sent_at < 0.05, woke_at - sent_at
+    assert woke_at - sent_at < WAKE_BOUND_S, woke_at - sent_at
 
 
 def _drain_in_child(broker: AdminBroker, out: Any) -> None:
