@@ -8,6 +8,7 @@ a broker without events still shows its queues and dead letters.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -18,6 +19,7 @@ import orjson
 
 from conveyor import states
 from conveyor.exceptions import BrokerError, SerializationError
+from conveyor.monitor.records import TaskSummary
 from conveyor.serialization import loads
 
 if TYPE_CHECKING:
@@ -442,22 +444,8 @@ def timeline(events: Sequence[Any], state: str | None) -> list[dict[str, Any]]:
     return out
 
 
-SUMMARY_FIELDS = (
-    "id",
-    "name",
-    "state",
-    "queue",
-    "worker",
-    "received_at",
-    "started_at",
-    "finished_at",
-    "runtime",
-    "retries",
-    "args",
-    "kwargs",
-    "exception",
-    "progress",
-)
+# The list row's fields: TaskSummary's own, so a field added there reaches the API too.
+SUMMARY_FIELDS = tuple(f.name for f in dataclasses.fields(TaskSummary))
 
 
 def summary_dict(summary: Any) -> dict[str, Any]:
