@@ -91,7 +91,9 @@ def send_newsletter_batch(newsletter_id: int, user_ids: list[int]) -> int:
     dropped us halfway) writes only to the users not reached yet.
     """
     newsletter = Newsletter.objects.get(pk=newsletter_id)
-    done = set(Delivery.objects.filter(newsletter=newsletter, user_id__in=user_ids).values_list("user_id", flat=True))
+    done = set(
+        Delivery.objects.filter(newsletter=newsletter, user_id__in=user_ids).values_list("user_id", flat=True)
+    )
     users = User.objects.filter(pk__in=set(user_ids) - done, is_active=True).order_by("pk")
     sent = 0
     with get_connection() as connection:
