@@ -10,6 +10,7 @@ example runs its tests the way its README says, so that is what these tests do:
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import uuid
@@ -35,8 +36,9 @@ def example_env(example: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-def run_django_example(name: str, timeout: float = 180) -> str:
-    """Run the example's Django test suite on a test database of its own; returns its output."""
+def run_django_example(name: str, timeout: float = 180) -> list[str]:
+    """Run the example's Django test suite on a test database of its own; returns the
+    names of the tests that ran (all passed, or this fails with the run's output)."""
     postgres_url_or_skip()
     import psycopg
 
@@ -60,4 +62,6 @@ def run_django_example(name: str, timeout: float = 180) -> str:
             conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
     output = done.stdout + done.stderr
     assert done.returncode == 0, output
-    return output
+    ran = re.findall(r"^(test_\w+) \(", output, flags=re.M)
+    assert f"Ran {len(ran)} test" in output and re.search(r"^OK$", output, flags=re.M), output
+    return ran

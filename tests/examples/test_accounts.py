@@ -3,8 +3,6 @@ SMTP server, retries while it is down, acks_late, the nightly clean-up, a DLQ re
 
 from __future__ import annotations
 
-import re
-
 import pytest
 
 from tests.examples.conftest import run_django_example
@@ -23,6 +21,4 @@ EXPECTED = [
 
 
 def test_accounts_example_tests_pass() -> None:
-    output = run_django_example("accounts")
-    passed = re.findall(r"^(test_\w+) \(.*\) \.\.\. ok$", output, flags=re.M)
-    assert sorted(passed) == sorted(EXPECTED), output
+    assert sorted(run_django_example("accounts")) == sorted(EXPECTED)
