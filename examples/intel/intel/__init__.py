@@ -1,0 +1,1 @@
+"""Threat-intel processing: feeds, observables, notifications and a nightly framework sync."""
