@@ -199,6 +199,10 @@ class TaskResultAdmin(_StoreAdmin):
         task = self._data().task(task_id)
         if task is None:
             raise Http404(f"nothing is known about task {task_id}")
+        zone = conveyor_app().periodic.zone  # the app's timezone, as the periodic list shows times
+        for event in task.get("events") or []:
+            if isinstance(event, dict) and isinstance(event.get("ts"), (int, float)):
+                event["at"] = show_time(event["ts"], zone)
         context = self._context(
             request, f"Task {task_id}", task=task, can_retry=self.has_change_permission(request)
         )
