@@ -63,9 +63,10 @@ class CollectorTestCase(TransactionTestCase):
         worker = start_worker(app, queues=["collect", "default"], concurrency=2)
         worker.__enter__()
         self.addCleanup(worker.__exit__, None, None, None)
-        # A quarter past something, as beat's rounds are: now, floored to 15 minutes.
+        # On the quarter hour, as beat's rounds are: the next one, so the polls a round
+        # sends expire (at the round after) well after the test is over.
         now = timezone.now().replace(second=0, microsecond=0)
-        self.t0 = now - dt.timedelta(minutes=now.minute % 15)
+        self.t0 = now + dt.timedelta(minutes=15 - now.minute % 15)
 
     def add(self, name: str, interval_minutes: int, enabled: bool = True) -> Platform:
         return Platform.objects.create(
@@ -111,7 +112,7 @@ class RoundTests(CollectorTestCase):
         self.add("slow", 15)
         # A round from 20 minutes ago whose polls never left the queue (workers down):
         # its polls expired when the next round began.
-        stale = self.t0 - dt.timedelta(minutes=20)
+        stale = timezone.now() - dt.timedelta(minutes=20)
         sent = collect_due_platforms.delay(now=stale.isoformat()).get(timeout=20)
         poll = app.AsyncResult(sent["slow"])
         wait_for(lambda: poll.state == "REVOKED", timeout=20, message=f"the stale poll ended {poll.state}")
