@@ -15,6 +15,7 @@ import subprocess
 import sys
 import uuid
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from tests.postgres_server import postgres_url_or_skip
 
@@ -36,15 +37,30 @@ def example_env(example: Path, **extra: str) -> dict[str, str]:
     return env
 
 
+def postgres_env() -> dict[str, str]:
+    """The server of CONVEYOR_TEST_POSTGRES_URL as the Django examples' settings read it
+    (skips, or fails under CI, when it does not answer)."""
+    parts = urlsplit(postgres_url_or_skip())
+    return {
+        "POSTGRES_HOST": parts.hostname or "127.0.0.1",
+        "POSTGRES_PORT": str(parts.port or 5432),
+        "POSTGRES_USER": parts.username or "postgres",
+    }
+
+
+def drop_database(name: str) -> None:
+    import psycopg
+
+    with psycopg.connect(postgres_url_or_skip(), autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 def run_django_example(name: str, timeout: float = 180) -> list[str]:
     """Run the example's Django test suite on a test database of its own; returns the
     names of the tests that ran (all passed, or this fails with the run's output)."""
-    postgres_url_or_skip()
-    import psycopg
-
     example = EXAMPLES / name
     database = f"test_{name}_{uuid.uuid4().hex[:10]}"
-    env = example_env(example, POSTGRES_TEST_DB=database)
+    env = example_env(example, POSTGRES_TEST_DB=database, **postgres_env())
     try:
         done = subprocess.run(
             [sys.executable, "manage.py", "test", "--settings", "core.settings_test", "--noinput", "-v", "2"],
@@ -55,11 +71,7 @@ def run_django_example(name: str, timeout: float = 180) -> list[str]:
             timeout=timeout,
         )
     finally:
-        # Django drops it at the end of a run; this covers a run that was killed.
-        with psycopg.connect(
-            "host=127.0.0.1 port=5432 user=postgres dbname=postgres", autocommit=True
-        ) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        drop_database(database)  # Django drops it at the end of a run; this covers a killed run
     output = done.stdout + done.stderr
     assert done.returncode == 0, output
     ran = re.findall(r"^(test_\w+) \(", output, flags=re.M)

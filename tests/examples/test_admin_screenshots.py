@@ -31,7 +31,7 @@ from playwright.sync_api import Page, expect, sync_playwright  # noqa: I001 - te
 from conveyor import Conveyor
 from conveyor.testing import wait_for
 from tests.dashboard.test_browser import CHROMIUM, CHROMIUM_ARGS, free_port
-from tests.examples.conftest import EXAMPLES, example_env
+from tests.examples.conftest import EXAMPLES, drop_database, example_env, postgres_env
 from tests.postgres_server import postgres_url_or_skip
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
@@ -63,6 +63,7 @@ class Site:
             POSTGRES_DB=database,
             CELERY_BROKER_URL=self.broker_url,
             DJANGO_SUPERUSER_PASSWORD=PASSWORD,
+            **postgres_env(),
         )
         self.procs: list[subprocess.Popen[bytes]] = []
         self.port = free_port()
@@ -109,12 +110,10 @@ class Site:
 
 @pytest.fixture
 def site(tmp_path: Path) -> Iterator[tuple[Site, str]]:
-    postgres_url_or_skip()
     import psycopg
 
     database = f"collector_admin_{uuid.uuid4().hex[:10]}"
-    admin_dsn = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
-    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+    with psycopg.connect(postgres_url_or_skip(), autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{database}"')
     platforms = ThreadingHTTPServer(("127.0.0.1", 0), Platforms)
     threading.Thread(target=platforms.serve_forever, daemon=True).start()
@@ -155,8 +154,7 @@ def site(tmp_path: Path) -> Iterator[tuple[Site, str]]:
         made.stop()
         platforms.shutdown()
         platforms.server_close()
-        with psycopg.connect(admin_dsn, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        drop_database(database)
 
 
 def shoot(page: Page, name: str, directory: Path) -> None:
