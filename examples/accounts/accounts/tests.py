@@ -11,9 +11,11 @@ import datetime as dt
 import logging
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -25,6 +27,7 @@ from aiosmtpd.controller import Controller
 from core.celery import app
 from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.db import connection
 from django.test import TransactionTestCase, override_settings
 from django.utils import timezone
 
@@ -55,14 +58,23 @@ def dead_letters() -> list[object]:
 class Inbox:
     """An aiosmtpd handler keeping every message it accepted, with its arrival time.
 
-    ``hold()`` makes it keep the next messages' DATA waiting until ``release()``.
+    While ``holding`` (``holding_rcpt``) is set, it keeps a client waiting for the answer
+    to its DATA (RCPT TO) command, and sets ``held``.
     """
 
     def __init__(self) -> None:
         self.messages: list[tuple[float, str, object]] = []
         self.lock = threading.Lock()
         self.holding = threading.Event()
+        self.holding_rcpt = threading.Event()
         self.held = threading.Event()
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):  # noqa: N802
+        while self.holding_rcpt.is_set():  # the client waits for "250" to its RCPT TO
+            self.held.set()
+            await asyncio.sleep(0.01)
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
 
     async def handle_DATA(self, server, session, envelope):  # noqa: N802 - aiosmtpd's hook name
         while self.holding.is_set():
@@ -203,6 +215,46 @@ class SignUpTests(AccountsTestCase):
         self.assertEqual(len(self.smtp.inbox.to("dee@example.com")), 1)
         self.assertEqual(dead_letters(), [])
         self.assertEqual(User.objects.get(pk=user.pk).email, "dee@example.com")
+
+
+class WorkerCrashTests(TransactionTestCase):
+    def test_an_email_whose_worker_was_killed_mid_send_is_delivered_once_by_another(self):
+        smtp = SMTPServer(free_port())
+        smtp.start()
+        self.addCleanup(smtp.stop)
+        smtp.inbox.holding_rcpt.set()
+        user = User.objects.create_user("eve", "eve@example.com")
+        log_path = Path(tempfile.mkdtemp()) / "worker.log"
+        env = {
+            **os.environ,
+            "DJANGO_SETTINGS_MODULE": "core.settings_test",
+            "POSTGRES_DB": connection.settings_dict["NAME"],  # this run's test database
+            "EMAIL_HOST": "127.0.0.1",
+            "EMAIL_PORT": str(smtp.controller.port),
+            "CONVEYOR_BROKER_VISIBILITY_TIMEOUT": "1",  # a dead worker's tasks come back after 1 s
+        }
+        with open(log_path, "wb") as log:
+            worker = subprocess.Popen(
+                [sys.executable, "-m", "conveyor.cli.main", "-A", "core", "worker", "-Q", "email", "-P", "threads"],
+                cwd=PROJECT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )  # fmt: skip
+        self.addCleanup(lambda: worker.poll() is None and os.killpg(worker.pid, signal.SIGKILL))
+        result = send_activation_email.delay(user.pk)
+        wait_for(smtp.inbox.held.is_set, timeout=60, message=log_path.read_text)
+        os.killpg(worker.pid, signal.SIGKILL)  # mid-session: the mail was not sent
+        worker.wait(10)
+        smtp.inbox.holding_rcpt.clear()
+        with (
+            override_settings(
+                EMAIL_BACKEND="django.core.mail.backends.smtp.EmailBackend",
+                EMAIL_HOST="127.0.0.1",
+                EMAIL_PORT=smtp.controller.port,
+            ),
+            start_worker(app, queues=["email"]),
+        ):
+            # acks_late: the message was never acknowledged, so it is delivered again.
+            self.assertEqual(result.get(timeout=30), "eve@example.com")
+        self.assertEqual(len(smtp.inbox.to("eve@example.com")), 1)
 
 
 class NewsletterTests(AccountsTestCase):
