@@ -3,9 +3,10 @@
 The worker runs as ``worker --beat`` does (the scheduler is a thread of its main
 process, one leader among every scheduler on the broker); with ``--worker-per-queue``
 each further queue gets a worker process of its own, forked from this one, so a
-flood in one queue never takes the slots another queue's tasks wait for. The dashboard, when
-its extra is installed, is a child process so its server's signal handling and the
-worker's never meet. Stopping the worker (SIGTERM, Ctrl+C) stops the dashboard.
+flood in one queue never takes the slots another queue's tasks wait for. The
+dashboard, when its extra is installed, is a child process so its server's signal
+handling and the worker's never meet. Stopping the main worker (SIGTERM, Ctrl+C)
+stops the dashboard and the other queues' workers.
 """
 
 from __future__ import annotations
