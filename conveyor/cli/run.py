@@ -139,7 +139,12 @@ def run(
 
 
 def _run_worker(
-    app: Conveyor, queues: list[str], concurrency: int | None, pool: str | None, stop_fd: int, writers: list[int]
+    app: Conveyor,
+    queues: list[str],
+    concurrency: int | None,
+    pool: str | None,
+    stop_fd: int,
+    writers: list[int],
 ) -> None:
     """A queue's worker: stops warmly when the run process closes its end of the pipe,
     or dies. A pipe, not a signal: after a Ctrl+C that reached this process too, a
