@@ -29,6 +29,8 @@ of every system, then round 2, ...) so that load from elsewhere on the machine i
    the send, the task reads it first thing and pushes it to a Redis list
    (``common.mark_started``); "send..task start" is the difference, however each
    framework would have told the client;
+   the round trips run in ``--round-trip-slices`` (3) slices, the systems in turn (slice
+   1 of every system, then slice 2, ...), and the percentiles are over all the samples;
 5. Redis memory per queued message: ``INFO memory`` ``used_memory`` before and after
    ``--memory-n`` (100,000) ``add(1, 2)`` sent with the one-call API, no worker running,
    divided by that number (n/a for a system that keeps nothing in Redis).
@@ -363,6 +365,7 @@ class Context:
     timeout_s: float
     verbose: bool
     memory_n: int
+    round_trip_slices: int = 1
     # Where the "@before" systems import Conveyor from (a git archive), else "".
     conveyor_path: str = ""
 
@@ -386,6 +389,7 @@ class Runner:
         self.env = dict(env, PYTHONPATH=path, PEERS_REDIS_URL=ctx.redis_url, **peer.worker_env())
         self.env.pop("PYTHONSTARTUP", None)
         self.started = 0  # worker runs so far: names their log files
+        self.samples: dict[str, list[float]] = {"get": [], "inside": []}  # ms, every slice
 
     def log(self, message: str) -> None:
         if self.ctx.verbose:
@@ -469,18 +473,25 @@ class Runner:
         }
 
     def round_trip(self) -> dict[str, float]:
-        """Both round trips, with the same two worker processes running: ``add(i, i)``
-        waited on with the framework's result API, then ``stamp(i)``, whose start the task
-        itself reports (common.mark_started); each series after 20 unmeasured ones."""
+        """One slice of both round trips, with the same two worker processes running:
+        ``add(i, i)`` waited on with the framework's result API, then ``stamp(i)``, whose
+        start the task itself reports (common.mark_started); each series after 20
+        unmeasured ones. The figures are over every slice's samples so far: the driver
+        runs the slices of all systems in turn, as it does the rounds, so that load from
+        elsewhere falls on every system alike."""
+        count = -(-self.ctx.round_trips // self.ctx.round_trip_slices)
         self.empty()
         with self.workers("round-trip") as workers:
             try:
-                through_get = self._round_trips_get()
-                inside = self._round_trips_inside(workers)
+                through_get = self._round_trips_get(count)
+                inside = self._round_trips_inside(workers, count)
             except Exception:
                 workers.check()  # a dead worker is the better explanation
                 raise
         self.empty()
+        self.samples["get"] += through_get
+        self.samples["inside"] += inside
+        through_get, inside = sorted(self.samples["get"]), sorted(self.samples["inside"])
         return {
             "rt_p50": percentile(through_get, 50),
             "rt_p99": percentile(through_get, 99),
@@ -488,9 +499,9 @@ class Runner:
             "rt_in_p99": percentile(inside, 99),
         }
 
-    def _round_trips_get(self) -> list[float]:
+    def _round_trips_get(self, count: int) -> list[float]:
         samples = []
-        for k in range(WARM_UP + self.ctx.round_trips):
+        for k in range(WARM_UP + count):
             i = k % 1000
             started = time.perf_counter()
             value = self.peer.round_trip(i, START_TIMEOUT_S if k == 0 else 10.0)
@@ -499,15 +510,15 @@ class Runner:
                 raise BenchError(f"add({i}, {i}) returned {value!r}")
             if k >= WARM_UP:
                 samples.append(elapsed * 1000)
-        return sorted(samples)
+        return samples
 
-    def _round_trips_inside(self, workers: Workers) -> list[float]:
+    def _round_trips_inside(self, workers: Workers, count: int) -> list[float]:
         """Send .. the task's first line, both read on CLOCK_MONOTONIC (time.monotonic),
         which every process on the machine shares; how the client then learns of it
         (BLPOP here) is outside the figure."""
         samples = []
         redis = self.ctx.redis
-        for k in range(WARM_UP + self.ctx.round_trips):
+        for k in range(WARM_UP + count):
             started = time.monotonic()
             self.peer.send_stamp(k)
             got = redis.blpop([STARTED_KEY], timeout=START_TIMEOUT_S if k == 0 else 10.0)
@@ -519,7 +530,7 @@ class Runner:
                 raise BenchError(f"stamp({k}) sent but stamp({int(i)}) started")
             if k >= WARM_UP:
                 samples.append((float(at) - started) * 1000)
-        return sorted(samples)
+        return samples
 
     def redis_memory(self) -> float:
         """Bytes of Redis memory per queued ``add(1, 2)``: ``used_memory`` before and after
@@ -542,6 +553,9 @@ class Runner:
             self.one_round()
         elif phase == "round_trips":
             self.record("rt_p50", self.round_trip)
+            for key in ("rt_p50", "rt_p99", "rt_in_p50", "rt_in_p99"):  # every sample, not a median
+                if self.out.runs.get(key):
+                    self.out.values[key] = self.out.runs[key][-1]
         elif phase == "memory":
             if self.peer.uses_redis:
                 self.record("redis_mem", self.redis_memory)
@@ -783,7 +797,9 @@ def serve(config_text: str) -> int:
             if runner is None:
                 import conveyor
 
-                peer = make_peer(system, ctx.redis_url, ctx.workdir)
+                own = ctx.workdir / label  # its own SQLite file, apart from the other column's
+                own.mkdir(exist_ok=True)
+                peer = make_peer(system, ctx.redis_url, own)
                 runner = Runner(ctx, label, peer, ctx.conveyor_path)
                 runner.out.notes += f"; Conveyor from {Path(conveyor.__file__).parent.parent}"
             if phase == "close":
@@ -815,6 +831,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="N=2,000 and 1 repeat, for a quick look")
     p.add_argument("--round-trips", type=int, default=300, help="sequential round trips (default 300)")
     p.add_argument(
+        "--round-trip-slices",
+        type=int,
+        default=3,
+        help="the round trips in this many slices, systems in turn (default 3)",
+    )
+    p.add_argument(
         "--memory-n",
         type=int,
         default=None,
@@ -845,8 +867,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     unknown = [s for s in chosen if s not in SYSTEMS]
     if unknown or not chosen:
         p.error(f"unknown system(s): {', '.join(unknown)}" if unknown else "--systems names no system")
-    if args.n < 2 or args.repeat < 1 or args.round_trips < 1 or args.memory_n < 0:
-        p.error("-n must be at least 2, --repeat and --round-trips at least 1, --memory-n not negative")
+    if args.n < 2 or min(args.repeat, args.round_trips, args.round_trip_slices) < 1 or args.memory_n < 0:
+        p.error(
+            "-n must be at least 2, --repeat, --round-trips and --round-trip-slices at least 1, "
+            "--memory-n not negative"
+        )
     if args.conveyor_before:  # each Conveyor column, then the same at the other revision
         label = args.conveyor_before.replace(BEFORE, "_")
         chosen = [c for s in chosen for c in ([s, f"{s}{BEFORE}{label}"] if SYSTEMS[s].conveyor else [s])]
@@ -871,7 +896,8 @@ def measure_all(args: argparse.Namespace, ctx: Context) -> list[Outcome]:
             keys = ("enqueue", "enqueue_bulk", "drain_busy", "drain_results", "rt_p50", "redis_mem")
             outcomes.append(Outcome(system, errors=dict.fromkeys(keys, error)))
             print(f"  [{system}] cannot run: {error}", file=sys.stderr, flush=True)
-    phases = [*(["round"] * args.repeat), "round_trips", *(["memory"] if args.memory_n else [])]
+    phases = ["round"] * args.repeat + ["round_trips"] * args.round_trip_slices
+    phases += ["memory"] if args.memory_n else []
     try:
         for k, phase in enumerate(phases):
             for runner in runners:
@@ -903,6 +929,7 @@ def json_report(
         "n": args.n,
         "repeat": args.repeat,
         "round_trips": args.round_trips,
+        "round_trip_slices": args.round_trip_slices,
         "memory_n": args.memory_n,
         "conveyor_before": args.conveyor_before,
         "machine": {
@@ -936,12 +963,13 @@ def main(argv: list[str]) -> int:
                   f"private Redis {url}, work dir {workdir}", file=sys.stderr, flush=True)  # fmt: skip
         ctx = Context(
             url, client, workdir, args.n, args.repeat, args.round_trips, args.timeout, not args.quiet,
-            args.memory_n, str(before[1]) if before else "",
+            args.memory_n, args.round_trip_slices, str(before[1]) if before else "",
         )  # fmt: skip
         outcomes = measure_all(args, ctx)
     print()
     print(f"Conveyor vs peers, N={args.n:,} no-op tasks, 2 worker processes, median of {args.repeat}, "
-          f"{args.round_trips} round trips, {args.memory_n:,} queued for memory; "
+          f"{args.round_trips} round trips in {args.round_trip_slices} slices, {args.memory_n:,} queued "
+          f"for memory; "
           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(started))}, "
           f"{os.cpu_count()} CPUs, Redis {versions()['redis-server']} on loopback")  # fmt: skip
     finished = conveyor_revision()
