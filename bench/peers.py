@@ -765,7 +765,8 @@ class RemoteRunner:
         try:
             self.call(phase)
         except (BenchError, OSError) as exc:
-            self.out.errors.setdefault("rt_p50" if phase == "round_trips" else "enqueue", str(exc))
+            row = {"round_trips": "rt_p50", "memory": "redis_mem"}.get(phase, "enqueue")
+            self.out.errors.setdefault(row, str(exc))
         return self.out
 
     def close(self) -> None:
