@@ -24,7 +24,22 @@ of every system, then round 2, ...) so that load from elsewhere on the machine i
    in both; PSS splits shared pages among their sharers);
 4. round trip: with two worker processes running, ``--round-trips`` (300) sequential
    ``add(i, i)`` sends each waited on with the framework's own result API (results on),
-   after 20 unmeasured ones; p50 and p99.
+   after 20 unmeasured ones; p50 and p99. Then, with the same workers, as many
+   ``stamp(i)`` sends timed from inside the task: the driver reads CLOCK_MONOTONIC before
+   the send, the task reads it first thing and pushes it to a Redis list
+   (``common.mark_started``); "send..task start" is the difference, however each
+   framework would have told the client;
+   the round trips run in ``--round-trip-slices`` (3) slices, the systems in turn (slice
+   1 of every system, then slice 2, ...), and the percentiles are over all the samples;
+5. Redis memory per queued message: ``INFO memory`` ``used_memory`` before and after
+   ``--memory-n`` (100,000) ``add(1, 2)`` sent with the one-call API, no worker running,
+   divided by that number (n/a for a system that keeps nothing in Redis).
+
+Conveyor runs with its defaults, task events included: no ``CONVEYOR_*`` variable of the
+caller's reaches its workers but the broker URL. ``--conveyor-before REV`` adds, beside each
+Conveyor column, the same system with Conveyor at git revision REV (``conveyor/`` from
+``git archive``, first on the PYTHONPATH of a child driver process and of its workers;
+the bench/peers modules are this checkout's), measured in the same rounds.
 
 Results are off for the no-op task everywhere (Celery ``ignore_result``, RQ
 ``result_ttl=0``, Dramatiq no ``store_results``, Huey stores no None, arq ``keep_result=0``,
@@ -44,6 +59,11 @@ editable from this checkout).
     python3 bench/peers.py                 # N=10,000, 3 repeats: about 13 minutes
     python3 bench/peers.py --quick         # N=2,000, 1 repeat
     python3 bench/peers.py --systems conveyor-redis,huey --json out.json
+    python3 bench/peers.py --repeat 1 --conveyor-before main   # this checkout beside main
+
+More systems: a module bench/<name>.py listed in EXTENSIONS exposes ``SYSTEMS``, a dict of
+name -> ``System(make, conveyor=...)`` merged into this script's registry; name them in
+--systems to run them.
 
 Exit status 0 when the table printed (even with failed systems), 2 for bad arguments.
 """
@@ -78,8 +98,51 @@ REQUIREMENTS = HERE / "peers-requirements.txt"
 NO_DEPS = ["arq==0.28.0"]  # see peers-requirements.txt: arq pins an older redis-py than kombu needs
 START_TIMEOUT_S = 60.0
 
-SYSTEMS = ["conveyor-sqlite", "conveyor-redis", "celery", "rq", "dramatiq", "huey", "arq"]
-CONVEYOR = {"conveyor-sqlite", "conveyor-redis"}
+
+@dataclass(frozen=True)
+class System:
+    """One column of the table: how to build its adapter (a ``common.Peer``), imported only
+    when it runs, so that a framework that fails to import fails its own column."""
+
+    make: Callable[[str, Path], Any]  # (private Redis URL, work directory) -> Peer
+    conveyor: bool = False  # Conveyor's own columns: not a peer, compared with the best peer
+
+
+def _peer_class(module: str, cls: str) -> Callable[[str, Path], Any]:
+    def make(redis_url: str, workdir: Path) -> Any:
+        return getattr(importlib.import_module(module), cls)()
+
+    return make
+
+
+def _conveyor(broker: str) -> Callable[[str, Path], Any]:
+    def make(redis_url: str, workdir: Path) -> Any:
+        from conveyor_peer import ConveyorPeer
+
+        if broker == "sqlite":
+            return ConveyorPeer("Conveyor SQLite", f"sqlite:///{workdir}/conveyor.sqlite3")
+        importlib.import_module("conveyor.brokers.redis")  # a clear error while it does not exist
+        return ConveyorPeer("Conveyor Redis", redis_url)
+
+    return make
+
+
+# The systems, in table order. Another module adds its own by exposing a dict of the same
+# shape named SYSTEMS (see EXTENSIONS): e.g. {"conveyor-postgres": System(make, conveyor=True)}.
+SYSTEMS: dict[str, System] = {
+    "conveyor-sqlite": System(_conveyor("sqlite"), conveyor=True),
+    "conveyor-redis": System(_conveyor("redis"), conveyor=True),
+    "celery": System(_peer_class("celery_peer", "CeleryPeer")),
+    "rq": System(_peer_class("rq_peer", "RQPeer")),
+    "dramatiq": System(_peer_class("dramatiq_peer", "DramatiqPeer")),
+    "huey": System(_peer_class("huey_peer", "HueyPeer")),
+    "arq": System(_peer_class("arq_peer", "ArqPeer")),
+}
+# Modules beside this script (bench/<name>.py) whose SYSTEMS are added to the registry
+# when they exist; not in the default --systems list, so name them to run them.
+EXTENSIONS = ["peers_pg"]
+DEFAULT_SYSTEMS = list(SYSTEMS)
+BEFORE = "@"  # "conveyor-redis@main": that system with Conveyor at another revision
 
 
 class BenchError(Exception):
@@ -244,7 +307,7 @@ class Workers:
 class Row:
     key: str
     title: str
-    unit: str  # "/s", "ms", "s", "MiB"
+    unit: str  # "/s", "ms", "s", "MiB", "B"
     higher_is_better: bool
     target: float | None = None  # the issue's target for Conveyor on Redis
 
@@ -255,7 +318,7 @@ class Row:
             return f"{value:.2f}"
         if self.unit == "s":
             return f"{value:.2f}"
-        return f"{value:.0f}"
+        return f"{value:,.0f}"
 
     def better(self, a: float, b: float) -> bool:
         return a > b if self.higher_is_better else a < b
@@ -270,8 +333,11 @@ ROWS = [
     Row("start", "start to first task", "s", False, 0.3),
     Row("rss", "worker RSS, all procs", "MiB", False, 60),
     Row("pss", "worker PSS, all procs", "MiB", False, None),
-    Row("rt_p50", "round trip p50", "ms", False, 0.4),
-    Row("rt_p99", "round trip p99", "ms", False, 1.0),
+    Row("rt_p50", "round trip p50, get()", "ms", False, 0.4),
+    Row("rt_p99", "round trip p99, get()", "ms", False, 1.0),
+    Row("rt_in_p50", "send..task start p50", "ms", False, None),
+    Row("rt_in_p99", "send..task start p99", "ms", False, None),
+    Row("redis_mem", "Redis memory/queued msg", "B", False, None),
 ]
 ROW = {row.key: row for row in ROWS}
 
@@ -298,21 +364,32 @@ class Context:
     round_trips: int
     timeout_s: float
     verbose: bool
+    memory_n: int
+    round_trip_slices: int = 1
+    # Where the "@before" systems import Conveyor from (a git archive), else "".
+    conveyor_path: str = ""
+
+    def as_json(self) -> dict[str, Any]:
+        return {k: str(v) if isinstance(v, Path) else v for k, v in self.__dict__.items() if k != "redis"}
 
 
 class Runner:
     """Runs every phase for one system's adapter and fills its Outcome."""
 
-    def __init__(self, ctx: Context, system: str, peer: Any) -> None:
+    def __init__(self, ctx: Context, system: str, peer: Any, conveyor_path: str = "") -> None:
         self.ctx = ctx
         self.system = system
         self.peer = peer
         self.out = Outcome(system, notes=peer.notes, bulk_api=peer.bulk_api)
-        self.env = dict(
-            os.environ, PYTHONPATH=str(PEERS_DIR), PEERS_REDIS_URL=ctx.redis_url, **peer.worker_env()
-        )
+        # Conveyor runs with its defaults: no CONVEYOR_* setting from the caller's shell
+        # (say, task events switched off) reaches the workers; the peer sets what it needs.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")}
+        # conveyor_path: the workers import Conveyor from there (RemoteRunner's child).
+        path = os.pathsep.join(p for p in (str(PEERS_DIR), conveyor_path) if p)
+        self.env = dict(env, PYTHONPATH=path, PEERS_REDIS_URL=ctx.redis_url, **peer.worker_env())
         self.env.pop("PYTHONSTARTUP", None)
         self.started = 0  # worker runs so far: names their log files
+        self.samples: dict[str, list[float]] = {"get": [], "inside": []}  # ms, every slice
 
     def log(self, message: str) -> None:
         if self.ctx.verbose:
@@ -396,26 +473,99 @@ class Runner:
         }
 
     def round_trip(self) -> dict[str, float]:
+        """One slice of both round trips, with the same two worker processes running:
+        ``add(i, i)`` waited on with the framework's result API, then ``stamp(i)``, whose
+        start the task itself reports (common.mark_started); each series after 20
+        unmeasured ones. The figures are over every slice's samples so far: the driver
+        runs the slices of all systems in turn, as it does the rounds, so that load from
+        elsewhere falls on every system alike."""
+        count = -(-self.ctx.round_trips // self.ctx.round_trip_slices)
         self.empty()
-        samples = []
         with self.workers("round-trip") as workers:
-            for i in range(20):
-                try:
-                    value = self.peer.round_trip(i, START_TIMEOUT_S if i == 0 else 10.0)
-                except Exception:
-                    workers.check()
-                    raise
-                if value != 2 * i:
-                    raise BenchError(f"add({i}, {i}) returned {value!r}")
-            for i in range(self.ctx.round_trips):
-                started = time.perf_counter()
-                value = self.peer.round_trip(i, 10.0)
-                samples.append((time.perf_counter() - started) * 1000)
-                if value != 2 * i:
-                    raise BenchError(f"add({i}, {i}) returned {value!r}")
+            try:
+                through_get = self._round_trips_get(count)
+                inside = self._round_trips_inside(workers, count)
+            except Exception:
+                workers.check()  # a dead worker is the better explanation
+                raise
         self.empty()
-        samples.sort()
-        return {"rt_p50": percentile(samples, 50), "rt_p99": percentile(samples, 99)}
+        self.samples["get"] += through_get
+        self.samples["inside"] += inside
+        through_get, inside = sorted(self.samples["get"]), sorted(self.samples["inside"])
+        return {
+            "rt_p50": percentile(through_get, 50),
+            "rt_p99": percentile(through_get, 99),
+            "rt_in_p50": percentile(inside, 50),
+            "rt_in_p99": percentile(inside, 99),
+        }
+
+    def _round_trips_get(self, count: int) -> list[float]:
+        samples = []
+        for k in range(WARM_UP + count):
+            i = k % 1000
+            started = time.perf_counter()
+            value = self.peer.round_trip(i, START_TIMEOUT_S if k == 0 else 10.0)
+            elapsed = time.perf_counter() - started
+            if value != 2 * i:
+                raise BenchError(f"add({i}, {i}) returned {value!r}")
+            if k >= WARM_UP:
+                samples.append(elapsed * 1000)
+        return samples
+
+    def _round_trips_inside(self, workers: Workers, count: int) -> list[float]:
+        """Send .. the task's first line, both read on CLOCK_MONOTONIC (time.monotonic),
+        which every process on the machine shares; how the client then learns of it
+        (BLPOP here) is outside the figure."""
+        samples = []
+        redis = self.ctx.redis
+        for k in range(WARM_UP + count):
+            started = time.monotonic()
+            self.peer.send_stamp(k)
+            got = redis.blpop([STARTED_KEY], timeout=START_TIMEOUT_S if k == 0 else 10.0)
+            if got is None:
+                workers.check()
+                raise BenchError(f"stamp({k}) did not start")
+            i, at = got[1].split()
+            if int(i) != k:
+                raise BenchError(f"stamp({k}) sent but stamp({int(i)}) started")
+            if k >= WARM_UP:
+                samples.append((float(at) - started) * 1000)
+        return samples
+
+    def redis_memory(self) -> float:
+        """Bytes of Redis memory per queued ``add(1, 2)``: ``used_memory`` before and after
+        --memory-n sends with the one-call API, no worker running."""
+        n = self.ctx.memory_n
+        self.empty()
+        before = int(self.ctx.redis.info("memory")["used_memory"])
+        for _ in range(n):
+            self.peer.send_add(1, 2)
+        after = int(self.ctx.redis.info("memory")["used_memory"])
+        queued = self.peer.queued()
+        self.empty()
+        if queued != n:
+            raise BenchError(f"memory: {n} sent but {queued} queued")
+        return (after - before) / n
+
+    def step(self, phase: str) -> Outcome:
+        """One phase ("round", "round_trips", "memory"), as the driver asks for it."""
+        if phase == "round":
+            self.one_round()
+        elif phase == "round_trips":
+            self.record("rt_p50", self.round_trip)
+            for key in ("rt_p50", "rt_p99", "rt_in_p50", "rt_in_p99"):  # every sample, not a median
+                if self.out.runs.get(key):
+                    self.out.values[key] = self.out.runs[key][-1]
+        elif phase == "memory":
+            if self.peer.uses_redis:
+                self.record("redis_mem", self.redis_memory)
+        else:
+            raise ValueError(f"unknown phase {phase!r}")
+        return self.out
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.peer.close()
 
     def one_round(self) -> None:
         """One run of every rate: the driver interleaves systems round by round, so a
@@ -425,6 +575,10 @@ class Runner:
             self.record("enqueue_bulk", lambda: self.timed_send(self.peer.enqueue_bulk, "bulk enqueue"))
         self.record("drain_busy", self.drain)
         self.record("drain_results", lambda: self.drain(results=True))
+
+
+WARM_UP = 20  # unmeasured round trips before each series
+STARTED_KEY = "peers:started"  # common.STARTED_KEY: where stamp(i) reports its start
 
 
 def percentile(sorted_values: list[float], pct: float) -> float:
@@ -438,22 +592,20 @@ def make_peer(system: str, redis_url: str, workdir: Path) -> Any:
     if str(PEERS_DIR) not in sys.path:
         sys.path.insert(0, str(PEERS_DIR))
     os.environ["PEERS_REDIS_URL"] = redis_url  # read by common.py when first imported
-    if system in CONVEYOR:
-        from conveyor_peer import ConveyorPeer
+    return SYSTEMS[system].make(redis_url, workdir)
 
-        if system == "conveyor-sqlite":
-            return ConveyorPeer("Conveyor SQLite", f"sqlite:///{workdir}/conveyor.sqlite3")
-        importlib.import_module("conveyor.brokers.redis")  # a clear error while it does not exist
-        return ConveyorPeer("Conveyor Redis", redis_url)
-    module = importlib.import_module(f"{system}_peer")
-    cls = {
-        "celery": "CeleryPeer",
-        "rq": "RQPeer",
-        "dramatiq": "DramatiqPeer",
-        "huey": "HueyPeer",
-        "arq": "ArqPeer",
-    }
-    return getattr(module, cls[system])()
+
+def load_extensions() -> None:
+    """Add the systems of the extension modules present beside this script."""
+    if str(HERE) not in sys.path:
+        sys.path.insert(0, str(HERE))
+    for name in EXTENSIONS:
+        if (HERE / f"{name}.py").exists():
+            SYSTEMS.update(importlib.import_module(name).SYSTEMS)
+
+
+def is_conveyor(system: str) -> bool:
+    return BEFORE in system or (system in SYSTEMS and SYSTEMS[system].conveyor)
 
 
 # -- the table ---------------------------------------------------------------------------------
@@ -470,7 +622,7 @@ def ratio(row: Row, conveyor: float | None, best: float | None) -> str:
 def best_peer(row: Row, outcomes: list[Outcome]) -> tuple[str, float] | None:
     best: tuple[str, float] | None = None
     for o in outcomes:
-        if o.system not in CONVEYOR and row.key in o.values:
+        if not is_conveyor(o.system) and row.key in o.values:
             if best is None or row.better(o.values[row.key], best[1]):
                 best = (o.system, o.values[row.key])
     return best
@@ -478,7 +630,7 @@ def best_peer(row: Row, outcomes: list[Outcome]) -> tuple[str, float] | None:
 
 def table(outcomes: list[Outcome]) -> str:
     systems = [o.system for o in outcomes]
-    header = ["", *systems, "best peer", *(f"{s} vs best" for s in systems if s in CONVEYOR), "target"]
+    header = ["", *systems, "best peer", *(f"{s} vs best" for s in systems if is_conveyor(s)), "target"]
     lines = [header]
     footnotes: dict[str, int] = {}  # error text -> its number: one note per distinct error
     for row in ROWS:
@@ -493,14 +645,14 @@ def table(outcomes: list[Outcome]) -> str:
                 cells.append(cell)
             else:
                 if source is None:
-                    cells.append("n/a" if row.key == "enqueue_bulk" else "-")
+                    cells.append("n/a" if row.key in ("enqueue_bulk", "redis_mem") else "-")
                 else:
                     note = f"{o.system}: {o.errors[source]}"
                     cells.append(f"ERR[{footnotes.setdefault(note, len(footnotes) + 1)}]")
         best = best_peer(row, outcomes)
         cells.append(f"{row.shown(best[1])} {best[0]}" if best else "-")
         for o in outcomes:
-            if o.system in CONVEYOR:
+            if is_conveyor(o.system):
                 cells.append(ratio(row, o.values.get(row.key), best[1] if best else None))
         target = (
             "-" if row.target is None else ("≥ " if row.higher_is_better else "≤ ") + row.shown(row.target)
@@ -526,8 +678,10 @@ def table(outcomes: list[Outcome]) -> str:
     return "\n".join(out)
 
 
-# The drain fills four rows and the round trip two: an error in one marks all of them.
-FILLS = {("drain_busy", k) for k in ("drain_wall", "start", "rss", "pss")} | {("rt_p50", "rt_p99")}
+# The drain fills four rows and the round trips four: an error in one marks all of them.
+FILLS = {("drain_busy", k) for k in ("drain_wall", "start", "rss", "pss")} | {
+    ("rt_p50", k) for k in ("rt_p99", "rt_in_p50", "rt_in_p99")
+}
 
 
 def versions() -> dict[str, str]:
@@ -551,6 +705,119 @@ def conveyor_revision() -> str:
     return commit + ("+dirty" if git("status", "--porcelain", "--", "conveyor") else "")
 
 
+# -- Conveyor at another revision ---------------------------------------------------------------
+
+
+def checkout_before(rev: str, workdir: Path) -> tuple[str, Path]:
+    """``conveyor/`` at ``rev`` (``git archive``) in the work directory: (short commit, path)."""
+
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise SystemExit(f"peers: git {' '.join(args)}: {done.stderr.strip()}")
+        return done.stdout.strip()
+
+    commit = git("rev-parse", "--short", f"{rev}^{{commit}}")
+    target = workdir / f"conveyor-{commit}"
+    target.mkdir()
+    archive = subprocess.run(
+        ["git", "archive", commit, "conveyor"], cwd=REPO, capture_output=True, check=True
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(target)], input=archive, check=True)
+    return commit, target
+
+
+class RemoteRunner:
+    """A Runner in a child process that imports Conveyor from another checkout (one
+    interpreter cannot hold two versions of the package). The driver asks it for one phase
+    at a time over a pipe, so its columns interleave with the others round by round."""
+
+    def __init__(self, ctx: Context, system: str, base: str) -> None:
+        self.system = system
+        self.ctx = ctx
+        self.out = Outcome(system)
+        env = dict(os.environ, PYTHONPATH=ctx.conveyor_path)
+        env.pop("PYTHONSTARTUP", None)
+        config = json.dumps({**ctx.as_json(), "system": base, "label": system})
+        self.proc = subprocess.Popen(
+            [sys.executable, str(Path(__file__).resolve()), "--serve", config],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, text=True,
+        )  # fmt: skip
+        self.call("hello")
+
+    def log(self, message: str) -> None:
+        if self.ctx.verbose:
+            print(f"  [{self.system}] {message}", file=sys.stderr, flush=True)
+
+    def call(self, phase: str) -> None:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(phase + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise BenchError(f"the runner for {self.system} exited (code {self.proc.wait()})")
+        reply = json.loads(line)
+        if "error" in reply:
+            raise BenchError(reply["error"])
+        self.out = Outcome(**{**reply, "system": self.system})
+
+    def step(self, phase: str) -> Outcome:
+        try:
+            self.call(phase)
+        except (BenchError, OSError) as exc:
+            row = {"round_trips": "rt_p50", "memory": "redis_mem"}.get(phase, "enqueue")
+            self.out.errors.setdefault(row, str(exc))
+        return self.out
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.call("close")
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(30)
+        if self.proc.poll() is None:
+            self.proc.kill()
+
+
+def serve(config_text: str) -> int:
+    """The child side of RemoteRunner: one phase per line on stdin, the Outcome as one JSON
+    line on the original stdout (anything else printed goes to stderr)."""
+    import redis
+
+    replies = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
+    load_extensions()
+    config = json.loads(config_text)
+    system, label = config.pop("system"), config.pop("label")
+    config["workdir"] = Path(config["workdir"])
+    client = redis.Redis.from_url(config["redis_url"])
+    ctx = Context(redis=client, **config)
+    runner = None
+    for line in sys.stdin:
+        phase = line.strip()
+        try:
+            if runner is None:
+                import conveyor
+
+                own = ctx.workdir / label  # its own SQLite file, apart from the other column's
+                own.mkdir(exist_ok=True)
+                peer = make_peer(system, ctx.redis_url, own)
+                runner = Runner(ctx, label, peer, ctx.conveyor_path)
+                runner.out.notes += f"; Conveyor from {Path(conveyor.__file__).parent.parent}"
+            if phase == "close":
+                runner.close()
+            elif phase != "hello":
+                runner.step(phase)
+            reply: dict[str, Any] = runner.out.__dict__
+        except Exception as exc:
+            reply = {"error": f"{type(exc).__name__}: {exc}".splitlines()[0][:200]}
+        replies.write(json.dumps(reply) + "\n")
+        replies.flush()
+        if phase == "close":
+            break
+    client.close()
+    return 0
+
+
 # -- main --------------------------------------------------------------------------------------
 
 
@@ -565,7 +832,27 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="N=2,000 and 1 repeat, for a quick look")
     p.add_argument("--round-trips", type=int, default=300, help="sequential round trips (default 300)")
     p.add_argument(
-        "--systems", default=",".join(SYSTEMS), help=f"comma-separated subset of {','.join(SYSTEMS)}"
+        "--round-trip-slices",
+        type=int,
+        default=3,
+        help="the round trips in this many slices, systems in turn (default 3)",
+    )
+    p.add_argument(
+        "--memory-n",
+        type=int,
+        default=None,
+        help="add(1, 2) queued for the Redis memory row (default 100,000; --quick: 10,000; 0: skip)",
+    )
+    p.add_argument(
+        "--systems",
+        default=",".join(DEFAULT_SYSTEMS),
+        help=f"comma-separated subset of {','.join(SYSTEMS)}",
+    )
+    p.add_argument(
+        "--conveyor-before",
+        metavar="REV",
+        help="also run each Conveyor system with Conveyor at git revision REV (e.g. main), "
+        "as a column SYSTEM@REV beside it",
     )
     p.add_argument("--timeout", type=float, default=120.0, help="seconds allowed for one drain (default 120)")
     p.add_argument("--json", metavar="FILE", help="also write every figure as JSON to FILE ('-' for stdout)")
@@ -575,40 +862,51 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args = p.parse_args(argv)
     args.n = args.n or (2_000 if args.quick else 10_000)
     args.repeat = args.repeat or (1 if args.quick else 3)
+    if args.memory_n is None:
+        args.memory_n = 10_000 if args.quick else 100_000
     chosen = [s.strip() for s in args.systems.split(",") if s.strip()]
     unknown = [s for s in chosen if s not in SYSTEMS]
     if unknown or not chosen:
         p.error(f"unknown system(s): {', '.join(unknown)}" if unknown else "--systems names no system")
-    if args.n < 2 or args.repeat < 1 or args.round_trips < 1:
-        p.error("-n must be at least 2, --repeat and --round-trips at least 1")
+    if args.n < 2 or min(args.repeat, args.round_trips, args.round_trip_slices) < 1 or args.memory_n < 0:
+        p.error(
+            "-n must be at least 2, --repeat, --round-trips and --round-trip-slices at least 1, "
+            "--memory-n not negative"
+        )
+    if args.conveyor_before:  # each Conveyor column, then the same at the other revision
+        label = args.conveyor_before.replace(BEFORE, "_")
+        chosen = [c for s in chosen for c in ([s, f"{s}{BEFORE}{label}"] if SYSTEMS[s].conveyor else [s])]
     args.systems = chosen
     return args
 
 
 def measure_all(args: argparse.Namespace, ctx: Context) -> list[Outcome]:
-    """Every system, round by round, then each system's round trips; in --systems order."""
+    """Every system, round by round, then each system's round trips, then the memory row;
+    in --systems order."""
     outcomes: list[Outcome] = []
-    runners = []
+    runners: list[Runner | RemoteRunner] = []
     for system in args.systems:
         try:
-            runners.append(Runner(ctx, system, make_peer(system, ctx.redis_url, ctx.workdir)))
+            base = system.split(BEFORE)[0]
+            if base != system:
+                runners.append(RemoteRunner(ctx, system, base))
+            else:
+                runners.append(Runner(ctx, system, make_peer(system, ctx.redis_url, ctx.workdir)))
         except Exception as exc:  # e.g. a framework that does not import: its column says why
             error = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
-            keys = ("enqueue", "enqueue_bulk", "drain_busy", "drain_results", "rt_p50")
+            keys = ("enqueue", "enqueue_bulk", "drain_busy", "drain_results", "rt_p50", "redis_mem")
             outcomes.append(Outcome(system, errors=dict.fromkeys(keys, error)))
             print(f"  [{system}] cannot run: {error}", file=sys.stderr, flush=True)
+    phases = ["round"] * args.repeat + ["round_trips"] * args.round_trip_slices
+    phases += ["memory"] if args.memory_n else []
     try:
-        for i in range(args.repeat):
+        for k, phase in enumerate(phases):
             for runner in runners:
-                runner.log(f"round {i + 1} of {args.repeat}")
-                runner.one_round()
-        for runner in runners:
-            runner.log("round trips")
-            runner.record("rt_p50", runner.round_trip)
+                runner.log(f"round {k + 1} of {args.repeat}" if phase == "round" else phase.replace("_", " "))
+                runner.step(phase)
     finally:
         for runner in runners:
-            with contextlib.suppress(Exception):
-                runner.peer.close()
+            runner.close()
     outcomes += [runner.out for runner in runners]
     return sorted(outcomes, key=lambda o: args.systems.index(o.system))
 
@@ -632,6 +930,9 @@ def json_report(
         "n": args.n,
         "repeat": args.repeat,
         "round_trips": args.round_trips,
+        "round_trip_slices": args.round_trip_slices,
+        "memory_n": args.memory_n,
+        "conveyor_before": args.conveyor_before,
         "machine": {
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
@@ -646,6 +947,9 @@ def json_report(
 
 
 def main(argv: list[str]) -> int:
+    if argv[:1] == ["--serve"]:  # a RemoteRunner's child: already in the right interpreter
+        return serve(argv[1])
+    load_extensions()
     args = parse_args(argv)
     if not args.no_venv and not in_peers_venv():
         python = ensure_venv()
@@ -653,21 +957,28 @@ def main(argv: list[str]) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="conveyor-peers-"))
     started = time.time()
     revision = conveyor_revision()
+    before = checkout_before(args.conveyor_before, workdir) if args.conveyor_before else None
     with private_redis(workdir) as (url, client):
         if not args.quiet:
             print(f"peers: N={args.n:,} repeat={args.repeat} round trips={args.round_trips}, "
                   f"private Redis {url}, work dir {workdir}", file=sys.stderr, flush=True)  # fmt: skip
         ctx = Context(
-            url, client, workdir, args.n, args.repeat, args.round_trips, args.timeout, not args.quiet
-        )
+            url, client, workdir, args.n, args.repeat, args.round_trips, args.timeout, not args.quiet,
+            args.memory_n, args.round_trip_slices, str(before[1]) if before else "",
+        )  # fmt: skip
         outcomes = measure_all(args, ctx)
     print()
     print(f"Conveyor vs peers, N={args.n:,} no-op tasks, 2 worker processes, median of {args.repeat}, "
-          f"{args.round_trips} round trips; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(started))}, "
+          f"{args.round_trips} round trips in {args.round_trip_slices} slices, {args.memory_n:,} queued "
+          f"for memory; "
+          f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(started))}, "
           f"{os.cpu_count()} CPUs, Redis {versions()['redis-server']} on loopback")  # fmt: skip
     finished = conveyor_revision()
     changed = "" if finished == revision else f" -> {finished} (CHANGED DURING THE RUN)"
     print(f"Conveyor from {REPO} at {revision}{changed}")
+    if before:
+        print(f"{BEFORE}{args.conveyor_before}: Conveyor at {args.conveyor_before} = {before[0]} "
+              f"(git archive, its conveyor/ first on PYTHONPATH; same bench/peers modules)")  # fmt: skip
     print(table(outcomes))
     print()
     for o in outcomes:

@@ -112,7 +112,7 @@ def accepted(names: Iterable[str] | str | None) -> frozenset[str]:
     return frozenset(get(n).name for n in names)
 
 
-def encode_body(name: str, envelope: dict[str, Any]) -> bytes:
+def encode_body(name: str, envelope: dict[str, Any] | list[Any]) -> bytes:
     """A message body: plain JSON, or the marked form for another serializer."""
     serializer = get(name)
     if serializer.name == "json":

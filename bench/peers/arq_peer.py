@@ -14,7 +14,7 @@ from typing import Any
 from arq import create_pool
 from arq.connections import RedisSettings
 from arq.worker import func
-from common import REDIS_URL, Peer, mark_done
+from common import REDIS_URL, Peer, mark_done, mark_started
 
 QUEUE = "arq:queue"
 
@@ -32,8 +32,18 @@ async def add(ctx: dict[str, Any], x: int, y: int) -> int:
     return x + y
 
 
+async def stamp(ctx: dict[str, Any], i: int) -> int:
+    mark_started(i)
+    return i
+
+
 class WorkerSettings:
-    functions = [func(noop, name="noop", keep_result=0), func(echo, name="echo"), func(add, name="add")]
+    functions = [
+        func(noop, name="noop", keep_result=0),
+        func(echo, name="echo"),
+        func(add, name="add"),
+        func(stamp, name="stamp"),
+    ]
     redis_settings = RedisSettings.from_dsn(REDIS_URL) if REDIS_URL else RedisSettings()
     poll_delay = 0.01
 
@@ -70,6 +80,12 @@ class ArqPeer(Peer):
             return await job.result(timeout=timeout, poll_delay=0.001)
 
         return self.loop.run_until_complete(once())
+
+    def send_add(self, x: int, y: int) -> None:
+        self.loop.run_until_complete(self.pool.enqueue_job("add", x, y))
+
+    def send_stamp(self, i: int) -> None:
+        self.loop.run_until_complete(self.pool.enqueue_job("stamp", i))
 
     def close(self) -> None:
         self.loop.run_until_complete(self.pool.aclose())

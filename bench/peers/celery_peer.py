@@ -6,7 +6,7 @@ import sys
 from typing import Any
 
 from celery import Celery, group
-from common import REDIS_URL, Peer, mark_done
+from common import REDIS_URL, Peer, mark_done, mark_started
 
 app = Celery("celery_peer", broker=REDIS_URL, backend=REDIS_URL)
 app.conf.worker_hijack_root_logger = False
@@ -26,6 +26,12 @@ def echo(i: int) -> int:
 @app.task(name="add")
 def add(x: int, y: int) -> int:
     return x + y
+
+
+@app.task(name="stamp")
+def stamp(i: int) -> int:
+    mark_started(i)
+    return i
 
 
 class CeleryPeer(Peer):
@@ -66,6 +72,12 @@ class CeleryPeer(Peer):
 
     def round_trip(self, i: int, timeout: float) -> Any:
         return add.delay(i, i).get(timeout=timeout)
+
+    def send_add(self, x: int, y: int) -> None:
+        add.delay(x, y)
+
+    def send_stamp(self, i: int) -> None:
+        stamp.delay(i)
 
     def close(self) -> None:
         app.close()

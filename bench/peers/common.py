@@ -1,9 +1,16 @@
-"""What every framework's task module shares: the completion counter and the Redis URL.
+"""What every framework's task module shares: the completion counter, the start stamp
+and the Redis URL.
 
 Each framework's no-op task calls :func:`mark_done` and nothing else, so every system pays
 the same measuring cost: one Redis round trip per task (a Lua script: INCR, and the
 epoch time of the first and of the latest task), over a plain socket. The driver reads those times instead
 of polling each framework's own state, which would cost each a different amount.
+
+Each framework's ``stamp(i)`` task calls :func:`mark_started` first thing: it reads
+``CLOCK_MONOTONIC`` (one clock for every process on the machine, the one the driver read
+before sending) and pushes ``"<i> <time>"`` to a list the driver waits on, so the
+round trip "send .. task running" is timed by the task itself, not by each framework's
+result API.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ REDIS_URL = os.environ.get("PEERS_REDIS_URL", "")
 COUNT_KEY = "peers:done"
 FIRST_KEY = "peers:first"
 LAST_KEY = "peers:last"
+STARTED_KEY = "peers:started"
 
 _MARK = """
 local n = redis.call('INCR', KEYS[1])
@@ -40,15 +48,15 @@ def _command(*args: str) -> bytes:
     return b"".join(parts)
 
 
-def mark_done() -> None:
-    """Count one finished task: one round trip (a connection per process: workers fork)."""
+def _call(*args: str) -> None:
+    """One command, its integer reply awaited (a connection per process: workers fork)."""
     global _sock, _pid
     if _sock is None or _pid != os.getpid():
         where = urlsplit(REDIS_URL)
         _sock = socket.create_connection((where.hostname or "127.0.0.1", where.port or 6379))
         _sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         _pid = os.getpid()
-    _sock.sendall(_command("EVAL", _MARK, "3", COUNT_KEY, FIRST_KEY, LAST_KEY, repr(time.time())))
+    _sock.sendall(_command(*args))
     reply = b""
     while not reply.endswith(b"\r\n"):  # ":<count>\r\n"
         chunk = _sock.recv(64)
@@ -57,6 +65,17 @@ def mark_done() -> None:
         reply += chunk
     if not reply.startswith(b":"):
         raise RuntimeError(f"peers counter: unexpected reply {reply!r}")
+
+
+def mark_done() -> None:
+    """Count one finished task: one round trip."""
+    _call("EVAL", _MARK, "3", COUNT_KEY, FIRST_KEY, LAST_KEY, repr(time.time()))
+
+
+def mark_started(i: int) -> None:
+    """Record that ``stamp(i)`` is running, with the clock read before anything else."""
+    started = time.monotonic()
+    _call("RPUSH", STARTED_KEY, f"{i} {started!r}")
 
 
 class Peer:
@@ -96,8 +115,20 @@ class Peer:
         """Extra environment for the worker commands."""
         return {}
 
+    #: False for a system that keeps nothing in Redis (its memory row is n/a).
+    uses_redis = True
+
     def round_trip(self, i: int, timeout: float) -> Any:
         """Send ``add(i, i)`` and wait for its result with the framework's own API."""
+        raise NotImplementedError
+
+    def send_add(self, x: int, y: int) -> None:
+        """Send ``add(x, y)`` with the one-call API and return: the memory row queues these."""
+        raise NotImplementedError
+
+    def send_stamp(self, i: int) -> None:
+        """Send ``stamp(i)`` (results stored, as for ``add``) with the one-call API and
+        return; the task reports its own start with :func:`mark_started`."""
         raise NotImplementedError
 
     def reset(self) -> None:

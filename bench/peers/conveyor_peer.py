@@ -1,5 +1,7 @@
 """Conveyor, on the broker named by ``CONVEYOR_BROKER_URL`` (SQLite file or the private Redis);
-results live in the broker's store. Worker: ``conveyor worker -c 2 --pool prefork``."""
+results live in the broker's store. Worker: ``conveyor worker -c 2 --pool prefork``, with
+Conveyor's defaults, task events included (the dashboard needs them): the driver strips any
+``CONVEYOR_*`` setting from the workers' environment but the broker URL."""
 
 from __future__ import annotations
 
@@ -7,12 +9,12 @@ import os
 import sys
 from typing import Any
 
-from common import Peer, mark_done
+from common import Peer, mark_done, mark_started
 
 from conveyor import Conveyor
 
 
-def build(broker_url: str) -> tuple[Any, Any, Any, Any]:
+def build(broker_url: str) -> tuple[Any, Any, Any, Any, Any]:
     """An app with the benchmark tasks; the driver builds one per broker it measures."""
     app = Conveyor("conveyor_peer", broker=broker_url)
 
@@ -29,20 +31,27 @@ def build(broker_url: str) -> tuple[Any, Any, Any, Any]:
     def add(x: int, y: int) -> int:
         return x + y
 
-    return app, noop, echo, add
+    @app.task(name="stamp")
+    def stamp(i: int) -> int:
+        mark_started(i)
+        return i
+
+    return app, noop, echo, add, stamp
 
 
-app, noop, echo, add = build(os.environ.get("CONVEYOR_BROKER_URL", "memory://"))
+app, noop, echo, add, stamp = build(os.environ.get("CONVEYOR_BROKER_URL", "memory://"))
 
 
 class ConveyorPeer(Peer):
     bulk_api = "Task.map()"
-    notes = "conveyor worker -c 2 --pool prefork (defaults: prefetch 4)"
 
     def __init__(self, name: str, broker_url: str) -> None:
         self.name = name
         self.broker_url = broker_url
-        self.app, self.noop, self.echo, self.add = build(broker_url)
+        self.uses_redis = broker_url.startswith("redis")
+        self.app, self.noop, self.echo, self.add, self.stamp = build(broker_url)
+        events = "on" if self.app.conf.worker_send_task_events else "OFF"
+        self.notes = f"conveyor worker -c 2 --pool prefork (defaults: prefetch 4, task events {events})"
 
     def enqueue(self, n: int, results: bool = False) -> None:
         delay = (self.echo if results else self.noop).delay
@@ -69,6 +78,12 @@ class ConveyorPeer(Peer):
 
     def round_trip(self, i: int, timeout: float) -> Any:
         return self.add.delay(i, i).get(timeout=timeout)
+
+    def send_add(self, x: int, y: int) -> None:
+        self.add.delay(x, y)
+
+    def send_stamp(self, i: int) -> None:
+        self.stamp.delay(i)
 
     def close(self) -> None:
         self.app.close()

@@ -6,7 +6,7 @@ import sys
 from typing import Any
 
 import dramatiq
-from common import REDIS_URL, Peer, mark_done
+from common import REDIS_URL, Peer, mark_done, mark_started
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.results import Results
 from dramatiq.results.backends.redis import RedisBackend
@@ -32,6 +32,12 @@ def add(x: int, y: int) -> int:
     return x + y
 
 
+@dramatiq.actor(actor_name="stamp", queue_name="default", store_results=True)
+def stamp(i: int) -> int:
+    mark_started(i)
+    return i
+
+
 class DramatiqPeer(Peer):
     name = "Dramatiq"
     bulk_api = "group(...).run()"
@@ -54,6 +60,12 @@ class DramatiqPeer(Peer):
 
     def round_trip(self, i: int, timeout: float) -> Any:
         return add.send(i, i).get_result(block=True, timeout=int(timeout * 1000))
+
+    def send_add(self, x: int, y: int) -> None:
+        add.send(x, y)
+
+    def send_stamp(self, i: int) -> None:
+        stamp.send(i)
 
     def close(self) -> None:
         broker.close()

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from common import REDIS_URL, Peer, mark_done
+from common import REDIS_URL, Peer, mark_done, mark_started
 from huey import RedisHuey
 
 huey = RedisHuey("peers", url=REDIS_URL, notify_result=True)
@@ -29,6 +29,12 @@ def add(x: int, y: int) -> int:
     return x + y
 
 
+@huey.task(name="stamp")
+def stamp(i: int) -> int:
+    mark_started(i)
+    return i
+
+
 class HueyPeer(Peer):
     name = "Huey"
     notes = "huey_consumer -w 2 -k process; results with notify_result=True"
@@ -47,6 +53,12 @@ class HueyPeer(Peer):
 
     def round_trip(self, i: int, timeout: float) -> Any:
         return add(i, i).get(blocking=True, timeout=timeout)
+
+    def send_add(self, x: int, y: int) -> None:
+        add(x, y)
+
+    def send_stamp(self, i: int) -> None:
+        stamp(i)
 
     def close(self) -> None:
         huey.storage.conn.close()

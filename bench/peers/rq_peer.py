@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from common import REDIS_URL, Peer, mark_done
+from common import REDIS_URL, Peer, mark_done, mark_started
 from redis import Redis
 from rq import Queue
 
@@ -27,6 +27,11 @@ def echo(i: int) -> int:
 
 def add(x: int, y: int) -> int:
     return x + y
+
+
+def stamp(i: int) -> int:
+    mark_started(i)
+    return i
 
 
 class RQPeer(Peer):
@@ -78,6 +83,12 @@ class RQPeer(Peer):
         if result is None:
             raise TimeoutError(f"rq: no result for add({i}, {i}) within {timeout}s")
         return result.return_value
+
+    def send_add(self, x: int, y: int) -> None:
+        self.queue.enqueue(add, x, y)
+
+    def send_stamp(self, i: int) -> None:
+        self.queue.enqueue(stamp, i)
 
     def close(self) -> None:
         self.redis.close()

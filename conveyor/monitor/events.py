@@ -27,6 +27,7 @@ import threading
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import orjson
 
@@ -64,6 +65,11 @@ STATE_OF = {
 }
 
 BATCH_EVENTS = 256
+# On Redis an append costs the server time in proportion to its entries, with no
+# commit to share, and the server serves no other client meanwhile: a large batch is
+# a pause every client waits out (a round trip's tail). Small batches cost the same
+# in all and pause nobody for long (docs/benchmarks.md, 2026-12-07 second session).
+REDIS_BATCH_EVENTS = 32
 BATCH_AFTER_S = 0.25
 FLUSH_AFTER_S = 0.5
 REPR_LIMIT = 1024
@@ -186,9 +192,17 @@ def outcome_events(outcome: Outcome, worker: str, queue: str | None = None) -> l
 class EventBuffer:
     """One process's pending events, written with the next settle batch or by the flusher."""
 
-    def __init__(self, app: Conveyor, *, max_count: int, flush_after_s: float = FLUSH_AFTER_S) -> None:
+    def __init__(
+        self,
+        app: Conveyor,
+        *,
+        max_count: int,
+        flush_after_s: float = FLUSH_AFTER_S,
+        batch_events: int | None = None,
+    ) -> None:
         self.app = app
         self.max_count = max(1, int(max_count))
+        self.batch_events = batch_events
         self.flush_after_s = flush_after_s
         self._lock = threading.Lock()
         self._pending: list[bytes] = []
@@ -202,7 +216,12 @@ class EventBuffer:
         """The buffer a worker process uses, or None when task events are switched off."""
         if not app.conf.worker_send_task_events:
             return None
-        return cls(app, max_count=int(app.conf.events_max_count))
+        on_redis = urlsplit(str(app.conf.broker_url)).scheme.startswith("redis")
+        return cls(
+            app,
+            max_count=int(app.conf.events_max_count),
+            batch_events=REDIS_BATCH_EVENTS if on_redis else None,
+        )
 
     @staticmethod
     def encode(events: Sequence[dict[str, Any]]) -> list[bytes]:
@@ -235,7 +254,8 @@ class EventBuffer:
         with self._lock:
             pending = self._pending
             if not pending or (
-                len(pending) < BATCH_EVENTS and time.monotonic() - self._since < BATCH_AFTER_S
+                len(pending) < (self.batch_events or BATCH_EVENTS)
+                and time.monotonic() - self._since < BATCH_AFTER_S
             ):
                 return []
             self._pending = []

@@ -109,6 +109,22 @@ def test_take_due_waits_for_a_batch_or_for_age(app: Conveyor, monkeypatch: pytes
     assert buffer.take() == []
 
 
+@pytest.mark.parametrize(
+    ("broker_url", "batch"),
+    [("redis://127.0.0.1:1/0", ev.REDIS_BATCH_EVENTS), ("sqlite:///unused.sqlite3", ev.BATCH_EVENTS)],
+)
+def test_a_batch_is_smaller_on_redis(broker_url: str, batch: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Built only, never connected: the batch size follows the broker's kind.
+    monkeypatch.setattr(ev, "BATCH_AFTER_S", 60.0)
+    buffer = EventBuffer.for_app(Conveyor("sizes", broker=broker_url))
+    assert buffer is not None
+    buffer.emit_many([{"type": ev.STARTED, "id": str(i), "ts": 1.0} for i in range(batch - 1)])
+    assert buffer.take_due() == []
+    buffer.emit({"type": ev.STARTED, "id": "last", "ts": 1.0})
+    assert len(buffer.take_due()) == batch
+    assert ev.REDIS_BATCH_EVENTS < ev.BATCH_EVENTS
+
+
 def test_flusher_writes_events_no_settle_took(app: Conveyor) -> None:
     buffer = EventBuffer(app, max_count=1000, flush_after_s=0.05)
     buffer.emit({"type": ev.STARTED, "id": "long", "ts": time.time()})
