@@ -212,6 +212,28 @@ def test_threads_that_end_leave_no_connection_behind(broker: RedisBroker) -> Non
     assert broker.queue_stats(["default"])[0].ready == 201
 
 
+def test_connections_are_named_after_their_host_and_process(broker: RedisBroker) -> None:
+    import os
+    import socket
+
+    broker.publish(msg())
+    listed = broker.link.send([("CLIENT", "LIST")])[0].decode()
+    names = {field[5:] for line in listed.splitlines() for field in line.split() if field.startswith("name=")}
+    assert f"conveyor:{socket.gethostname()}:{os.getpid()}" in names
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # a forked worker child names its own connections
+        try:
+            broker.publish(msg())
+            os.write(write, broker.link.send([("CLIENT", "GETNAME")])[0])
+        finally:
+            os._exit(0)
+    os.waitpid(child, 0)
+    os.close(write)
+    assert os.read(read, 200).decode() == f"conveyor:{socket.gethostname()}:{child}"
+    os.close(read)
+
+
 def test_sentinel_url_reaches_the_master(tmp_path: Path) -> None:
     from ..redis_server import Sentinel
 
