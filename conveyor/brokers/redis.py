@@ -47,7 +47,7 @@ from conveyor.message import MAX_PRIORITY, MIN_PRIORITY, Message, decode
 if TYPE_CHECKING:
     from conveyor.backends.redis import RedisBackend
 
-_LOG_ID = re.compile(r"\d+(-\d+)?")
+_LOG_ID = re.compile(r"\d+(-\d+(\.\d+)?)?")
 PUBLISH_CHUNK = 1000  # entries per command in publish_many (all sent in one round trip)
 
 _NOW = """
@@ -555,12 +555,20 @@ end
 
 _KV_GET = Script(_NOW + _KV_EXPIRE + "return redis.call('HGET', KEYS[1], ARGV[1])")
 _KV_ITEMS = Script(_NOW + _KV_EXPIRE + "return redis.call('HGETALL', KEYS[1])")
-# ARGV: stream key, maxlen, entries...
-_LOG_APPEND = Script(
+# KEYS: the stream. ARGV: cutoff (ms). Trims the entries older than the cutoff and
+# returns how many events they held (an entry holds a settle batch's events).
+_LOG_TRIM = Script(
     """
-local k, maxlen = ARGV[1], ARGV[2]
-for i = 3, #ARGV do redis.call('XADD', k, 'MAXLEN', '~', maxlen, '*', 'd', ARGV[i]) end
-return 1
+local k, stop = KEYS[1], '(' .. ARGV[1] .. '-0'
+local count, start = 0, '-'
+while true do
+  local old = redis.call('XRANGE', k, start, stop, 'COUNT', 1000)
+  for _, e in ipairs(old) do count = count + #e[2] / 2 end
+  if #old < 1000 then break end
+  start = '(' .. old[#old][1]
+end
+redis.call('XTRIM', k, 'MINID', '=', ARGV[1])
+return count
 """
 )
 
@@ -917,29 +925,47 @@ class RedisBroker:
         return self.link.key("log", check_name("stream", stream))
 
     def log_append(self, stream: str, entries: Sequence[bytes], *, maxlen: int) -> None:
-        """One XADD per entry in one script: inside a ``batch()`` it rides with the
-        worker's settle (task events with the results they describe)."""
-        if entries:
-            self.link.run(_LOG_APPEND, (self._log_key(stream), max(1, int(maxlen)), *entries))
+        """One stream entry for all ``entries`` (one XADD, a field per event): inside
+        a ``batch()`` it rides with the worker's settle (task events with the results
+        they describe). Redis trims whole entries: the log is kept at about
+        ``maxlen`` events when appends are of one size."""
+        if not entries:
+            return
+        fields: list[Any] = []
+        for entry in entries:
+            fields += ("d", entry)
+        keep = max(1, -(-int(maxlen) // len(entries)))
+        self.link.command("XADD", self._log_key(stream), "MAXLEN", "~", keep, "*", *fields)
 
     def log_read(
         self, stream: str, *, after: str = "0", limit: int = 1000, timeout_s: float = 0.0
     ) -> list[tuple[str, bytes]]:
+        """Events after ``after``, each with its own id: an entry's last event has the
+        entry's id, and one with ``n`` more after it in its entry ``<entry id>.<n>``
+        (so "after" an event inside an entry reads that entry's rest first)."""
         key = self._log_key(stream)
         after = after or "0"
         if not _LOG_ID.fullmatch(after):
             raise ValueError(f"invalid log id {after!r}: pass an id returned by log_read or log_tail")
+        limit = max(1, limit)
+        entry, _, later = after.partition(".")
+        if later:
+            # Every entry holds at least one event: ``limit`` entries are enough.
+            reply = self.link.send([("XRANGE", key, entry, "+", "COUNT", limit)])[0]
+            events = _log_events(reply, entry, int(later))
+            if events:
+                return events[:limit]
         deadline = time.monotonic() + max(timeout_s, 0.0)
         while True:
             remaining = deadline - time.monotonic()
-            args: list[Any] = ["XREAD", "COUNT", max(1, limit)]
+            args: list[Any] = ["XREAD", "COUNT", limit]
             if remaining > 0:
                 args += ["BLOCK", max(1, int(min(remaining, self.link.max_block_s) * 1000))]
-            args += ["STREAMS", key, after]
+            args += ["STREAMS", key, entry]
             reply = self.link.send([tuple(args)])[0]
-            entries = _stream_entries(reply)
-            if entries or deadline - time.monotonic() <= 0:
-                return entries
+            events = _log_events(reply[0][1] if reply else [])
+            if events or deadline - time.monotonic() <= 0:
+                return events[:limit]
 
     def log_tail(self, stream: str) -> str:
         key = self._log_key(stream)
@@ -947,10 +973,26 @@ class RedisBroker:
         return _text(last[0][0]) if last else "0"
 
     def log_trim(self, stream: str, *, older_than_s: float) -> int:
+        """Drop the entries appended before then; returns how many events they held."""
         key = self._log_key(stream)
-
         cutoff_ms = int((self.server_time() - older_than_s) * 1000)
-        return int(self.link.send([("XTRIM", key, "MINID", "=", max(cutoff_ms, 0))])[0])
+        return int(self.link.read(_LOG_TRIM, (max(cutoff_ms, 0),), keys=(key,)))
+
+
+def _log_events(entries: Sequence[Any], partial: str = "", later: int = 0) -> list[tuple[str, bytes]]:
+    """Stream entries (``[[id, [field, value, ...]], ...]``) as one item per event,
+    with the ids ``log_read`` describes; of the entry ``partial``, its last ``later``
+    events only."""
+    out: list[tuple[str, bytes]] = []
+    for raw_id, fields in entries:
+        entry_id = _text(raw_id)
+        values = fields[1::2]
+        count = len(values)
+        first = count - later if entry_id == partial else 0
+        for index in range(max(first, 0), count):
+            left = count - 1 - index
+            out.append((f"{entry_id}.{left}" if left else entry_id, bytes(values[index])))
+    return out
 
 
 def _pairs(flat: Sequence[Any]) -> dict[Any, Any]:
@@ -998,18 +1040,6 @@ def _deliveries(reply: list[Any], queues: list[str]) -> list[Delivery]:
                 message_id=task_id.decode(errors="replace"),
             )
         )
-    return out
-
-
-def _stream_entries(reply: Any) -> list[tuple[str, bytes]]:
-    if not reply:
-        return []
-    # Raw RESP2: [[key, [[id, [field, value, ...]], ...]]]
-    items = reply[0][1]
-    out = []
-    for entry_id, fields in items:
-        values = dict(zip(fields[::2], fields[1::2], strict=True))
-        out.append((_text(entry_id), bytes(values.get(b"d", b""))))
     return out
 
 

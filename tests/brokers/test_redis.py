@@ -171,6 +171,26 @@ def test_keys_stay_under_the_prefix(url: str, broker: RedisBroker) -> None:
     other.close()
 
 
+def test_one_append_is_one_stream_entry_in_the_settle_batch(broker: RedisBroker) -> None:
+    stream = broker.link.key("log", "events")
+    with broker.batch():
+        broker.publish(msg())
+        broker.log_append("events", [b"received", b"started", b"succeeded"], maxlen=1000)
+    assert broker.link.send([("XLEN", stream)])[0] == 1
+    assert [body for _, body in broker.log_read("events")] == [b"received", b"started", b"succeeded"]
+
+
+def test_log_entries_written_one_event_each_still_read(broker: RedisBroker) -> None:
+    """Entries as older versions wrote them (one XADD per event) read as before."""
+    stream = broker.link.key("log", "events")
+    old = [broker.link.send([("XADD", stream, "*", "d", body)])[0].decode() for body in (b"x", b"y")]
+    broker.log_append("events", [b"z1", b"z2"], maxlen=100)
+    entries = broker.log_read("events")
+    assert [body for _, body in entries] == [b"x", b"y", b"z1", b"z2"]
+    assert [entry_id for entry_id, _ in entries[:2]] == old
+    assert broker.log_trim("events", older_than_s=-60) == 4
+
+
 def test_result_wait_wakes_several_waiters(url: str) -> None:
     import threading
 
