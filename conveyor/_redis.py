@@ -23,6 +23,8 @@ import contextlib
 import functools
 import os
 import socket
+import struct
+import sys
 import threading
 import time
 import weakref
@@ -245,9 +247,14 @@ def is_error(reply: Any) -> bool:
 
 
 def is_noscript(reply: Any) -> bool:
+    return isinstance(reply, Exception) and isinstance(reply, _noscript_error())
+
+
+@functools.cache
+def _noscript_error() -> type[Exception]:
     from redis.exceptions import NoScriptError
 
-    return isinstance(reply, NoScriptError)
+    return NoScriptError
 
 
 def translate(exc: Exception, url: str) -> BrokerError:
@@ -265,6 +272,53 @@ def client_name() -> str:
     """What ``CLIENT LIST`` shows for this process's connections: host and pid."""
     host = "".join(c if c.isalnum() or c in "-_." else "_" for c in socket.gethostname())
     return f"conveyor:{host}:{os.getpid()}"
+
+
+@functools.cache
+def _connection_class(base: type[Any]) -> type[Any]:
+    """redis-py's plain TCP connection with its timeouts kept by the kernel.
+
+    Python's own socket timeout polls before every send and receive: two more system
+    calls per round trip, a tenth of a loopback exchange. A blocking socket with
+    SO_RCVTIMEO/SO_SNDTIMEO times out the same, and redis-py reports it as a lost
+    connection. Linux's timeval layout only; TLS, Unix sockets and Sentinel's
+    connections keep redis-py's way.
+    """
+    import redis
+
+    if base is not redis.Connection or not sys.platform.startswith("linux"):
+        return base
+
+    class KernelTimeoutConnection(base):  # type: ignore[misc]
+        def _connect(self) -> socket.socket:
+            sock: socket.socket = super()._connect()
+            seconds = self.socket_timeout
+            if seconds is not None:
+                whole = int(seconds)
+                timeval = struct.pack("ll", whole, int((seconds - whole) * 1_000_000))
+                sock.settimeout(None)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
+            return sock
+
+    return KernelTimeoutConnection
+
+
+def _hiredis_packer() -> Callable[[Sequence[tuple[Any, ...]]], list[bytes]] | None:
+    """Whole batches packed by hiredis in C; redis-py's own packer encodes each argument
+    in Python, which costs more than the loopback round trip for a settle batch."""
+    try:
+        from hiredis import pack_command
+    except ImportError:  # pragma: no cover - the redis extra installs it
+        return None
+
+    def pack(commands: Sequence[tuple[Any, ...]]) -> list[bytes]:
+        # One buffer, one sendall(): redis-py sends a list's items one by one.
+        if len(commands) == 1:
+            return [pack_command(commands[0])]
+        return [b"".join([pack_command(args) for args in commands])]
+
+    return pack
 
 
 class Connection:
@@ -285,17 +339,23 @@ class Connection:
         pool = client.connection_pool
         kwargs = dict(pool.connection_kwargs)
         kwargs.setdefault("client_name", name)
-        self.conn: Any = pool.connection_class(**kwargs)
+        self.conn: Any = _connection_class(pool.connection_class)(**kwargs)
         self.pid = os.getpid()
         self.loaded: set[str] = set()  # script SHAs this server is known to hold
+        # Known connected: connect() is skipped then (redis-py's runs its retry wrapper).
+        self._live = False
         self.conn.register_connect_callback(self._reset)
         self._response_error = ResponseError
         self._failures = (RedisConnectionError, RedisTimeoutError, OSError)
+        self._pack: Callable[[Sequence[tuple[Any, ...]]], Any] = _hiredis_packer() or self.conn.pack_commands
 
     def _reset(self, connection: Any) -> None:
         self.loaded = set()  # a new connection may reach a restarted, empty server
+        self._live = True
 
     def connect(self) -> None:
+        if self._live:
+            return
         try:
             self.conn.connect()
         except self._failures as exc:
@@ -309,8 +369,9 @@ class Connection:
             # connect() first, never send_packed_command's own connect: that one skips
             # Sentinel's (it dials conn.host:conn.port, which is localhost:6379 before
             # the first connect and the dead master after a failover). No-op when connected.
-            conn.connect()
-            conn.send_packed_command(conn.pack_commands(commands), check_health=False)
+            if not self._live:
+                conn.connect()
+            conn.send_packed_command(self._pack(commands), check_health=False)
             for _ in commands:
                 try:
                     replies.append(conn.read_response())
@@ -327,6 +388,7 @@ class Connection:
         return replies
 
     def disconnect(self) -> None:
+        self._live = False
         try:
             self.conn.disconnect()  # redis-py only shuts down its own process's sockets
         except Exception:

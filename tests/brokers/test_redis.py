@@ -157,6 +157,32 @@ def test_reconnects_after_a_restart(tmp_path: Path) -> None:
         server.stop()
 
 
+def test_a_hung_server_is_noticed_within_the_socket_timeout(tmp_path: Path) -> None:
+    """Timeouts are the kernel's on plain TCP (SO_RCVTIMEO): a server that stops
+    answering still fails the call, as a lost connection, and the next call after it
+    recovers reconnects."""
+    import os
+    import signal
+
+    redis_server_or_skip()
+    server = RedisServer(tmp_path)
+    server.start()
+    assert server.process is not None
+    try:
+        broker = RedisBroker(server.url + "?socket_timeout=0.5&publish_retry=0")
+        broker.publish(msg())
+        os.kill(server.process.pid, signal.SIGSTOP)
+        try:
+            with pytest.raises(BrokerConnectionError, match="cannot reach Redis"):
+                broker.queue_stats()
+        finally:
+            os.kill(server.process.pid, signal.SIGCONT)
+        assert broker.queue_stats(["default"])[0].ready == 1
+        broker.close()
+    finally:
+        server.stop()
+
+
 def test_keys_stay_under_the_prefix(url: str, broker: RedisBroker) -> None:
     broker.publish(msg())
     [d] = broker.fetch(["default"], limit=1, lease_s=30, timeout_s=0)
