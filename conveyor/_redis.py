@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import re
 import socket
 import struct
 import sys
@@ -406,12 +407,56 @@ def _sha1_hex(data: bytes) -> str:
     return digest
 
 
-class Script:
-    """A Lua script run by SHA, loaded again when Redis lost it (restart, SCRIPT FLUSH)."""
+_INCLUDE = re.compile(r"^--#(\w+)$", re.MULTILINE)
 
-    def __init__(self, source: str) -> None:
-        self.source = source
-        self.sha = _sha1_hex(source.encode())
+
+class Script:
+    """A Lua script, a ``.lua`` file in a package's ``lua`` folder, run by SHA and
+    loaded again when Redis lost it (restart, SCRIPT FLUSH).
+
+    A line ``--#name`` in a file stands for the file ``name.lua`` beside it (shared
+    snippets). The header says what the script does, its ``KEYS`` and its ``ARGV``;
+    every key it touches is passed in KEYS, or said there when its name comes from
+    data read inside the script.
+
+    Attributes:
+        name: the file's name without ``.lua``.
+        source: the Lua text as sent to Redis, snippets included.
+        keys: the header's ``KEYS:`` paragraph: what the caller passes, in order.
+        sha: what EVALSHA names it by.
+    """
+
+    def __init__(self, package: str, name: str) -> None:
+        self.name = name
+        self.source = _lua_source(package, name)
+        self.keys = _declared(self.source, "KEYS")
+        self.sha = _sha1_hex(self.source.encode())
+
+    def __repr__(self) -> str:
+        return f"<Script {self.name}>"
+
+
+def _lua_source(package: str, name: str, seen: tuple[str, ...] = ()) -> str:
+    from importlib.resources import files
+
+    if name in seen:
+        raise RuntimeError(f"Lua snippet {name} includes itself")
+    text = files(package).joinpath(f"lua/{name}.lua").read_text(encoding="utf-8")
+    return _INCLUDE.sub(lambda m: _lua_source(package, m.group(1), (*seen, name)).rstrip("\n"), text)
+
+
+def _declared(source: str, what: str) -> str:
+    """A header paragraph (``-- KEYS: ...`` and its continuation lines) as one line."""
+    lines = source.splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith(f"-- {what}:"):
+            text = [line[len(what) + 4 :].strip()]
+            for more in lines[i + 1 :]:
+                if not more.startswith("-- ") or re.match(r"-- [A-Z][A-Za-z ]*:", more):
+                    break
+                text.append(more[3:].strip())
+            return " ".join(text)
+    return ""
 
 
 _pid = os.getpid()  # kept current by a fork hook: getpid() is a system call per use
@@ -559,25 +604,30 @@ class RedisLink:
                 retry.append(args)
         return self._exchange(retry)
 
-    def run(self, script: Script, args: Sequence[Any], *, retry_s: float = 0.0) -> Any:
+    def run(
+        self, script: Script, keys: Sequence[str], args: Sequence[Any], *, retry_s: float = 0.0
+    ) -> Any:
         """Run a script now, or queue it in this thread's batch (returns None then)."""
         self._sources.setdefault(script.sha, script.source)
+        command = ("EVALSHA", script.sha, len(keys), *keys, *args)
         pending = self._pending()
         if pending is not None:
-            pending.append(("EVALSHA", script.sha, 0, *args))
+            pending.append(command)
             return None
-        return self.send([("EVALSHA", script.sha, 0, *args)], retry_s=retry_s)[0]
+        return self.send([command], retry_s=retry_s)[0]
 
-    def run_replied(self, script: Script, args: Sequence[Any], *, convert: Callable[[Any], T]) -> Reply[T]:
+    def run_replied(
+        self, script: Script, keys: Sequence[str], args: Sequence[Any], *, convert: Callable[[Any], T]
+    ) -> Reply[T]:
         """Run a script now, or queue it in this thread's batch and answer once the
         batch's MULTI/EXEC is sent; ``convert`` turns the raw reply into the answer."""
         pending = self._pending()
         if pending is None:
-            return Reply.now(convert(self.run(script, args)))
+            return Reply.now(convert(self.run(script, keys, args)))
         self._sources.setdefault(script.sha, script.source)
         reply: Reply[T] = Reply()
         self._local.replies.append((len(pending), lambda raw: reply.set(convert(raw))))
-        pending.append(("EVALSHA", script.sha, 0, *args))
+        pending.append(("EVALSHA", script.sha, len(keys), *keys, *args))
         return reply
 
     def write(
@@ -605,7 +655,7 @@ class RedisLink:
             return None
         return self.send([args], retry_s=retry_s)[0]
 
-    def read(self, script: Script, args: Sequence[Any], *, keys: Sequence[str] = ()) -> Any:
+    def read(self, script: Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
         """Run a script whose answer is needed now (flushing this thread's batch first)."""
         self._sources.setdefault(script.sha, script.source)
         return self.send([("EVALSHA", script.sha, len(keys), *keys, *args)])[0]

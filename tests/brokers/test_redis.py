@@ -40,6 +40,19 @@ def msg(queue: str = "default") -> Message:
     return Message(id=new_id(), task="tests.add", args=[1, 2], queue=queue, created_at=time.time())
 
 
+def test_every_script_is_a_file_that_declares_its_keys() -> None:
+    from conveyor.backends import redis as redis_backend
+    from conveyor.brokers import redis as redis_broker
+
+    scripts = [*redis_broker.SCRIPTS, *redis_backend.SCRIPTS]
+    assert len({s.name for s in scripts}) == len(scripts) == 23
+    for script in scripts:
+        assert script.keys, f"{script.name}.lua declares no KEYS"
+        assert "--#" not in script.source  # snippets are included
+        assert "KEYS[" in script.source, f"{script.name}.lua reads no KEYS"
+    assert redis_broker._NACK.keys.startswith("the queue's keys (queue_keys.lua)")
+
+
 def test_url_forms() -> None:
     plain = parse_url("redis://:s3cret@host:6380/2?prefix=app&socket_timeout=3")
     assert plain.prefix == "app" and plain.client_url == "redis://:s3cret@host:6380/2?socket_timeout=3"
