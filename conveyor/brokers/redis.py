@@ -470,6 +470,58 @@ class RedisBroker:
     def release_lease(self, name: str, owner: str) -> None:
         self.link.run(_RELEASE, (self.link.key("lease", name),), (owner,))
 
+    # -- upgrade -----------------------------------------------------------------------
+    def _old_layout(self) -> list[tuple[str, str]]:
+        """(old key, new key) for each queue key written before queues had hash tags
+        (``P:q:<queue>:<p>``, ``P:lz:<queue>``...), where the old key still exists."""
+        prefix, pairs = self.prefix, []
+        for queue in self._queue_names():
+            pairs += [(f"{prefix}:q:{queue}:{p}", queue_key(prefix, queue, f"q:{p}")) for p in range(10)]
+            pairs += [(f"{prefix}:{part}:{queue}", queue_key(prefix, queue, part)) for part in ("lz", "lh", "d")]
+            pairs.append((f"{prefix}:dlq:q:{queue}", queue_key(prefix, queue, "dlq")))
+        if not pairs:
+            return []
+        found = self.link.send([("EXISTS", old) for old, _ in pairs])
+        return [pair for pair, there in zip(pairs, found, strict=True) if there]
+
+    def old_layout_keys(self) -> int:
+        """How many keys are still in the layout before hash tags (``migrate_layout``)."""
+        return len(self._old_layout())
+
+    def migrate_layout(self) -> int:
+        """Move queues written by Conveyor before queue keys had hash tags into the
+        current layout; returns how many keys moved. Run it (``conveyor migrate``)
+        with the old version's workers and producers stopped: it is not atomic, and
+        they would go on writing the old keys. Leases move too, so what was running
+        when they stopped comes back when its lease runs out."""
+        prefix = self.prefix
+        pairs = self._old_layout()
+        for old, new in pairs:
+            kind = _text(self.link.send([("TYPE", old)])[0])
+            if not self.link.send([("EXISTS", new)])[0]:
+                self.link.send([("RENAME", old, new)])
+                continue
+            # Both exist (the new version already ran): merge, old entries first.
+            if kind == "list":
+                items = self.link.send([("LRANGE", old, 0, -1)])[0]
+                self.link.write([("LPUSH", new, *reversed(items)), ("DEL", old)], atomic=True)
+            elif kind == "zset":
+                flat = self.link.send([("ZRANGE", old, 0, -1, "WITHSCORES")])[0]
+                pairs_ = [a for i in range(0, len(flat), 2) for a in (flat[i + 1], flat[i])]
+                self.link.write([("ZADD", new, *pairs_), ("DEL", old)], atomic=True)
+            elif kind == "hash":
+                flat = self.link.send([("HGETALL", old)])[0]
+                self.link.write([("HSET", new, *flat), ("DEL", old)], atomic=True)
+        # Delay-set members were made unique by one counter for all queues; each queue
+        # counts on from it, so no new member can equal an old one.
+        seq = self.link.send([("GET", f"{prefix}:seq")])[0]
+        if seq is not None:
+            names = self._queue_names()
+            self.link.send([("SET", queue_key(prefix, q, "seq"), seq, "NX") for q in names])
+            # Wake-up tokens and waiting sets only live as long as a wait: drop the old ones.
+            self.link.send([("DEL", f"{prefix}:seq", *(f"{prefix}:{p}:{q}" for q in names for p in "sw"))])
+        return len(pairs)
+
     # -- kv records --------------------------------------------------------------------
     def _kv_keys(self, namespace: str) -> tuple[str, str]:
         check_name("namespace", namespace)
