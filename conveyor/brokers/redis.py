@@ -19,7 +19,9 @@ so a queue's keys share one Redis Cluster slot:
 - ``P:in:<consumer>``     list: deliveries handed to that consumer, already leased
 - ``P:queues``            set of queue names
 - ``P:dlq:<id>``          hash per dead letter; ``P:dlq:all`` sorted set of ids
-- ``P:rl:<key>``, ``P:lease:<name>``, ``P:kv:<ns>`` (+ ``P:kvx:<ns>``), ``P:log:<stream>``
+- ``P:rl:<key>``, ``P:lease:<name>``, ``P:kv:<ns>`` (+ ``P:kvx:<ns>``)
+- ``P:log:<stream>``      stream: one entry per append, a ``d`` field per event;
+                          ``P:{P:log:<stream>}:n`` counts its events (trimming)
 
 An entry is ``b"<attempts>|<priority>|<task id>\\n" + body``. Every state change
 that reads before it writes (lease, reclaim, promote, ack, nack, dead-letter) is one
@@ -80,9 +82,10 @@ _KV_SET = _script("kv_set")
 _KV_GET = _script("kv_get")
 _KV_ITEMS = _script("kv_items")
 _KV_DELETE = _script("kv_delete")
+_LOG_APPEND = _script("log_append")
 _LOG_TRIM = _script("log_trim")
 SCRIPTS: tuple[Script, ...] = (_SEND, _FETCH, _GIVE_UP, _ACK, _EXTEND, _NACK, _DEAD, _REPLAY, _PURGE_DEAD)
-SCRIPTS += (_STATS, _PURGE, _RATE, _LEASE, _CLAIM, _RELEASE, _KV_SET, _KV_GET, _KV_ITEMS, _KV_DELETE, _LOG_TRIM)
+SCRIPTS += (_STATS, _PURGE, _RATE, _LEASE, _CLAIM, _RELEASE, _KV_SET, _KV_GET, _KV_ITEMS, _KV_DELETE, _LOG_APPEND, _LOG_TRIM)
 
 
 def queue_key(prefix: str, queue: str, part: str) -> str:
@@ -546,18 +549,16 @@ class RedisBroker:
     def _log_key(self, stream: str) -> str:
         return self.link.key("log", check_name("stream", stream))
 
+    def _log_keys(self, stream: str) -> tuple[str, str]:
+        key = self._log_key(stream)
+        return key, f"{self.prefix}:{{{key}}}:n"  # the count, in the stream's own cluster slot
+
     def log_append(self, stream: str, entries: Sequence[bytes], *, maxlen: int) -> None:
-        """One stream entry for all ``entries`` (one XADD, a field per event): inside
-        a ``batch()`` it rides with the worker's settle (task events with the results
-        they describe). Redis trims whole entries: the log is kept at about
-        ``maxlen`` events when appends are of one size."""
-        if not entries:
-            return
-        fields: list[Any] = []
-        for entry in entries:
-            fields += ("d", entry)
-        keep = max(1, -(-int(maxlen) // len(entries)))
-        self.link.command("XADD", self._log_key(stream), "MAXLEN", "~", keep, "*", *fields)
+        """One stream entry for all ``entries`` (one XADD, a field per event), the log
+        kept at about ``maxlen`` events: inside a ``batch()`` it rides with the
+        worker's settle (task events with the results they describe)."""
+        if entries:
+            self.link.run(_LOG_APPEND, self._log_keys(stream), (max(1, int(maxlen)), *entries))
 
     def log_read(
         self, stream: str, *, after: str = "0", limit: int = 1000, timeout_s: float = 0.0
@@ -596,9 +597,8 @@ class RedisBroker:
 
     def log_trim(self, stream: str, *, older_than_s: float) -> int:
         """Drop the entries appended before then; returns how many events they held."""
-        key = self._log_key(stream)
         cutoff_ms = int((self.server_time() - older_than_s) * 1000)
-        return int(self.link.read(_LOG_TRIM, (key,), (max(cutoff_ms, 0),)))
+        return int(self.link.read(_LOG_TRIM, self._log_keys(stream), (max(cutoff_ms, 0),)))
 
 
 def _log_events(entries: Sequence[Any], partial: str = "", later: int = 0) -> list[tuple[str, bytes]]:

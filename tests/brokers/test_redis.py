@@ -45,7 +45,7 @@ def test_every_script_is_a_file_that_declares_its_keys() -> None:
     from conveyor.brokers import redis as redis_broker
 
     scripts = [*redis_broker.SCRIPTS, *redis_backend.SCRIPTS]
-    assert len({s.name for s in scripts}) == len(scripts) == 23
+    assert len({s.name for s in scripts}) == len(scripts) == 24
     for script in scripts:
         assert script.keys, f"{script.name}.lua declares no KEYS"
         assert "--#" not in script.source  # snippets are included
@@ -217,6 +217,16 @@ def test_one_append_is_one_stream_entry_in_the_settle_batch(broker: RedisBroker)
         broker.log_append("events", [b"received", b"started", b"succeeded"], maxlen=1000)
     assert broker.link.send([("XLEN", stream)])[0] == 1
     assert [body for _, body in broker.log_read("events")] == [b"received", b"started", b"succeeded"]
+
+
+def test_the_log_keeps_about_maxlen_events_whatever_the_append_sizes(broker: RedisBroker) -> None:
+    sent = 0
+    for size in [1, 3, 256, 2, 100, 1, 40] * 10:
+        broker.log_append("events", [b"%d" % (sent + i) for i in range(size)], maxlen=500)
+        sent += size
+    bodies = [body for _, body in broker.log_read("events", limit=100_000)]
+    assert bodies == [b"%d" % i for i in range(sent - len(bodies), sent)]  # the newest, no gaps
+    assert 500 <= len(bodies) <= 525 + 256  # past the bound by 5% at most, plus the last append
 
 
 def test_log_entries_written_one_event_each_still_read(broker: RedisBroker) -> None:
