@@ -36,6 +36,7 @@ Why lists and not Streams with consumer groups: docs/brokers.md, "Redis".
 
 from __future__ import annotations
 
+import functools
 import itertools
 import re
 import threading
@@ -97,11 +98,12 @@ def queue_key(prefix: str, queue: str, part: str) -> str:
 _QUEUE_PARTS = (*(f"q:{p}" for p in range(10)), "lz", "lh", "d", "s", "w")
 
 
-def queue_keys(prefix: str, queue: str) -> list[str]:
+@functools.lru_cache(maxsize=1024)
+def queue_keys(prefix: str, queue: str) -> tuple[str, ...]:
     """A queue's keys in the order the scripts read them (queue_keys.lua): its ten
     ready lists by priority, lease set, leased entries, delay set, wake-up token list
-    and waiting consumers."""
-    return [f"{prefix}:{{{queue}}}:{part}" for part in _QUEUE_PARTS]
+    and waiting consumers. Cached: every publish and fetch passes them."""
+    return tuple(f"{prefix}:{{{queue}}}:{part}" for part in _QUEUE_PARTS)
 
 
 def fetch_keys(prefix: str, consumer: str, queues: Sequence[str]) -> list[str]:
@@ -200,7 +202,7 @@ class RedisBroker:
         prefix = self.prefix
         retry_s = self.link.parsed.publish_retry_s
         if eta is None or eta <= time.time():
-            keys = [f"{prefix}:queues", *queue_keys(prefix, queue)]
+            keys = (f"{prefix}:queues", *queue_keys(prefix, queue))
             self.link.run(_SEND, keys, (prefix, queue, priority, entry), retry_s=retry_s)
             return
         # A unique member: two identical messages must not collapse into one.
