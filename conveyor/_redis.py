@@ -7,10 +7,10 @@ Both sides talk to Redis through one ``RedisLink``: a broker's
 
 All I/O goes through redis-py: its URL parsing, TLS and AUTH options, Sentinel, and
 its connection class with the hiredis parser. Each thread owns one redis-py
-connection (not a pool's), on which this module sends whole batches of commands in
-one write and reads the raw RESP2 replies back; every process names its
-connections (``CLIENT SETNAME``), so ``CLIENT LIST`` shows which host and pid each
-one belongs to.
+connection (``_redis_connection``, not a pool's), on which whole batches of commands
+go out in one write; every process names its connections (``CLIENT SETNAME``), so
+``CLIENT LIST`` shows which host and pid each one belongs to. Scripts are
+``_redis_script.Script`` objects, ``.lua`` files beside the broker and the backend.
 
 Errors: every failure leaves here as a ``BrokerError`` (a ``BrokerConnectionError``
 when Redis cannot be reached), with the URL's password masked, so the worker's
@@ -22,10 +22,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-import re
-import socket
-import struct
-import sys
 import threading
 import time
 import weakref
@@ -34,6 +30,15 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
+from conveyor._redis_connection import (
+    Connection,
+    ConnectionLost,
+    client_name,
+    connection_class,
+    is_error,
+    is_noscript,
+)
+from conveyor._redis_script import Script
 from conveyor.backends.base import Reply
 from conveyor.exceptions import BrokerConnectionError, BrokerError, ConfigurationError
 
@@ -237,27 +242,6 @@ def make_client(parsed: RedisURL) -> redis.Redis:
         raise ConfigurationError(f"malformed Redis URL {mask(parsed.url)}: {exc}") from None
 
 
-class ConnectionLost(Exception):
-    """The connection failed (refused, reset, timed out, closed): nothing more is
-    known of the commands in flight."""
-
-
-def is_error(reply: Any) -> bool:
-    """An error reply, left in a batch's replies (the connection is still in step)."""
-    return isinstance(reply, Exception)
-
-
-def is_noscript(reply: Any) -> bool:
-    return isinstance(reply, Exception) and isinstance(reply, _noscript_error())
-
-
-@functools.cache
-def _noscript_error() -> type[Exception]:
-    from redis.exceptions import NoScriptError
-
-    return NoScriptError
-
-
 def translate(exc: Exception, url: str) -> BrokerError:
     """One clear line for any failure."""
     where = mask(url)
@@ -267,196 +251,6 @@ def translate(exc: Exception, url: str) -> BrokerError:
     if is_noscript(exc):
         text = f"NOSCRIPT {text}"  # redis-py keeps the error code in the type only
     return BrokerError(f"Redis at {where} failed: {text}")
-
-
-def client_name() -> str:
-    """What ``CLIENT LIST`` shows for this process's connections: host and pid."""
-    host = "".join(c if c.isalnum() or c in "-_." else "_" for c in socket.gethostname())
-    return f"conveyor:{host}:{os.getpid()}"
-
-
-@functools.cache
-def _connection_class(base: type[Any]) -> type[Any]:
-    """redis-py's plain TCP connection with its timeouts kept by the kernel.
-
-    Python's own socket timeout polls before every send and receive: two more system
-    calls per round trip, a tenth of a loopback exchange. A blocking socket with
-    SO_RCVTIMEO/SO_SNDTIMEO times out the same, and redis-py reports it as a lost
-    connection. Linux's timeval layout only; TLS, Unix sockets and Sentinel's
-    connections keep redis-py's way.
-    """
-    import redis
-
-    if base is not redis.Connection or not sys.platform.startswith("linux"):
-        return base
-
-    class KernelTimeoutConnection(base):  # type: ignore[misc]
-        def _connect(self) -> socket.socket:
-            sock: socket.socket = super()._connect()
-            seconds = self.socket_timeout
-            if seconds is not None:
-                whole = int(seconds)
-                timeval = struct.pack("ll", whole, int((seconds - whole) * 1_000_000))
-                sock.settimeout(None)
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
-            return sock
-
-    return KernelTimeoutConnection
-
-
-def _hiredis_packer() -> Callable[[Sequence[tuple[Any, ...]]], list[bytes]] | None:
-    """Whole batches packed by hiredis in C; redis-py's own packer encodes each argument
-    in Python, which costs more than the loopback round trip for a settle batch."""
-    try:
-        from hiredis import pack_command
-    except ImportError:  # pragma: no cover - the redis extra installs it
-        return None
-
-    def pack(commands: Sequence[tuple[Any, ...]]) -> list[bytes]:
-        # One buffer, one sendall(): redis-py sends a list's items one by one.
-        if len(commands) == 1:
-            return [pack_command(commands[0])]
-        return [b"".join([pack_command(args) for args in commands])]
-
-    return pack
-
-
-class Connection:
-    """One thread's redis-py connection: whole batches per write, raw replies.
-
-    Made like the client's pool makes its own (same class and options, so TLS,
-    AUTH/ACL and Sentinel work as redis-py does them) but owned by the thread, not
-    by the pool: a thread that ends takes its connection with it instead of leaving
-    it in the pool's in-use set. An error reply stays *in* the replies, so a batch's
-    other replies remain readable; a failed connection raises ``ConnectionLost``.
-    """
-
-    def __init__(self, client: redis.Redis, name: str) -> None:
-        from redis.exceptions import ConnectionError as RedisConnectionError
-        from redis.exceptions import ResponseError
-        from redis.exceptions import TimeoutError as RedisTimeoutError
-
-        pool = client.connection_pool
-        kwargs = dict(pool.connection_kwargs)
-        kwargs.setdefault("client_name", name)
-        self.conn: Any = _connection_class(pool.connection_class)(**kwargs)
-        self.pid = os.getpid()
-        self.loaded: set[str] = set()  # script SHAs this server is known to hold
-        # Known connected: connect() is skipped then (redis-py's runs its retry wrapper).
-        self._live = False
-        self.conn.register_connect_callback(self._reset)
-        self._response_error = ResponseError
-        self._failures = (RedisConnectionError, RedisTimeoutError, OSError)
-        self._pack: Callable[[Sequence[tuple[Any, ...]]], Any] = _hiredis_packer() or self.conn.pack_commands
-
-    def _reset(self, connection: Any) -> None:
-        self.loaded = set()  # a new connection may reach a restarted, empty server
-        self._live = True
-
-    def connect(self) -> None:
-        if self._live:
-            return
-        try:
-            self.conn.connect()
-        except self._failures as exc:
-            raise ConnectionLost(str(exc)) from None
-
-    def exchange(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
-        """Send all commands in one write, then read one reply per command."""
-        conn = self.conn
-        replies: list[Any] = []
-        try:
-            # connect() first, never send_packed_command's own connect: that one skips
-            # Sentinel's (it dials conn.host:conn.port, which is localhost:6379 before
-            # the first connect and the dead master after a failover). No-op when connected.
-            if not self._live:
-                conn.connect()
-            conn.send_packed_command(self._pack(commands), check_health=False)
-            for _ in commands:
-                try:
-                    replies.append(conn.read_response())
-                except self._response_error as exc:  # an error reply: still in step
-                    replies.append(exc)
-        except self._failures as exc:
-            self.disconnect()
-            raise ConnectionLost(str(exc)) from None
-        except BaseException:
-            # Interrupted mid-command (a signal's exception: soft time limit, terminate,
-            # Ctrl-C): replies still due would be read as the next command's. Drop it.
-            self.disconnect()
-            raise
-        return replies
-
-    def disconnect(self) -> None:
-        self._live = False
-        try:
-            self.conn.disconnect()  # redis-py only shuts down its own process's sockets
-        except Exception:
-            return
-
-
-def _sha1_hex(data: bytes) -> str:
-    """SHA-1 for naming scripts, preferably without OpenSSL: hashlib loads libcrypto,
-    about 4 MiB of resident memory in every worker process, for this alone."""
-    try:
-        from _sha1 import sha1  # type: ignore[import-not-found]  # CPython's own SHA-1
-    except ImportError:  # pragma: no cover - an interpreter without it
-        from hashlib import sha1
-    digest: str = sha1(data).hexdigest()
-    return digest
-
-
-_INCLUDE = re.compile(r"^--#(\w+)$", re.MULTILINE)
-
-
-class Script:
-    """A Lua script, a ``.lua`` file in a package's ``lua`` folder, run by SHA and
-    loaded again when Redis lost it (restart, SCRIPT FLUSH).
-
-    A line ``--#name`` in a file stands for the file ``name.lua`` beside it (shared
-    snippets). The header says what the script does, its ``KEYS`` and its ``ARGV``;
-    every key it touches is passed in KEYS, or said there when its name comes from
-    data read inside the script.
-
-    Attributes:
-        name: the file's name without ``.lua``.
-        source: the Lua text as sent to Redis, snippets included.
-        keys: the header's ``KEYS:`` paragraph: what the caller passes, in order.
-        sha: what EVALSHA names it by.
-    """
-
-    def __init__(self, package: str, name: str) -> None:
-        self.name = name
-        self.source = _lua_source(package, name)
-        self.keys = _declared(self.source, "KEYS")
-        self.sha = _sha1_hex(self.source.encode())
-
-    def __repr__(self) -> str:
-        return f"<Script {self.name}>"
-
-
-def _lua_source(package: str, name: str, seen: tuple[str, ...] = ()) -> str:
-    from importlib.resources import files
-
-    if name in seen:
-        raise RuntimeError(f"Lua snippet {name} includes itself")
-    text = files(package).joinpath(f"lua/{name}.lua").read_text(encoding="utf-8")
-    return _INCLUDE.sub(lambda m: _lua_source(package, m.group(1), (*seen, name)).rstrip("\n"), text)
-
-
-def _declared(source: str, what: str) -> str:
-    """A header paragraph (``-- KEYS: ...`` and its continuation lines) as one line."""
-    lines = source.splitlines()
-    for i, line in enumerate(lines):
-        if line.startswith(f"-- {what}:"):
-            text = [line[len(what) + 4 :].strip()]
-            for more in lines[i + 1 :]:
-                if not more.startswith("-- ") or re.match(r"-- [A-Z][A-Za-z ]*:", more):
-                    break
-                text.append(more[3:].strip())
-            return " ".join(text)
-    return ""
 
 
 _pid = os.getpid()  # kept current by a fork hook: getpid() is a system call per use
@@ -496,7 +290,7 @@ class RedisLink:
         # pool, and the children then share redis-py's modules with it instead of
         # each importing them again (CPU at start, memory for good). Connects nothing.
         self._client: redis.Redis | None = make_client(self.parsed)
-        _connection_class(self._client.connection_pool.connection_class)
+        connection_class(self._client.connection_pool.connection_class)
         self._lock = threading.Lock()
         self._local = threading.local()
         self._sources: dict[str, str] = {}  # sha -> Lua source, for NOSCRIPT
@@ -633,6 +427,16 @@ class RedisLink:
         self._local.replies.append((len(pending), lambda raw: reply.set(convert(raw))))
         pending.append(("EVALSHA", script.sha, len(keys), *keys, *args))
         return reply
+
+    def command_then(self, args: tuple[Any, ...], then: Callable[[Any], None]) -> None:
+        """Run a write command now, or queue it in this thread's batch; ``then`` gets
+        its raw reply once known (after the batch's MULTI/EXEC)."""
+        pending = self._pending()
+        if pending is None:
+            then(self.send([args])[0])
+            return
+        self._local.replies.append((len(pending), then))
+        pending.append(args)
 
     def write(
         self, commands: Sequence[tuple[Any, ...]], *, retry_s: float = 0.0, atomic: bool = False

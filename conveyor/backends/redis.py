@@ -20,7 +20,8 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from conveyor._redis import RedisLink, Script
+from conveyor._redis import RedisLink
+from conveyor._redis_script import Script
 from conveyor.backends.base import Reply, ResultRecord
 from conveyor.serialization import dumps, loads
 from conveyor.states import READY_STATES

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import logging
 import re
 import threading
 import time
@@ -47,13 +48,16 @@ from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
 from conveyor import _redis
-from conveyor._redis import RedisLink, Script
+from conveyor._redis import RedisLink
+from conveyor._redis_script import Script
 from conveyor.brokers.base import DeadLetter, Delivery, QueueStats, check_name
+from conveyor.exceptions import BrokerError
 from conveyor.message import MAX_PRIORITY, MIN_PRIORITY, Message, decode
 
 if TYPE_CHECKING:
     from conveyor.backends.redis import RedisBackend
 
+log = logging.getLogger("conveyor.broker")
 _LOG_ID = re.compile(r"\d+(-\d+(\.\d+)?)?")
 PUBLISH_CHUNK = 1000  # entries per command in publish_many (all sent in one round trip)
 
@@ -83,10 +87,10 @@ _KV_SET = _script("kv_set")
 _KV_GET = _script("kv_get")
 _KV_ITEMS = _script("kv_items")
 _KV_DELETE = _script("kv_delete")
-_LOG_APPEND = _script("log_append")
+_LOG_BOUND = _script("log_bound")
 _LOG_TRIM = _script("log_trim")
 SCRIPTS: tuple[Script, ...] = (_SEND, _FETCH, _GIVE_UP, _ACK, _EXTEND, _NACK, _DEAD, _REPLAY, _PURGE_DEAD)
-SCRIPTS += (_STATS, _PURGE, _RATE, _LEASE, _CLAIM, _RELEASE, _KV_SET, _KV_GET, _KV_ITEMS, _KV_DELETE, _LOG_APPEND, _LOG_TRIM)
+SCRIPTS += (_STATS, _PURGE, _RATE, _LEASE, _CLAIM, _RELEASE, _KV_SET, _KV_GET, _KV_ITEMS, _KV_DELETE, _LOG_BOUND, _LOG_TRIM)
 
 
 def queue_key(prefix: str, queue: str, part: str) -> str:
@@ -558,9 +562,31 @@ class RedisBroker:
     def log_append(self, stream: str, entries: Sequence[bytes], *, maxlen: int) -> None:
         """One stream entry for all ``entries`` (one XADD, a field per event), the log
         kept at about ``maxlen`` events: inside a ``batch()`` it rides with the
-        worker's settle (task events with the results they describe)."""
-        if entries:
-            self.link.run(_LOG_APPEND, self._log_keys(stream), (max(1, int(maxlen)), *entries))
+        worker's settle (task events with the results they describe).
+
+        Plain commands, not a script: a script is handed the events as arguments, and
+        that copy costs Redis more than the XADD itself. The event count kept beside
+        the stream says when the oldest entries must go (log_bound.lua), about once
+        per twentieth of ``maxlen`` events."""
+        if not entries:
+            return
+        keys = self._log_keys(stream)
+        fields: list[Any] = []
+        for entry in entries:
+            fields += ("d", entry)
+        maxlen = max(1, int(maxlen))
+        bound = maxlen + -(-maxlen // 20)
+
+        def trim_when_over(count: Any) -> None:
+            if int(count) > bound:
+                try:
+                    self.link.read(_LOG_BOUND, keys, (maxlen,))
+                except BrokerError as exc:  # the next append tries again: the count stays over
+                    log.warning("could not trim the %s log: %s", stream, exc)
+
+        with self.link.batch():
+            self.link.command("XADD", keys[0], "*", *fields)
+            self.link.command_then(("INCRBY", keys[1], len(entries)), trim_when_over)
 
     def log_read(
         self, stream: str, *, after: str = "0", limit: int = 1000, timeout_s: float = 0.0
