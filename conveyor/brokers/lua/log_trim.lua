@@ -1,6 +1,6 @@
 -- Trims a log's entries older than the cutoff; returns how many events they held
 -- (an entry holds one append's events).
--- KEYS: the log's stream (P:log:<stream>), its event count (as log_append.lua).
+-- KEYS: the log's stream (P:log:<stream>), its event count (as log_bound.lua).
 -- ARGV: cutoff (ms).
 local k, stop = KEYS[1], '(' .. ARGV[1] .. '-0'
 local count, start = 0, '-'
