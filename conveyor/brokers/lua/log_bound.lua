@@ -15,9 +15,10 @@ if #newest == 0 then
   return 0
 end
 local id = newest[1][1]
+-- A few entries per read: an entry can hold hundreds of events, all copied here.
 local last_dropped, done = nil, false
 while not done do
-  local old = redis.call('XRANGE', KEYS[1], last_dropped and ('(' .. last_dropped) or '-', '+', 'COUNT', 100)
+  local old = redis.call('XRANGE', KEYS[1], last_dropped and ('(' .. last_dropped) or '-', '+', 'COUNT', 16)
   if #old == 0 then break end
   for _, e in ipairs(old) do
     -- Whole entries only, and never below the bound.
