@@ -76,11 +76,13 @@ class RedisBackend:
         if not records:
             return
         ttl_ms = int(self.result_expires_s * 1000) if self.result_expires_s > 0 else 0
+        prefix = self.prefix
         keys: list[str] = []
         args: list[Any] = [ttl_ms]
         for record in records:  # encode before any I/O: a bad value stores nothing
             task_id = record.task_id
-            keys += (self._key(task_id), self.link.key("rw", task_id), self.link.key("rn", task_id))
+            # The names _key() and wait() use, spelled out: this runs for every task.
+            keys += (f"{prefix}:r:{task_id}", f"{prefix}:rw:{task_id}", f"{prefix}:rn:{task_id}")
             args += ("1" if record.state in READY_STATES else "0", _encode(record))
         self.link.run(_STORE, keys, args)
 
