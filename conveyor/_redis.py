@@ -402,9 +402,7 @@ class RedisLink:
                 retry.append(args)
         return self._exchange(retry)
 
-    def run(
-        self, script: Script, keys: Sequence[str], args: Sequence[Any], *, retry_s: float = 0.0
-    ) -> Any:
+    def run(self, script: Script, keys: Sequence[str], args: Sequence[Any], *, retry_s: float = 0.0) -> Any:
         """Run a script now, or queue it in this thread's batch (returns None then)."""
         self._sources.setdefault(script.sha, script.source)
         command = ("EVALSHA", script.sha, len(keys), *keys, *args)
@@ -513,9 +511,7 @@ class RedisLink:
         results = replies[-1]
         if is_error(results):  # EXECABORT
             raise translate(results, self.url)
-        refused = [
-            args for args, reply in zip(commands, results or [], strict=False) if is_noscript(reply)
-        ]
+        refused = [args for args, reply in zip(commands, results or [], strict=False) if is_noscript(reply)]
         for reply in results or []:
             if is_error(reply) and not is_noscript(reply):
                 raise translate(reply, self.url)

@@ -42,6 +42,7 @@ _READY = tuple(sorted(READY_STATES))
 # A stored record is a JSON array whose first item is the state: these open a ready one.
 _READY_PREFIXES = tuple(f'["{state}"' for state in _READY)
 
+
 class RedisBackend:
     """ResultBackend on Redis.
 

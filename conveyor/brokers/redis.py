@@ -90,7 +90,20 @@ _KV_DELETE = _script("kv_delete")
 _LOG_BOUND = _script("log_bound")
 _LOG_TRIM = _script("log_trim")
 SCRIPTS: tuple[Script, ...] = (_SEND, _FETCH, _GIVE_UP, _ACK, _EXTEND, _NACK, _DEAD, _REPLAY, _PURGE_DEAD)
-SCRIPTS += (_STATS, _PURGE, _RATE, _LEASE, _CLAIM, _RELEASE, _KV_SET, _KV_GET, _KV_ITEMS, _KV_DELETE, _LOG_BOUND, _LOG_TRIM)
+SCRIPTS += (
+    _STATS,
+    _PURGE,
+    _RATE,
+    _LEASE,
+    _CLAIM,
+    _RELEASE,
+    _KV_SET,
+    _KV_GET,
+    _KV_ITEMS,
+    _KV_DELETE,
+    _LOG_BOUND,
+    _LOG_TRIM,
+)
 
 
 def queue_key(prefix: str, queue: str, part: str) -> str:
@@ -449,7 +462,11 @@ class RedisBroker:
             if raw is None:
                 continue
             queue = _text(raw)
-            keys = [self.link.key("dlq", entry_id), self.link.key("dlq", "all"), queue_key(self.prefix, queue, "dlq")]
+            keys = [
+                self.link.key("dlq", entry_id),
+                self.link.key("dlq", "all"),
+                queue_key(self.prefix, queue, "dlq"),
+            ]
             if script is _REPLAY:
                 keys += (self.link.key("queues"), *queue_keys(self.prefix, queue))
             done += int(self.link.read(script, keys, (entry_id, queue)))
@@ -486,7 +503,9 @@ class RedisBroker:
         prefix, pairs = self.prefix, []
         for queue in self._queue_names():
             pairs += [(f"{prefix}:q:{queue}:{p}", queue_key(prefix, queue, f"q:{p}")) for p in range(10)]
-            pairs += [(f"{prefix}:{part}:{queue}", queue_key(prefix, queue, part)) for part in ("lz", "lh", "d")]
+            pairs += [
+                (f"{prefix}:{part}:{queue}", queue_key(prefix, queue, part)) for part in ("lz", "lh", "d")
+            ]
             pairs.append((f"{prefix}:dlq:q:{queue}", queue_key(prefix, queue, "dlq")))
         if not pairs:
             return []

@@ -52,7 +52,9 @@ def register(broker: RedisBroker, consumer: str, *, lease_s: float = 30.0, block
     """What a fetch does before it blocks, without the BLPOP: a consumer that
     registered as waiting and then stopped listening (killed, or between calls)."""
     keys = redis_broker.fetch_keys(broker.prefix, consumer, [Q])
-    reply = broker.link.read(redis_broker._FETCH, keys, (broker.prefix, lease_s, 10, "tok", consumer, block_s, Q))
+    reply = broker.link.read(
+        redis_broker._FETCH, keys, (broker.prefix, lease_s, 10, "tok", consumer, block_s, Q)
+    )
     assert reply[0] == b"W"
 
 
@@ -189,7 +191,9 @@ def test_delayed_publish_is_not_handed_off(broker: RedisBroker) -> None:
 def test_no_hand_off_for_a_queue_the_consumer_no_longer_waits_on(broker: RedisBroker) -> None:
     register(broker, "ghost")  # waits on Q
     keys = redis_broker.fetch_keys(broker.prefix, "ghost", ["other"])
-    reply = broker.link.read(redis_broker._FETCH, keys, (broker.prefix, 30, 10, "tok2", "ghost", 5.0, "other"))
+    reply = broker.link.read(
+        redis_broker._FETCH, keys, (broker.prefix, 30, 10, "tok2", "ghost", 5.0, "other")
+    )
     assert reply[0] == b"W"  # now waits on "other" only; its member in P:w:<Q> is stale
     m = msg()
     broker.publish(m)
