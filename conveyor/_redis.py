@@ -5,9 +5,12 @@ Both sides talk to Redis through one ``RedisLink``: a broker's
 ``result_backend()`` hands its link to the backend, so the worker's settle
 (results, follow-up messages, acks) goes out as one MULTI/EXEC on one connection.
 
-Each thread talks over its own connection (``_redis_wire``): hiredis on a plain
-socket for ``redis://`` and ``rediss://``, a redis-py connection for Sentinel.
-redis-py is imported only when needed.
+All I/O goes through redis-py: its URL parsing, TLS and AUTH options, Sentinel, and
+its connection class with the hiredis parser. Each thread owns one redis-py
+connection (``_redis_connection``, not a pool's), on which whole batches of commands
+go out in one write; every process names its connections (``CLIENT SETNAME``), so
+``CLIENT LIST`` shows which host and pid each one belongs to. Scripts are
+``_redis_script.Script`` objects, ``.lua`` files beside the broker and the backend.
 
 Errors: every failure leaves here as a ``BrokerError`` (a ``BrokerConnectionError``
 when Redis cannot be reached), with the URL's password masked, so the worker's
@@ -27,7 +30,15 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
-from conveyor import _redis_wire as wire
+from conveyor._redis_connection import (
+    Connection,
+    ConnectionLost,
+    client_name,
+    connection_class,
+    is_error,
+    is_noscript,
+)
+from conveyor._redis_script import Script
 from conveyor.backends.base import Reply
 from conveyor.exceptions import BrokerConnectionError, BrokerError, ConfigurationError
 
@@ -40,9 +51,10 @@ DEFAULT_PUBLISH_RETRY_S = 10.0
 MAX_BLOCK_S = 2.0
 _OUR_OPTIONS = ("prefix", "publish_retry")
 
-if TYPE_CHECKING:
-    import ssl
+DEFAULT_PORT = 6379
+DEFAULT_SOCKET_TIMEOUT_S = 5.0
 
+if TYPE_CHECKING:
     import redis
 
 
@@ -65,22 +77,13 @@ class RedisURL:
     username: str | None = None
     options: tuple[tuple[str, str], ...] = ()
     host: str = "localhost"
-    port: int = wire.DEFAULT_PORT
+    port: int = DEFAULT_PORT
     tls: bool = False
 
     @functools.cached_property
     def socket_timeout(self) -> float | None:
-        value = dict(self.options).get("socket_timeout", "5")
+        value = dict(self.options).get("socket_timeout", str(DEFAULT_SOCKET_TIMEOUT_S))
         return None if value.lower() in ("", "none") else float(value)
-
-    @property
-    def wire(self) -> bool:
-        """True when the hot path can skip redis-py (see ``_redis_wire``)."""
-        return (
-            wire.HAVE_HIREDIS
-            and not self.sentinels
-            and all(name in wire.WIRE_OPTIONS for name, _ in self.options)
-        )
 
 
 def mask(url: str) -> str:
@@ -123,7 +126,7 @@ def parse_url(url: str) -> RedisURL:
         raise ConfigurationError(f"not a Redis URL: {mask(url)}")
     client_url = urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(theirs), ""))
     try:
-        port = parts.port or wire.DEFAULT_PORT
+        port = parts.port or DEFAULT_PORT
     except ValueError as exc:
         raise ConfigurationError(f"malformed Redis URL {mask(url)}: {exc}") from None
     db_text = dict(theirs).get("db") or parts.path.strip("/") or "0"
@@ -188,18 +191,27 @@ def _parse_sentinel(
     )
 
 
-def _client_kwargs() -> dict[str, Any]:
+def _client_kwargs(parsed: RedisURL) -> dict[str, Any]:
     from redis.backoff import NoBackoff
     from redis.retry import Retry
 
+    options = dict(parsed.options)
     # Our own retry logic decides what is retried (and logs it); redis-py's silent
     # retries would also re-run non-idempotent scripts. RESP2: replies are read raw,
     # and their shapes must not depend on the server's or redis-py's default protocol.
-    return {"retry": Retry(NoBackoff(), 0), "socket_keepalive": True, "protocol": 2}
+    kwargs: dict[str, Any] = {"retry": Retry(NoBackoff(), 0), "socket_keepalive": True, "protocol": 2}
+    # A dead server is noticed within the socket timeout: every blocking command
+    # here is shorter (max_block_s), so a timeout always means a lost connection.
+    if "socket_timeout" not in options:
+        kwargs["socket_timeout"] = DEFAULT_SOCKET_TIMEOUT_S
+    if "socket_connect_timeout" not in options:
+        kwargs["socket_connect_timeout"] = DEFAULT_SOCKET_TIMEOUT_S
+    return kwargs
 
 
 def make_client(parsed: RedisURL) -> redis.Redis:
-    """A redis-py client, for Sentinel URLs and options the wire path does not know."""
+    """redis-py's client for the URL; ``RedisLink`` makes each thread's connection from
+    its pool's connection class and options (Sentinel-aware for Sentinel URLs)."""
     try:
         import redis
     except ImportError:
@@ -213,22 +225,19 @@ def make_client(parsed: RedisURL) -> redis.Redis:
             Sentinel: Any = sentinel_module.Sentinel  # noqa: N806 - untyped in redis-py
             extra = dict(parsed.options)
             sentinel_password = extra.pop("sentinel_password", None)
-            timeout = float(extra.pop("socket_timeout", "5"))
+            timeout = parsed.socket_timeout
             sentinel = Sentinel(
                 list(parsed.sentinels),
                 socket_timeout=timeout,
                 sentinel_kwargs={"password": sentinel_password, "socket_timeout": timeout},
             )
+            kwargs = _client_kwargs(parsed)
+            kwargs["socket_timeout"] = timeout
             master: redis.Redis = sentinel.master_for(
-                parsed.service,
-                db=parsed.db,
-                password=parsed.password,
-                username=parsed.username,
-                socket_timeout=timeout,
-                **_client_kwargs(),
+                parsed.service, db=parsed.db, password=parsed.password, username=parsed.username, **kwargs
             )
             return master
-        return redis.Redis.from_url(parsed.client_url, **_client_kwargs())
+        return redis.Redis.from_url(parsed.client_url, **_client_kwargs(parsed))
     except ValueError as exc:
         raise ConfigurationError(f"malformed Redis URL {mask(parsed.url)}: {exc}") from None
 
@@ -237,28 +246,11 @@ def translate(exc: Exception, url: str) -> BrokerError:
     """One clear line for any failure."""
     where = mask(url)
     text = (str(exc) or type(exc).__name__).rstrip(".")
-    if isinstance(exc, (wire.WireError, OSError)):
+    if isinstance(exc, (ConnectionLost, OSError)):
         return BrokerConnectionError(f"cannot reach Redis at {where}: {text}")
+    if is_noscript(exc):
+        text = f"NOSCRIPT {text}"  # redis-py keeps the error code in the type only
     return BrokerError(f"Redis at {where} failed: {text}")
-
-
-def _sha1_hex(data: bytes) -> str:
-    """SHA-1 for naming scripts, preferably without OpenSSL: hashlib loads libcrypto,
-    about 4 MiB of resident memory in every worker process, for this alone."""
-    try:
-        from _sha1 import sha1  # type: ignore[import-not-found]  # CPython's own SHA-1
-    except ImportError:  # pragma: no cover - an interpreter without it
-        from hashlib import sha1
-    digest: str = sha1(data).hexdigest()
-    return digest
-
-
-class Script:
-    """A Lua script run by SHA, loaded again when Redis lost it (restart, SCRIPT FLUSH)."""
-
-    def __init__(self, source: str) -> None:
-        self.source = source
-        self.sha = _sha1_hex(source.encode())
 
 
 _pid = os.getpid()  # kept current by a fork hook: getpid() is a system call per use
@@ -294,8 +286,11 @@ class RedisLink:
         self.parsed = parse_url(url)
         self.url = url
         self.prefix = self.parsed.prefix
-        self._client: redis.Redis | None = None
-        self._tls: ssl.SSLContext | None = None
+        # Made now, not on first use: a worker makes its broker before it forks its
+        # pool, and the children then share redis-py's modules with it instead of
+        # each importing them again (CPU at start, memory for good). Connects nothing.
+        self._client: redis.Redis | None = make_client(self.parsed)
+        connection_class(self._client.connection_pool.connection_class)
         self._lock = threading.Lock()
         self._local = threading.local()
         self._sources: dict[str, str] = {}  # sha -> Lua source, for NOSCRIPT
@@ -303,7 +298,7 @@ class RedisLink:
 
     @property
     def client(self) -> redis.Redis:
-        """redis-py's client (Sentinel and fallback only; made on first use)."""
+        """redis-py's client (made on first use): the URL's options, TLS, Sentinel."""
         client = self._client
         if client is None:
             with self._lock:
@@ -337,7 +332,7 @@ class RedisLink:
         while True:
             try:
                 return operation()
-            except wire.WireError as exc:
+            except ConnectionLost as exc:
                 attempt += 1
                 if attempt == 1:
                     deadline = time.monotonic() + retry_s
@@ -356,13 +351,13 @@ class RedisLink:
         local = self._local
         conn = getattr(local, "conn", None)
         if conn is not None and conn.pid == _pid and not getattr(local, "pending", None):
-            # The common case, straight to the socket: the layers below cost 5 us of
-            # a 40 us loopback round trip (measured on delay()).
+            # The common case, straight to the connection: the layers below cost a
+            # tenth of a loopback round trip (see docs/benchmarks.md, delay()).
             try:
-                # A WireError from here means nothing ran, or the connection died
+                # A ConnectionLost from here means nothing ran, or the connection died
                 # under it: the same as a failed first try in call().
                 return self._checked(commands, conn.exchange(commands))
-            except wire.WireError:
+            except ConnectionLost:
                 return self.call(lambda: self._exchange(commands), retry_s=retry_s, failed=True)
         return self.call(lambda: self._exchange(commands), retry_s=retry_s)
 
@@ -377,27 +372,8 @@ class RedisLink:
             self._connections.add(conn)
         return conn
 
-    def _new_connection(self) -> Any:
-        parsed = self.parsed
-        if not parsed.wire:
-            return wire.ClientConnection(self.client)
-        options = dict(parsed.options)
-        if parsed.tls and self._tls is None:
-            try:
-                self._tls = wire.tls_context(options)
-            except (OSError, ValueError) as exc:
-                raise ConfigurationError(f"TLS options in {mask(self.url)}: {exc}") from None
-        connect_timeout = options.get("socket_connect_timeout")
-        return wire.WireConnection(
-            parsed.host,
-            parsed.port,
-            db=parsed.db,
-            username=parsed.username,
-            password=parsed.password,
-            socket_timeout=parsed.socket_timeout,
-            connect_timeout=float(connect_timeout) if connect_timeout else 5.0,
-            tls=self._tls if parsed.tls else None,
-        )
+    def _new_connection(self) -> Connection:
+        return Connection(self.client, client_name())
 
     def _drop_connection(self) -> None:
         conn = getattr(self._local, "conn", None)
@@ -410,8 +386,8 @@ class RedisLink:
 
     def _checked(self, commands: Sequence[tuple[Any, ...]], replies: list[Any]) -> list[Any]:
         for reply in replies:
-            if isinstance(reply, Exception):  # an error reply (wire.is_error), rare
-                if wire.is_noscript(reply) and len(commands) == 1:
+            if isinstance(reply, Exception):  # an error reply, rare
+                if is_noscript(reply) and len(commands) == 1:
                     return self._reload_scripts(commands)
                 raise translate(reply, self.url)
         return replies
@@ -426,26 +402,39 @@ class RedisLink:
                 retry.append(args)
         return self._exchange(retry)
 
-    def run(self, script: Script, args: Sequence[Any], *, retry_s: float = 0.0) -> Any:
+    def run(self, script: Script, keys: Sequence[str], args: Sequence[Any], *, retry_s: float = 0.0) -> Any:
         """Run a script now, or queue it in this thread's batch (returns None then)."""
         self._sources.setdefault(script.sha, script.source)
+        command = ("EVALSHA", script.sha, len(keys), *keys, *args)
         pending = self._pending()
         if pending is not None:
-            pending.append(("EVALSHA", script.sha, 0, *args))
+            pending.append(command)
             return None
-        return self.send([("EVALSHA", script.sha, 0, *args)], retry_s=retry_s)[0]
+        return self.send([command], retry_s=retry_s)[0]
 
-    def run_replied(self, script: Script, args: Sequence[Any], *, convert: Callable[[Any], T]) -> Reply[T]:
+    def run_replied(
+        self, script: Script, keys: Sequence[str], args: Sequence[Any], *, convert: Callable[[Any], T]
+    ) -> Reply[T]:
         """Run a script now, or queue it in this thread's batch and answer once the
         batch's MULTI/EXEC is sent; ``convert`` turns the raw reply into the answer."""
         pending = self._pending()
         if pending is None:
-            return Reply.now(convert(self.run(script, args)))
+            return Reply.now(convert(self.run(script, keys, args)))
         self._sources.setdefault(script.sha, script.source)
         reply: Reply[T] = Reply()
         self._local.replies.append((len(pending), lambda raw: reply.set(convert(raw))))
-        pending.append(("EVALSHA", script.sha, 0, *args))
+        pending.append(("EVALSHA", script.sha, len(keys), *keys, *args))
         return reply
+
+    def command_then(self, args: tuple[Any, ...], then: Callable[[Any], None]) -> None:
+        """Run a write command now, or queue it in this thread's batch; ``then`` gets
+        its raw reply once known (after the batch's MULTI/EXEC)."""
+        pending = self._pending()
+        if pending is None:
+            then(self.send([args])[0])
+            return
+        self._local.replies.append((len(pending), then))
+        pending.append(args)
 
     def write(
         self, commands: Sequence[tuple[Any, ...]], *, retry_s: float = 0.0, atomic: bool = False
@@ -461,7 +450,7 @@ class RedisLink:
             return
         replies = self.send([("MULTI",), *commands, ("EXEC",)], retry_s=retry_s)
         for reply in replies[-1] or ():
-            if wire.is_error(reply):
+            if is_error(reply):
                 raise translate(reply, self.url)
 
     def command(self, *args: Any, retry_s: float = 0.0) -> Any:
@@ -472,7 +461,7 @@ class RedisLink:
             return None
         return self.send([args], retry_s=retry_s)[0]
 
-    def read(self, script: Script, args: Sequence[Any], *, keys: Sequence[str] = ()) -> Any:
+    def read(self, script: Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
         """Run a script whose answer is needed now (flushing this thread's batch first)."""
         self._sources.setdefault(script.sha, script.source)
         return self.send([("EVALSHA", script.sha, len(keys), *keys, *args)])[0]
@@ -516,24 +505,22 @@ class RedisLink:
         prelude = [("SCRIPT", "LOAD", self._sources[sha]) for sha in sorted(missing)]
         replies = conn.exchange([*prelude, ("MULTI",), *commands, ("EXEC",)])
         for reply in replies[:-1]:
-            if wire.is_error(reply):
+            if is_error(reply):
                 raise translate(reply, self.url)
         loaded |= missing
         results = replies[-1]
-        if wire.is_error(results):  # EXECABORT
+        if is_error(results):  # EXECABORT
             raise translate(results, self.url)
-        refused = [
-            args for args, reply in zip(commands, results or [], strict=False) if wire.is_noscript(reply)
-        ]
+        refused = [args for args, reply in zip(commands, results or [], strict=False) if is_noscript(reply)]
         for reply in results or []:
-            if wire.is_error(reply) and not wire.is_noscript(reply):
+            if is_error(reply) and not is_noscript(reply):
                 raise translate(reply, self.url)
         answers = list(results or [])
         if refused:
             loaded.clear()
             again = [("EVAL", self._sources[a[1]], *a[2:]) if a[0] == "EVALSHA" else a for a in refused]
             retried = iter(self._exchange([("MULTI",), *again, ("EXEC",)])[-1] or [])
-            answers = [next(retried) if wire.is_noscript(a) else a for a in answers]
+            answers = [next(retried) if is_noscript(a) else a for a in answers]
         return answers
 
     def close(self) -> None:

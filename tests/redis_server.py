@@ -147,8 +147,8 @@ def redis_server_or_skip() -> RedisServer:
 
 def fresh_url(server: RedisServer) -> str:
     """A URL with a prefix no other test uses: tests share the server, not keys."""
-    # CONVEYOR_TEST_REDIS_QUERY adds URL options, e.g. "health_check_interval=0" to run
-    # the suites over redis-py's connections instead of the hiredis wire path.
+    # CONVEYOR_TEST_REDIS_QUERY adds URL options (any redis-py option, e.g.
+    # "socket_timeout=1"), to run the suites with them.
     extra = os.environ.get("CONVEYOR_TEST_REDIS_QUERY", "")
     return f"{server.url}?prefix=t{uuid.uuid4().hex[:12]}" + (f"&{extra}" if extra else "")
 

@@ -10,7 +10,7 @@ Keys (``P`` is the URL's ``?prefix=``, ``conveyor`` by default):
 - ``P:chord:<chord id>`` the set of a chord's members counted so far, with the
   records' TTL: its size is the chord's counter, and a member added twice counts once.
 
-Storing is one Lua script for the whole batch; inside a broker ``batch()`` it joins
+Storing is one Lua script (``lua/store.lua``) for the whole batch; inside a broker ``batch()`` it joins
 the worker's MULTI/EXEC with the acks.
 """
 
@@ -20,7 +20,8 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from conveyor._redis import RedisLink, Script
+from conveyor._redis import RedisLink
+from conveyor._redis_script import Script
 from conveyor.backends.base import Reply, ResultRecord
 from conveyor.serialization import dumps, loads
 from conveyor.states import READY_STATES
@@ -30,76 +31,16 @@ if TYPE_CHECKING:
 
 NOTIFY_TTL_MS = 60_000  # a waiter's copy outlives the wait that asked for it by this much (as in _STORE)
 
-# ARGV: prefix, ttl ms ("0": none), then (task id, ready "1"/"0", record) per record.
-_STORE = Script(
-    """
-local P, ttl = ARGV[1], tonumber(ARGV[2])
-local ready, waiters = {}, {}
-for i = 3, #ARGV, 3 do
-  if ttl > 0 then
-    redis.call('SET', P .. ':r:' .. ARGV[i], ARGV[i + 2], 'PX', ttl)
-  else
-    redis.call('SET', P .. ':r:' .. ARGV[i], ARGV[i + 2])
-  end
-  if ARGV[i + 1] == '1' then
-    ready[#ready + 1] = i
-    waiters[#waiters + 1] = P .. ':rw:' .. ARGV[i]
-  end
-end
-if #ready == 0 then return 1 end
-local counts = redis.call('MGET', unpack(waiters))
-for j, count in ipairs(counts) do
-  local waiting = tonumber(count) or 0
-  if waiting > 0 then
-    local i = ready[j]
-    local nk = P .. ':rn:' .. ARGV[i]
-    for _ = 1, waiting do redis.call('RPUSH', nk, ARGV[i + 2]) end
-    redis.call('PEXPIRE', nk, 60000)
-    redis.call('DEL', waiters[j])
-  end
-end
-return 1
-"""
-)
-
-# ARGV: the chord's set key, member task id, chord size, ttl ms ("0": none).
-# Returns 1 only to the call that added the size-th member: SADD and SCARD in one
-# script, so two workers counting the last two members cannot both see "complete".
-_COUNT_CHORD = Script(
-    """
-local key, ttl = ARGV[1], tonumber(ARGV[4])
-local added = redis.call('SADD', key, ARGV[2])
-if ttl > 0 then redis.call('PEXPIRE', key, ttl) end
-if added == 1 and redis.call('SCARD', key) == tonumber(ARGV[3]) then return 1 end
-return 0
-"""
-)
+# The Lua scripts, one file each in conveyor/backends/lua/ (headers: KEYS and ARGV).
+_STORE = Script("conveyor.backends", "store")
+_COUNT_CHORD = Script("conveyor.backends", "count_chord")
+# wait(): look and register as a waiter, with the BLPOP in the same write.
+_AWAIT = Script("conveyor.backends", "await")
+SCRIPTS = (_STORE, _COUNT_CHORD, _AWAIT)
 
 _READY = tuple(sorted(READY_STATES))
 # A stored record is a JSON array whose first item is the state: these open a ready one.
 _READY_PREFIXES = tuple(f'["{state}"' for state in _READY)
-
-# wait(): look at the record and, unless it is ready, register as a waiter; a ready one
-# is pushed onto the notify list right here, so the BLPOP sent in the same write
-# returns it at once. One round trip where a GET, then a BLPOP, took two.
-# ARGV: record key, waiters key, notify key, waiters' expiry ms, "1" to register (not
-# yet registered), then the ready prefixes. Returns 1 when registered after the call.
-_AWAIT = """
-local d = redis.call('GET', ARGV[1])
-if d then
-  for i = 6, #ARGV do
-    if string.sub(d, 1, #ARGV[i]) == ARGV[i] then
-      redis.call('RPUSH', ARGV[3], d)
-      redis.call('PEXPIRE', ARGV[3], 60000)
-      if ARGV[5] == '0' then redis.call('DECR', ARGV[2]) end
-      return 0
-    end
-  end
-end
-if ARGV[5] == '1' then redis.call('INCR', ARGV[2]) end
-redis.call('PEXPIRE', ARGV[2], tonumber(ARGV[4]))
-return 1
-"""
 
 
 class RedisBackend:
@@ -136,10 +77,15 @@ class RedisBackend:
         if not records:
             return
         ttl_ms = int(self.result_expires_s * 1000) if self.result_expires_s > 0 else 0
-        args: list[Any] = [self.prefix, ttl_ms]
+        prefix = self.prefix
+        keys: list[str] = []
+        args: list[Any] = [ttl_ms]
         for record in records:  # encode before any I/O: a bad value stores nothing
-            args += (record.task_id, "1" if record.state in READY_STATES else "0", _encode(record))
-        self.link.run(_STORE, args)
+            task_id = record.task_id
+            # The names _key() and wait() use, spelled out: this runs for every task.
+            keys += (f"{prefix}:r:{task_id}", f"{prefix}:rw:{task_id}", f"{prefix}:rn:{task_id}")
+            args += ("1" if record.state in READY_STATES else "0", _encode(record))
+        self.link.run(_STORE, keys, args)
 
     def get(self, task_id: str) -> ResultRecord | None:
         key = self._key(task_id)
@@ -180,8 +126,8 @@ class RedisBackend:
                     [
                         (
                             "EVAL",
-                            _AWAIT,
-                            0,
+                            _AWAIT.source,
+                            3,
                             key,
                             waiters,
                             notify,
@@ -216,7 +162,7 @@ class RedisBackend:
         # In the broker's batch this joins the MULTI/EXEC that stores the member's
         # result and acks it; the answer comes back with the EXEC.
         key = self.link.key("chord", chord_id)
-        return self.link.run_replied(_COUNT_CHORD, [key, task_id, size, ttl_ms], convert=_is_one)
+        return self.link.run_replied(_COUNT_CHORD, (key,), (task_id, size, ttl_ms), convert=_is_one)
 
     def cleanup(self, *, now: float | None = None) -> int:
         """Delete records whose expiry falls before ``now``.

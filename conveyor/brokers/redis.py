@@ -2,26 +2,32 @@
 
 Layout (``P`` is the key prefix, ``conveyor`` unless the URL says ``?prefix=``):
 
-- ``P:q:<queue>:<0-9>``   list per priority: ready entries, FIFO (RPUSH, LPOP)
-- ``P:lz:<queue>``        sorted set: receipt -> lease end (epoch s, Redis clock)
-- ``P:lh:<queue>``        hash: receipt -> leased entry
-- ``P:d:<queue>``         sorted set: "<seq>|<entry>" -> eta (delays, retries)
-- ``P:s:<queue>``         list of at most one token, pushed on a publish while
+Every key of one queue carries the queue's name as its hash tag, ``P:{<queue>}:...``,
+so a queue's keys share one Redis Cluster slot:
+
+- ``P:{<queue>}:q:<0-9>`` list per priority: ready entries, FIFO (RPUSH, LPOP)
+- ``P:{<queue>}:lz``      sorted set: receipt -> lease end (epoch s, Redis clock)
+- ``P:{<queue>}:lh``      hash: receipt -> leased entry
+- ``P:{<queue>}:d``       sorted set: "<seq>|<entry>" -> eta (delays, retries)
+- ``P:{<queue>}:seq``     counter making the delay set's members unique
+- ``P:{<queue>}:s``       list of at most one token, pushed on a publish while
                           consumers wait on the queue: the wake-up they BLPOP
-- ``P:w:<queue>``         sorted set: consumer id -> time it began waiting (hand-off)
+- ``P:{<queue>}:w``       sorted set: consumer id -> time it began waiting (hand-off)
+- ``P:{<queue>}:dlq``     sorted set of the queue's dead-letter ids (score = id)
 - ``P:wt:<consumer>``     hash while that consumer waits: fetch token, lease seconds,
                           one field per queue; expires just after its wait
 - ``P:in:<consumer>``     list: deliveries handed to that consumer, already leased
 - ``P:queues``            set of queue names
-- ``P:dlq:<id>``          hash per dead letter; ``P:dlq:all`` and ``P:dlq:q:<queue>``
-                          sorted sets of ids (score = id)
-- ``P:rl:<key>``, ``P:lease:<name>``, ``P:kv:<ns>`` (+ ``P:kvx:<ns>``), ``P:log:<stream>``
+- ``P:dlq:<id>``          hash per dead letter; ``P:dlq:all`` sorted set of ids
+- ``P:rl:<key>``, ``P:lease:<name>``, ``P:kv:<ns>`` (+ ``P:kvx:<ns>``)
+- ``P:log:<stream>``      stream: one entry per append, a ``d`` field per event;
+                          ``P:{P:log:<stream>}:n`` counts its events (trimming)
 
 An entry is ``b"<attempts>|<priority>|<task id>\\n" + body``. Every state change
 that reads before it writes (lease, reclaim, promote, ack, nack, dead-letter) is one
-Lua script, so it is atomic across every client; so is publishing one ready message
-(it may hand the message straight to a waiting consumer); the rest of publishing
-is plain commands.
+Lua script (``lua/*.lua``, each declaring its KEYS), so it is atomic across every
+client; so is publishing one ready message (it may hand the message straight to a
+waiting consumer); the rest of publishing is plain commands.
 Times inside scripts come from Redis's clock (``TIME``), so hosts with skewed
 clocks still agree on when a lease runs out.
 
@@ -30,7 +36,9 @@ Why lists and not Streams with consumer groups: docs/brokers.md, "Redis".
 
 from __future__ import annotations
 
+import functools
 import itertools
+import logging
 import re
 import threading
 import time
@@ -40,531 +48,88 @@ from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
 from conveyor import _redis
-from conveyor._redis import RedisLink, Script
+from conveyor._redis import RedisLink
+from conveyor._redis_script import Script
 from conveyor.brokers.base import DeadLetter, Delivery, QueueStats, check_name
+from conveyor.exceptions import BrokerError
 from conveyor.message import MAX_PRIORITY, MIN_PRIORITY, Message, decode
 
 if TYPE_CHECKING:
     from conveyor.backends.redis import RedisBackend
 
-_LOG_ID = re.compile(r"\d+(-\d+)?")
+log = logging.getLogger("conveyor.broker")
+_LOG_ID = re.compile(r"\d+(-\d+(\.\d+)?)?")
 PUBLISH_CHUNK = 1000  # entries per command in publish_many (all sent in one round trip)
 
-_NOW = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-"""
 
-# ARGV: prefix, then (queue, priority, eta or "", entry) per message.
-_PUBLISH = Script(
-    _NOW
-    + """
-local P = ARGV[1]
-local lists, order, woke = {}, {}, {}
-for i = 2, #ARGV, 4 do
-  local q, eta, e = ARGV[i], ARGV[i + 2], ARGV[i + 3]
-  if eta ~= '' and tonumber(eta) > now then
-    local s = redis.call('INCR', P .. ':seq')
-    redis.call('ZADD', P .. ':d:' .. q, eta, s .. '|' .. e)
-  else
-    local k = P .. ':q:' .. q .. ':' .. ARGV[i + 1]
-    local l = lists[k]
-    if not l then l = {}; lists[k] = l; order[#order + 1] = k end
-    l[#l + 1] = e
-  end
-  if not woke[q] then
-    woke[q] = true
-    redis.call('SADD', P .. ':queues', q)
-  end
-end
-for _, k in ipairs(order) do redis.call('RPUSH', k, unpack(lists[k])) end
-for q in pairs(woke) do
-  redis.call('LPUSH', P .. ':s:' .. q, 1)
-  redis.call('LTRIM', P .. ':s:' .. q, 0, 0)
-end
-return 1
-"""
+def _script(name: str) -> Script:
+    return Script("conveyor.brokers", name)
+
+
+# The Lua scripts, one file each in conveyor/brokers/lua/ (the header of each says
+# its KEYS and ARGV). Every state change that reads before it writes is one of them.
+_SEND = _script("send")
+_FETCH = _script("fetch")
+_GIVE_UP = _script("give_up")
+_ACK = _script("ack")
+_EXTEND = _script("extend")
+_NACK = _script("nack")
+_DEAD = _script("dead")
+_REPLAY = _script("replay")
+_PURGE_DEAD = _script("purge_dead")
+_STATS = _script("stats")
+_PURGE = _script("purge")
+_RATE = _script("rate")
+_LEASE = _script("lease")
+_CLAIM = _script("claim")
+_RELEASE = _script("release")
+_KV_SET = _script("kv_set")
+_KV_GET = _script("kv_get")
+_KV_ITEMS = _script("kv_items")
+_KV_DELETE = _script("kv_delete")
+_LOG_BOUND = _script("log_bound")
+_LOG_TRIM = _script("log_trim")
+SCRIPTS: tuple[Script, ...] = (_SEND, _FETCH, _GIVE_UP, _ACK, _EXTEND, _NACK, _DEAD, _REPLAY, _PURGE_DEAD)
+SCRIPTS += (
+    _STATS,
+    _PURGE,
+    _RATE,
+    _LEASE,
+    _CLAIM,
+    _RELEASE,
+    _KV_SET,
+    _KV_GET,
+    _KV_ITEMS,
+    _KV_DELETE,
+    _LOG_BOUND,
+    _LOG_TRIM,
 )
 
-# ARGV: prefix, queue, priority, entry. Direct hand-off: when the queue has nothing
-# ready and a consumer is blocked waiting on it, lease the entry to that consumer (as
-# the fetch script would) and push it onto the consumer's inbox, which its BLPOP
-# watches (returns 2); otherwise queue it and leave the wake-up token (1), or queue
-# it alone when nobody waits on the queue (0).
-#
-# The consumer that began waiting last gets it: it has just finished a task, so its
-# process (and the CPU it ran on) is the one most likely still awake. Measured, 2,000
-# sequential delay().get() on 2 cores, median of 5 and of 4 runs: round trip p50
-# 0.28 and 0.29 ms, against 0.37 and 0.33 ms taking the longest-waiting one.
-#
-# No waiting set, no token: only a consumer whose fetch script registered it in
-# P:w:<queue> blocks on the queue's token list, and its entry leaves that set only
-# when it stops waiting (its next fetch), when a publish hands it a message, or when
-# the set expires, a minute after the last registration (a wait lasts seconds). A
-# publish that pops stale entries until the set is gone still leaves the token.
-_SEND = Script(
-    """
-local P, q, p, e = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local qk, w = P .. ':q:' .. q .. ':', P .. ':w:' .. q
-redis.call('SADD', P .. ':queues', q)
-if redis.call('EXISTS', w) == 0 then
-  redis.call('RPUSH', qk .. p, e)
-  return 0
-end
-if redis.call('EXISTS', qk .. 0, qk .. 1, qk .. 2, qk .. 3,
-    qk .. 4, qk .. 5, qk .. 6, qk .. 7, qk .. 8, qk .. 9) == 0 then
-  while true do
-    local got = redis.call('ZPOPMAX', w)
-    if #got == 0 then break end
-    local cid = got[1]
-    local wt = P .. ':wt:' .. cid
-    -- Stale unless the consumer still waits, and on this queue (its queues may change).
-    local reg = redis.call('HMGET', wt, 't', 'l', 'q:' .. q)
-    if reg[3] then
-      -- One hand-off per wait: the consumer's other registrations go stale with this.
-      redis.call('DEL', wt)
-      local t = redis.call('TIME')
-      local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-      local lease = tonumber(reg[2])
-      local r = reg[1] .. ':h'
-      local s2 = string.find(e, '|', 1, true)
-      local e2 = (tonumber(string.sub(e, 1, s2 - 1)) + 1) .. string.sub(e, s2)
-      redis.call('HSET', P .. ':lh:' .. q, r, e2)
-      redis.call('ZADD', P .. ':lz:' .. q, now + lease, r)
-      local inbox = P .. ':in:' .. cid
-      redis.call('RPUSH', inbox, r .. '\\n' .. q .. '\\n' .. e2)
-      -- Useless once the lease has run out: the entry is back in its queue by then.
-      redis.call('PEXPIRE', inbox, math.floor(lease * 1000) + 60000)
-      return 2
-    end
-  end
-end
-redis.call('RPUSH', qk .. p, e)
-redis.call('LPUSH', P .. ':s:' .. q, 1)
-redis.call('LTRIM', P .. ':s:' .. q, 0, 0)
-return 1
-"""
-)
 
-# Takes a consumer's inbox: deliveries handed to it while it was not listening. Each
-# is kept (its lease renewed) only while its receipt still holds; one whose lease ran
-# out is back in its queue already. Defines `handed`; needs P, cid, untl.
-_DRAIN = """
-local handed = {}
-local inbox = P .. ':in:' .. cid
-local items = redis.call('LRANGE', inbox, 0, -1)
-if #items > 0 then
-  redis.call('DEL', inbox)
-  for _, it in ipairs(items) do
-    local a = string.find(it, '\\n', 1, true)
-    local b = string.find(it, '\\n', a + 1, true)
-    local r, q = string.sub(it, 1, a - 1), string.sub(it, a + 1, b - 1)
-    if redis.call('HEXISTS', P .. ':lh:' .. q, r) == 1 then
-      redis.call('ZADD', P .. ':lz:' .. q, 'XX', untl, r)
-      handed[#handed + 1] = it
-    end
-  end
-end
-"""
+def queue_key(prefix: str, queue: str, part: str) -> str:
+    """One key of a queue: ``P:{queue}:part``. The queue's name is the hash tag, so
+    every key of one queue lives in one Redis Cluster slot (as qkey() in queue_keys.lua)."""
+    return f"{prefix}:{{{queue}}}:{part}"
 
-# Ends a consumer's waiting: registrations go stale, so no hand-off can reach it now.
-_UNWAIT = """
-local wt = P .. ':wt:' .. cid
-if redis.call('DEL', wt) == 1 then
-  for i = Q0, #ARGV do redis.call('ZREM', P .. ':w:' .. ARGV[i], cid) end
-end
-"""
 
-# Moves ran-out leases and due delays back to the ready lists of the given queues.
-_SETTLE_TIME = """
-local function settle_time(P, q, now)
-  local qk = P .. ':q:' .. q .. ':'
-  local lz, lh = P .. ':lz:' .. q, P .. ':lh:' .. q
-  local gone = redis.call('ZRANGEBYSCORE', lz, '-inf', now, 'LIMIT', 0, 1000)
-  for j = #gone, 1, -1 do
-    local e = redis.call('HGET', lh, gone[j])
-    if e then
-      redis.call('LPUSH', qk .. string.match(e, '^%d+|(%d+)|'), e)
-    end
-  end
-  if #gone > 0 then
-    redis.call('ZREM', lz, unpack(gone))
-    redis.call('HDEL', lh, unpack(gone))
-  end
-  local dz = P .. ':d:' .. q
-  local due = redis.call('ZRANGEBYSCORE', dz, '-inf', now, 'LIMIT', 0, 1000)
-  for _, m in ipairs(due) do
-    local e = string.sub(m, string.find(m, '|', 1, true) + 1)
-    redis.call('RPUSH', qk .. string.match(e, '^%d+|(%d+)|'), e)
-  end
-  if #due > 0 then redis.call('ZREM', dz, unpack(due)) end
-end
-"""
+_QUEUE_PARTS = (*(f"q:{p}" for p in range(10)), "lz", "lh", "d", "s", "w")
 
-# ARGV: prefix, lease seconds, limit, token, consumer id, block seconds, queues...
-# Returns {"D", {handed...}, qi, receipt, entry, ...} or {"W", seconds to block}: with nothing
-# due and block > 0 the consumer is registered as waiting (for a direct hand-off) for
-# that long. A full batch passes the wake-up token on.
-_FETCH = Script(
-    _NOW
-    + _SETTLE_TIME
-    + """
-local P, lease, limit, token = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
-local cid, block, Q0 = ARGV[5], tonumber(ARGV[6]), 7
-local lmpop = (redis.REDIS_VERSION_NUM or 0) >= 0x070000  -- Redis 7; 6.2 pops list by list
-local untl = now + lease
-"""
-    + _UNWAIT
-    + _DRAIN
-    + """
-local out = {'D', handed}
-local n = #handed
-for i = Q0, #ARGV do
-  local q = ARGV[i]
-  settle_time(P, q, now)
-  if n < limit then
-    local qk = P .. ':q:' .. q .. ':'
-    local hargs, zargs = {}, {}
-    local function take(got)
-      for _, e in ipairs(got) do
-        n = n + 1
-        local sep = string.find(e, '|', 1, true)
-        local e2 = (tonumber(string.sub(e, 1, sep - 1)) + 1) .. string.sub(e, sep)
-        local r = token .. ':' .. n
-        hargs[#hargs + 1] = r
-        hargs[#hargs + 1] = e2
-        zargs[#zargs + 1] = untl
-        zargs[#zargs + 1] = r
-        out[#out + 1] = i - Q0 + 1
-        out[#out + 1] = r
-        out[#out + 1] = e2
-      end
-    end
-    if lmpop then
-      -- LMPOP pops from the first non-empty list: one call per priority that has work.
-      local args = {10}
-      for p = 9, 0, -1 do args[#args + 1] = qk .. p end
-      args[12], args[13] = 'LEFT', 'COUNT'
-      while n < limit do
-        args[14] = limit - n
-        local got = redis.call('LMPOP', unpack(args))
-        if not got then break end
-        take(got[2])
-      end
-    else
-      for p = 9, 0, -1 do
-        local got = redis.call('LPOP', qk .. p, limit - n)
-        if got then take(got) end
-        if n >= limit then break end
-      end
-    end
-    if #hargs > 0 then
-      redis.call('HSET', P .. ':lh:' .. q, unpack(hargs))
-      redis.call('ZADD', P .. ':lz:' .. q, unpack(zargs))
-      if n >= limit then
-        -- A full batch: more may wait. Pass the signal on to the next blocked consumer.
-        redis.call('LPUSH', P .. ':s:' .. q, 1)
-        redis.call('LTRIM', P .. ':s:' .. q, 0, 0)
-      end
-    end
-  end
-end
-if n > 0 then return out end
-local nextdue = nil
-for i = Q0, #ARGV do
-  local q = ARGV[i]
-  for _, k in ipairs({P .. ':d:' .. q, P .. ':lz:' .. q}) do
-    local first = redis.call('ZRANGE', k, 0, 0, 'WITHSCORES')
-    if first[2] then
-      local at = tonumber(first[2])
-      if nextdue == nil or at < nextdue then nextdue = at end
-    end
-  end
-end
-local wait = block
-if nextdue then wait = math.min(wait, math.max(nextdue - now, 0.001)) end
-if block > 0 then
-  -- Registered until just after the wait; a consumer that stops waiting early
-  -- clears it (or its next fetch does), and a killed one's lapses on its own.
-  local wt = P .. ':wt:' .. cid
-  local reg = {'t', token, 'l', ARGV[2]}
-  for i = Q0, #ARGV do
-    reg[#reg + 1] = 'q:' .. ARGV[i]
-    reg[#reg + 1] = 1
-  end
-  redis.call('HSET', wt, unpack(reg))
-  redis.call('PEXPIRE', wt, math.floor(wait * 1000) + 250)
-  for i = Q0, #ARGV do
-    local w = P .. ':w:' .. ARGV[i]
-    -- A wait lasts seconds and every live waiter re-registers each time: an entry a
-    -- minute old is a consumer that died waiting (publishes take the newest first,
-    -- so they would not clear it).
-    redis.call('ZREMRANGEBYSCORE', w, '-inf', now - 60)
-    redis.call('ZADD', w, now, cid)
-    redis.call('PEXPIRE', w, math.floor(wait * 1000) + 60000)
-  end
-end
-return {'W', tostring(wait)}
-"""
-)
 
-# ARGV: prefix, lease seconds, consumer id, queues... A consumer that stops waiting
-# (timeout, wake()) clears its registrations and takes what was handed to it meanwhile.
-_GIVE_UP = Script(
-    _NOW
-    + """
-local P, untl, cid, Q0 = ARGV[1], now + tonumber(ARGV[2]), ARGV[3], 4
-"""
-    + _UNWAIT
-    + _DRAIN
-    + """
-return handed
-"""
-)
+@functools.lru_cache(maxsize=1024)
+def queue_keys(prefix: str, queue: str) -> tuple[str, ...]:
+    """A queue's keys in the order the scripts read them (queue_keys.lua): its ten
+    ready lists by priority, lease set, leased entries, delay set, wake-up token list
+    and waiting consumers. Cached: every publish and fetch passes them."""
+    return tuple(f"{prefix}:{{{queue}}}:{part}" for part in _QUEUE_PARTS)
 
-# ARGV: prefix, queue, receipts...
-_ACK = Script(
-    """
-local P, q = ARGV[1], ARGV[2]
-local rs = {unpack(ARGV, 3)}
-redis.call('ZREM', P .. ':lz:' .. q, unpack(rs))
-redis.call('HDEL', P .. ':lh:' .. q, unpack(rs))
-return 1
-"""
-)
 
-# ARGV: prefix, lease seconds, then (queue, receipt) pairs.
-_EXTEND = Script(
-    _NOW
-    + """
-local P, untl = ARGV[1], now + tonumber(ARGV[2])
-for i = 3, #ARGV, 2 do
-  redis.call('ZADD', P .. ':lz:' .. ARGV[i], 'XX', untl, ARGV[i + 1])
-end
-return 1
-"""
-)
-
-# ARGV: prefix, queue, receipt, retry_at or "".
-_NACK = Script(
-    _NOW
-    + """
-local P, q, r, at = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local lh = P .. ':lh:' .. q
-local e = redis.call('HGET', lh, r)
-if not e then return 0 end
-redis.call('HDEL', lh, r)
-redis.call('ZREM', P .. ':lz:' .. q, r)
-if at ~= '' and tonumber(at) > now then
-  local s = redis.call('INCR', P .. ':seq')
-  redis.call('ZADD', P .. ':d:' .. q, at, s .. '|' .. e)
-else
-  redis.call('LPUSH', P .. ':q:' .. q .. ':' .. string.match(e, '^%d+|(%d+)|'), e)
-end
-redis.call('LPUSH', P .. ':s:' .. q, 1)
-redis.call('LTRIM', P .. ':s:' .. q, 0, 0)
-return 1
-"""
-)
-
-# ARGV: prefix, queue, receipt, priority, task id, task name, reason, failed_at, body.
-_DEAD = Script(
-    """
-local P, q, r = ARGV[1], ARGV[2], ARGV[3]
-local id = redis.call('INCR', P .. ':dlq:seq')
-redis.call('HSET', P .. ':dlq:' .. id, 'q', q, 'p', ARGV[4], 't', ARGV[5], 'n', ARGV[6],
-  'r', ARGV[7], 'f', ARGV[8], 'b', ARGV[9])
-redis.call('ZADD', P .. ':dlq:all', id, id)
-redis.call('ZADD', P .. ':dlq:q:' .. q, id, id)
-redis.call('SADD', P .. ':queues', q)
-redis.call('ZREM', P .. ':lz:' .. q, r)
-redis.call('HDEL', P .. ':lh:' .. q, r)
-return id
-"""
-)
-
-# ARGV: prefix, "all" or "ids", ids... Returns how many were replayed.
-_REPLAY = Script(
-    """
-local P = ARGV[1]
-local ids
-if ARGV[2] == 'all' then ids = redis.call('ZRANGE', P .. ':dlq:all', 0, -1) else ids = {unpack(ARGV, 3)} end
-local count = 0
-for _, id in ipairs(ids) do
-  local k = P .. ':dlq:' .. id
-  local f = redis.call('HMGET', k, 'q', 'p', 't', 'b')
-  if f[1] then
-    redis.call('RPUSH', P .. ':q:' .. f[1] .. ':' .. f[2], '0|' .. f[2] .. '|' .. f[3] .. '\\n' .. f[4])
-    redis.call('SADD', P .. ':queues', f[1])
-    redis.call('LPUSH', P .. ':s:' .. f[1], 1)
-    redis.call('LTRIM', P .. ':s:' .. f[1], 0, 0)
-    redis.call('DEL', k)
-    redis.call('ZREM', P .. ':dlq:all', id)
-    redis.call('ZREM', P .. ':dlq:q:' .. f[1], id)
-    count = count + 1
-  end
-end
-return count
-"""
-)
-
-_PURGE_DEAD = Script(
-    """
-local P = ARGV[1]
-local ids
-if ARGV[2] == 'all' then ids = redis.call('ZRANGE', P .. ':dlq:all', 0, -1) else ids = {unpack(ARGV, 3)} end
-local count = 0
-for _, id in ipairs(ids) do
-  local k = P .. ':dlq:' .. id
-  local q = redis.call('HGET', k, 'q')
-  if q then
-    redis.call('DEL', k)
-    redis.call('ZREM', P .. ':dlq:all', id)
-    redis.call('ZREM', P .. ':dlq:q:' .. q, id)
-    count = count + 1
-  end
-end
-return count
-"""
-)
-
-# ARGV: prefix, "all" or "given", queues... Returns {name, ready, in_flight, delayed, dead, ...}.
-_STATS = Script(
-    _NOW
-    + """
-local P = ARGV[1]
-local queues
-if ARGV[2] == 'all' then queues = redis.call('SMEMBERS', P .. ':queues') else queues = {unpack(ARGV, 3)} end
-local out = {}
-for _, q in ipairs(queues) do
-  local ready = 0
-  for p = 0, 9 do ready = ready + redis.call('LLEN', P .. ':q:' .. q .. ':' .. p) end
-  local lz, dz = P .. ':lz:' .. q, P .. ':d:' .. q
-  local leased = redis.call('ZCOUNT', lz, '(' .. now, '+inf')
-  local ran_out = redis.call('ZCOUNT', lz, '-inf', now)
-  local delayed = redis.call('ZCOUNT', dz, '(' .. now, '+inf')
-  local due = redis.call('ZCOUNT', dz, '-inf', now)
-  local dead = redis.call('ZCARD', P .. ':dlq:q:' .. q)
-  ready = ready + ran_out + due
-  if ARGV[2] == 'all' and ready + leased + delayed + dead == 0 then
-    redis.call('SREM', P .. ':queues', q)
-  else
-    out[#out + 1] = q
-    out[#out + 1] = ready
-    out[#out + 1] = leased
-    out[#out + 1] = delayed
-    out[#out + 1] = dead
-  end
-end
-return out
-"""
-)
-
-# ARGV: prefix, "all" or "one", queue. Waiting, delayed and ran-out leases; not live leases.
-_PURGE = Script(
-    _NOW
-    + """
-local P = ARGV[1]
-local queues
-if ARGV[2] == 'all' then queues = redis.call('SMEMBERS', P .. ':queues') else queues = {ARGV[3]} end
-local count = 0
-for _, q in ipairs(queues) do
-  for p = 0, 9 do
-    local k = P .. ':q:' .. q .. ':' .. p
-    count = count + redis.call('LLEN', k)
-    redis.call('DEL', k)
-  end
-  local dz = P .. ':d:' .. q
-  count = count + redis.call('ZCARD', dz)
-  redis.call('DEL', dz)
-  local lz, lh = P .. ':lz:' .. q, P .. ':lh:' .. q
-  local gone = redis.call('ZRANGEBYSCORE', lz, '-inf', now)
-  for _, r in ipairs(gone) do
-    redis.call('ZREM', lz, r)
-    count = count + redis.call('HDEL', lh, r)
-  end
-end
-return count
-"""
-)
-
-# GCRA with no burst. ARGV: key, interval, now or "" (Redis's clock). Returns "0" or the wait.
-_RATE = Script(
-    """
-local k, interval = KEYS[1], tonumber(ARGV[1])
-local now
-if ARGV[2] == '' then
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-else
-  now = tonumber(ARGV[2])
-end
-local tat = tonumber(redis.call('GET', k))
-if tat and tat > now then return tostring(math.max(tat - now, 0.000001)) end
-redis.call('SET', k, string.format('%.6f', now + interval), 'PX', math.ceil(interval * 1000) + 1000)
-return '0'
-"""
-)
-
-_LEASE = Script(
-    """
-local owner = redis.call('GET', KEYS[1])
-if owner and owner ~= ARGV[1] then return 0 end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-return 1
-"""
-)
-
-# Set-if-absent that answers with the holder: the new owner or the one already there.
-_CLAIM = Script(
-    """
-local owner = redis.call('GET', KEYS[1])
-if owner then return owner end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-return ARGV[1]
-"""
-)
-_RELEASE = Script(
-    """
-if redis.call('GET', ARGV[1]) == ARGV[2] then return redis.call('DEL', ARGV[1]) end
-return 0
-"""
-)
-
-# kv: KEYS = hash, expiry zset. Expired records are dropped when seen.
-_KV_SET = Script(
-    _NOW
-    + """
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-if ARGV[3] == '' then
-  redis.call('ZREM', KEYS[2], ARGV[1])
-else
-  redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), ARGV[1])
-end
-return 1
-"""
-)
-
-_KV_EXPIRE = """
-local gone = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)
-if #gone > 0 then
-  redis.call('HDEL', KEYS[1], unpack(gone))
-  redis.call('ZREM', KEYS[2], unpack(gone))
-end
-"""
-
-_KV_GET = Script(_NOW + _KV_EXPIRE + "return redis.call('HGET', KEYS[1], ARGV[1])")
-_KV_ITEMS = Script(_NOW + _KV_EXPIRE + "return redis.call('HGETALL', KEYS[1])")
-# ARGV: stream key, maxlen, entries...
-_LOG_APPEND = Script(
-    """
-local k, maxlen = ARGV[1], ARGV[2]
-for i = 3, #ARGV do redis.call('XADD', k, 'MAXLEN', '~', maxlen, '*', 'd', ARGV[i]) end
-return 1
-"""
-)
-
-_KV_DELETE = Script("redis.call('ZREM', KEYS[2], ARGV[1])\nreturn redis.call('HDEL', KEYS[1], ARGV[1])")
+def fetch_keys(prefix: str, consumer: str, queues: Sequence[str]) -> list[str]:
+    """KEYS of fetch.lua and give_up.lua: the consumer's registration and inbox, then
+    each queue's keys."""
+    keys = [f"{prefix}:wt:{consumer}", f"{prefix}:in:{consumer}"]
+    for queue in queues:
+        keys += queue_keys(prefix, queue)
+    return keys
 
 
 _unique_counter = itertools.count()
@@ -654,13 +219,14 @@ class RedisBroker:
         prefix = self.prefix
         retry_s = self.link.parsed.publish_retry_s
         if eta is None or eta <= time.time():
-            self.link.run(_SEND, (prefix, queue, priority, entry), retry_s=retry_s)
+            keys = (f"{prefix}:queues", *queue_keys(prefix, queue))
+            self.link.run(_SEND, keys, (prefix, queue, priority, entry), retry_s=retry_s)
             return
         # A unique member: two identical messages must not collapse into one.
-        signal = f"{prefix}:s:{queue}"
+        signal = queue_key(prefix, queue, "s")
         self.link.write(
             [
-                ("ZADD", f"{prefix}:d:{queue}", repr(eta), _unique() + entry),
+                ("ZADD", queue_key(prefix, queue, "d"), repr(eta), _unique() + entry),
                 ("SADD", f"{prefix}:queues", queue),
                 ("LPUSH", signal, 1),
                 ("LTRIM", signal, 0, 0),
@@ -682,9 +248,9 @@ class RedisBroker:
             priority = _priority(m)
             entry = _entry(m.encode(), priority, m.id)
             if m.eta is not None and m.eta > now:
-                later.setdefault(f"{prefix}:d:{m.queue}", []).extend((repr(m.eta), _unique() + entry))
+                later.setdefault(queue_key(prefix, m.queue, "d"), []).extend((repr(m.eta), _unique() + entry))
             else:
-                ready.setdefault(f"{prefix}:q:{m.queue}:{priority}", []).append(entry)
+                ready.setdefault(queue_key(prefix, m.queue, f"q:{priority}"), []).append(entry)
         commands: list[tuple[Any, ...]] = []
         for key, entries in ready.items():
             commands += [
@@ -696,12 +262,14 @@ class RedisBroker:
         queues = list(dict.fromkeys(m.queue for m in messages))
         commands.append(("SADD", f"{prefix}:queues", *queues))
         for queue in queues:
-            commands += [("LPUSH", f"{prefix}:s:{queue}", 1), ("LTRIM", f"{prefix}:s:{queue}", 0, 0)]
+            signal = queue_key(prefix, queue, "s")
+            commands += [("LPUSH", signal, 1), ("LTRIM", signal, 0, 0)]
         self.link.write(commands, retry_s=self.link.parsed.publish_retry_s, atomic=True)
 
     def publish_raw(self, queue: str, body: bytes, *, priority: int = 0, task_id: str = "") -> None:
         """Store bytes as they are; lets tests queue a body no decoder accepts."""
-        self.link.run(_PUBLISH, (self.prefix, queue, priority, "", _entry(body, priority, task_id)))
+        keys = [f"{self.prefix}:queues", *queue_keys(self.prefix, queue)]
+        self.link.run(_SEND, keys, (self.prefix, queue, priority, _entry(body, priority, task_id)))
 
     # -- consuming -------------------------------------------------------------------
     def fetch(self, queues: Sequence[str], *, limit: int, lease_s: float, timeout_s: float) -> list[Delivery]:
@@ -711,6 +279,7 @@ class RedisBroker:
         deadline = time.monotonic() + max(timeout_s, 0.0)
         generation = self._generation
         consumer = self._consumer_id()
+        keys = fetch_keys(self.prefix, consumer, queues)
         while True:
             token = _token()
             remaining = deadline - time.monotonic()
@@ -718,7 +287,7 @@ class RedisBroker:
             if self._generation != generation:
                 block = 0.0
             args = (self.prefix, lease_s, limit, token, consumer, repr(max(block, 0.0)), *queues)
-            reply = self.link.read(_FETCH, args)
+            reply = self.link.read(_FETCH, keys, args)
             if reply[0] == b"D":
                 return [_handed(item) for item in reply[1]] + _deliveries(reply, queues)
             if block <= 0:
@@ -728,7 +297,7 @@ class RedisBroker:
                 return [_handed(handed)]
             if self._generation != generation or deadline - time.monotonic() <= 0:
                 # Stop waiting: no hand-off may reach a consumer that is not listening.
-                items = self.link.read(_GIVE_UP, (self.prefix, lease_s, consumer, *queues))
+                items = self.link.read(_GIVE_UP, keys, (self.prefix, lease_s, consumer, *queues))
                 return [_handed(item) for item in items]
 
     def _wake_key(self) -> str:
@@ -754,7 +323,7 @@ class RedisBroker:
         that fills its batch passes a token on, so a burst still wakes everyone.
         """
         inbox = self.link.key("in", consumer)
-        keys = [inbox] + [self.link.key("s", q) for q in queues] + [self._wake_key()]
+        keys = [inbox] + [queue_key(self.prefix, q, "s") for q in queues] + [self._wake_key()]
         timeout = round(max(min(seconds, self.link.max_block_s), 0.001), 3)
         reply = self.link.send([("BLPOP", *keys, timeout)])[0]
         if reply and _text(reply[0]) == inbox:
@@ -763,16 +332,28 @@ class RedisBroker:
 
     def ack(self, deliveries: Sequence[Delivery]) -> None:
         for queue, receipts in _by_queue(deliveries).items():
-            self.link.run(_ACK, (self.prefix, queue, *receipts))
+            keys = (queue_key(self.prefix, queue, "lz"), queue_key(self.prefix, queue, "lh"))
+            self.link.run(_ACK, keys, receipts)
 
     def nack(self, delivery: Delivery, *, retry_at: float | None = None, reason: str = "") -> None:
         at = "" if retry_at is None else repr(retry_at)
-        self.link.run(_NACK, (self.prefix, delivery.queue, delivery.receipt, at))
+        keys = [*queue_keys(self.prefix, delivery.queue), queue_key(self.prefix, delivery.queue, "seq")]
+        self.link.run(_NACK, keys, (delivery.receipt, at))
 
     def dead_letter(self, delivery: Delivery, *, reason: str) -> None:
         task_id, task_name, priority = _describe(delivery.body)
+        queue, prefix = delivery.queue, self.prefix
+        keys = [
+            f"{prefix}:dlq:seq",
+            f"{prefix}:dlq:all",
+            queue_key(prefix, queue, "dlq"),
+            f"{prefix}:queues",
+            queue_key(prefix, queue, "lz"),
+            queue_key(prefix, queue, "lh"),
+        ]
         self.link.run(
             _DEAD,
+            keys,
             (
                 self.prefix,
                 delivery.queue,
@@ -789,10 +370,9 @@ class RedisBroker:
     def extend(self, deliveries: Sequence[Delivery], *, lease_s: float) -> None:
         if not deliveries:
             return
-        args: list[Any] = [self.prefix, lease_s]
-        for d in deliveries:
-            args += (d.queue, d.receipt)
-        self.link.run(_EXTEND, args)
+        with self.link.batch():  # one round trip, whatever the number of queues
+            for queue, receipts in _by_queue(deliveries).items():
+                self.link.run(_EXTEND, (queue_key(self.prefix, queue, "lz"),), (lease_s, *receipts))
 
     def wake(self) -> None:
         with self._wake_lock:
@@ -818,9 +398,17 @@ class RedisBroker:
         self.link.close()
 
     # -- admin -----------------------------------------------------------------------
+    def _queue_names(self) -> list[str]:
+        return sorted(_text(q) for q in self.link.send([("SMEMBERS", self.link.key("queues"))])[0])
+
     def queue_stats(self, queues: Sequence[str] | None = None) -> list[QueueStats]:
-        mode = "all" if queues is None else "given"
-        reply = self.link.read(_STATS, (self.prefix, mode, *(queues or ())))
+        names = self._queue_names() if queues is None else list(dict.fromkeys(queues))
+        if not names:
+            return []
+        keys = [self.link.key("queues")]
+        for name in names:
+            keys += (*queue_keys(self.prefix, name), queue_key(self.prefix, name, "dlq"))
+        reply = self.link.read(_STATS, keys, ("1" if queues is None else "0", *names))
         found = {
             _text(reply[i]): QueueStats(_text(reply[i]), *(int(v) for v in reply[i + 1 : i + 5]))
             for i in range(0, len(reply), 5)
@@ -830,13 +418,13 @@ class RedisBroker:
         return [found[name] for name in sorted(found)]
 
     def purge(self, queue: str | None = None) -> int:
-        mode = ("all", "") if queue is None else ("one", queue)
-        return int(self.link.read(_PURGE, (self.prefix, *mode)))
+        names = self._queue_names() if queue is None else [queue]
+        return sum(int(self.link.read(_PURGE, queue_keys(self.prefix, name), ())) for name in names)
 
     def dead_letters(
         self, queue: str | None = None, *, limit: int = 100, offset: int = 0
     ) -> list[DeadLetter]:
-        index = self.link.key("dlq", "all") if queue is None else self.link.key("dlq", "q", queue)
+        index = self.link.key("dlq", "all") if queue is None else queue_key(self.prefix, queue, "dlq")
         if limit <= 0:
             return []
 
@@ -860,18 +448,35 @@ class RedisBroker:
         return self._dead_op(_PURGE_DEAD, entry_ids)
 
     def _dead_op(self, script: Script, entry_ids: Sequence[str] | None) -> int:
+        """One script per dead letter, each in its queue's slot; a letter replayed or
+        purged meanwhile by someone else is skipped (the script checks it is there)."""
         if entry_ids is None:
-            return int(self.link.read(script, (self.prefix, "all")))
-        ids = sorted({int(e) for e in entry_ids if str(e).isdigit()})
+            ids = [_text(i) for i in self.link.send([("ZRANGE", self.link.key("dlq", "all"), 0, -1)])[0]]
+        else:
+            ids = [str(i) for i in sorted({int(e) for e in entry_ids if str(e).isdigit()})]
         if not ids:
             return 0
-        return int(self.link.read(script, (self.prefix, "ids", *ids)))
+        queues = self.link.send([("HGET", self.link.key("dlq", i), "q") for i in ids])
+        done = 0
+        for entry_id, raw in zip(ids, queues, strict=True):
+            if raw is None:
+                continue
+            queue = _text(raw)
+            keys = [
+                self.link.key("dlq", entry_id),
+                self.link.key("dlq", "all"),
+                queue_key(self.prefix, queue, "dlq"),
+            ]
+            if script is _REPLAY:
+                keys += (self.link.key("queues"), *queue_keys(self.prefix, queue))
+            done += int(self.link.read(script, keys, (entry_id, queue)))
+        return done
 
     def rate_limit_wait(self, key: str, interval_s: float, *, now: float | None = None) -> float:
         if interval_s <= 0:
             return 0.0
         args = (repr(float(interval_s)), "" if now is None else repr(now))
-        return float(self.link.read(_RATE, args, keys=(self.link.key("rl", key),)))
+        return float(self.link.read(_RATE, (self.link.key("rl", key),), args))
 
     def server_time(self) -> float:
         """Now by Redis's clock (``TIME``), the one its TTLs and scripts use: beat counts
@@ -881,15 +486,69 @@ class RedisBroker:
 
     def acquire_lease(self, name: str, owner: str, ttl_s: float) -> bool:
         args = (owner, max(1, int(ttl_s * 1000)))
-        return bool(self.link.read(_LEASE, args, keys=(self.link.key("lease", name),)))
+        return bool(self.link.read(_LEASE, (self.link.key("lease", name),), args))
 
     def claim_lease(self, name: str, owner: str, ttl_s: float) -> str:
         ttl_ms = max(1, int(ttl_s * 1000))
-        holder = self.link.read(_CLAIM, (owner, ttl_ms), keys=(self.link.key("lease", name),))
+        holder = self.link.read(_CLAIM, (self.link.key("lease", name),), (owner, ttl_ms))
         return holder.decode() if isinstance(holder, bytes) else str(holder)
 
     def release_lease(self, name: str, owner: str) -> None:
-        self.link.run(_RELEASE, (self.link.key("lease", name), owner))
+        self.link.run(_RELEASE, (self.link.key("lease", name),), (owner,))
+
+    # -- upgrade -----------------------------------------------------------------------
+    def _old_layout(self) -> list[tuple[str, str]]:
+        """(old key, new key) for each queue key written before queues had hash tags
+        (``P:q:<queue>:<p>``, ``P:lz:<queue>``...), where the old key still exists."""
+        prefix, pairs = self.prefix, []
+        for queue in self._queue_names():
+            pairs += [(f"{prefix}:q:{queue}:{p}", queue_key(prefix, queue, f"q:{p}")) for p in range(10)]
+            pairs += [
+                (f"{prefix}:{part}:{queue}", queue_key(prefix, queue, part)) for part in ("lz", "lh", "d")
+            ]
+            pairs.append((f"{prefix}:dlq:q:{queue}", queue_key(prefix, queue, "dlq")))
+        if not pairs:
+            return []
+        found = self.link.send([("EXISTS", old) for old, _ in pairs])
+        return [pair for pair, there in zip(pairs, found, strict=True) if there]
+
+    def old_layout_keys(self) -> int:
+        """How many keys are still in the layout before hash tags (``migrate_layout``)."""
+        return len(self._old_layout())
+
+    def migrate_layout(self) -> int:
+        """Move queues written by Conveyor before queue keys had hash tags into the
+        current layout; returns how many keys moved. Run it (``conveyor migrate``)
+        with the old version's workers and producers stopped: it is not atomic, and
+        they would go on writing the old keys. Leases move too, so what was running
+        when they stopped comes back when its lease runs out."""
+        prefix = self.prefix
+        pairs = self._old_layout()
+        for old, new in pairs:
+            kind = _text(self.link.send([("TYPE", old)])[0])
+            if not self.link.send([("EXISTS", new)])[0]:
+                self.link.send([("RENAME", old, new)])
+                continue
+            # Both exist (the new version already ran): merge, old entries first.
+            if kind == "list":
+                items = self.link.send([("LRANGE", old, 0, -1)])[0]
+                self.link.write([("LPUSH", new, *reversed(items)), ("DEL", old)], atomic=True)
+            elif kind == "zset":
+                flat = self.link.send([("ZRANGE", old, 0, -1, "WITHSCORES")])[0]
+                pairs_ = [a for i in range(0, len(flat), 2) for a in (flat[i + 1], flat[i])]
+                self.link.write([("ZADD", new, *pairs_), ("DEL", old)], atomic=True)
+            elif kind == "hash":
+                flat = self.link.send([("HGETALL", old)])[0]
+                self.link.write([("HSET", new, *flat), ("DEL", old)], atomic=True)
+        # Delay-set members were made unique by one counter for all queues; each queue
+        # counts on from it, so no new member can equal an old one.
+        seq = self.link.send([("GET", f"{prefix}:seq")])[0]
+        if seq is not None:
+            names = self._queue_names()
+            self.link.send([("SET", queue_key(prefix, q, "seq"), seq, "NX") for q in names])
+            # Wake-up tokens and waiting sets only live as long as a wait: drop the old ones.
+            self.link.send([("DEL", f"{prefix}:seq", *(f"{prefix}:{p}:{q}" for q in names for p in "sw"))])
+        return len(pairs)
 
     # -- kv records --------------------------------------------------------------------
     def _kv_keys(self, namespace: str) -> tuple[str, str]:
@@ -897,49 +556,86 @@ class RedisBroker:
         return self.link.key("kv", namespace), self.link.key("kvx", namespace)
 
     def kv_set(self, namespace: str, key: str, value: bytes, *, ttl_s: float | None = None) -> None:
-        self.link.read(
-            _KV_SET, (key, value, "" if ttl_s is None else repr(float(ttl_s))), keys=self._kv_keys(namespace)
-        )
+        ttl = "" if ttl_s is None else repr(float(ttl_s))
+        self.link.read(_KV_SET, self._kv_keys(namespace), (key, value, ttl))
 
     def kv_get(self, namespace: str, key: str) -> bytes | None:
-        value = self.link.read(_KV_GET, (key,), keys=self._kv_keys(namespace))
+        value = self.link.read(_KV_GET, self._kv_keys(namespace), (key,))
         return None if value is None else bytes(value)
 
     def kv_items(self, namespace: str) -> dict[str, bytes]:
-        flat = self.link.read(_KV_ITEMS, (), keys=self._kv_keys(namespace))
+        flat = self.link.read(_KV_ITEMS, self._kv_keys(namespace), ())
         return {_text(flat[i]): bytes(flat[i + 1]) for i in range(0, len(flat), 2)}
 
     def kv_delete(self, namespace: str, key: str) -> bool:
-        return bool(self.link.read(_KV_DELETE, (key,), keys=self._kv_keys(namespace)))
+        return bool(self.link.read(_KV_DELETE, self._kv_keys(namespace), (key,)))
 
     # -- logs --------------------------------------------------------------------------
     def _log_key(self, stream: str) -> str:
         return self.link.key("log", check_name("stream", stream))
 
+    def _log_keys(self, stream: str) -> tuple[str, str]:
+        key = self._log_key(stream)
+        return key, f"{self.prefix}:{{{key}}}:n"  # the count, in the stream's own cluster slot
+
     def log_append(self, stream: str, entries: Sequence[bytes], *, maxlen: int) -> None:
-        """One XADD per entry in one script: inside a ``batch()`` it rides with the
-        worker's settle (task events with the results they describe)."""
-        if entries:
-            self.link.run(_LOG_APPEND, (self._log_key(stream), max(1, int(maxlen)), *entries))
+        """One stream entry for all ``entries`` (one XADD, a field per event), the log
+        kept at about ``maxlen`` events: inside a ``batch()`` it rides with the
+        worker's settle (task events with the results they describe).
+
+        Plain commands, not a script: a script is handed the events as arguments, and
+        that copy costs Redis more than the XADD itself. The event count kept beside
+        the stream says when the oldest entries must go (log_bound.lua), about once
+        per twentieth of ``maxlen`` events."""
+        if not entries:
+            return
+        keys = self._log_keys(stream)
+        fields: list[Any] = []
+        for entry in entries:
+            fields += ("d", entry)
+        maxlen = max(1, int(maxlen))
+        bound = maxlen + -(-maxlen // 20)
+
+        def trim_when_over(count: Any) -> None:
+            if int(count) > bound:
+                try:
+                    self.link.read(_LOG_BOUND, keys, (maxlen,))
+                except BrokerError as exc:  # the next append tries again: the count stays over
+                    log.warning("could not trim the %s log: %s", stream, exc)
+
+        with self.link.batch():
+            self.link.command("XADD", keys[0], "*", *fields)
+            self.link.command_then(("INCRBY", keys[1], len(entries)), trim_when_over)
 
     def log_read(
         self, stream: str, *, after: str = "0", limit: int = 1000, timeout_s: float = 0.0
     ) -> list[tuple[str, bytes]]:
+        """Events after ``after``, each with its own id: an entry's last event has the
+        entry's id, and one with ``n`` more after it in its entry ``<entry id>.<n>``
+        (so "after" an event inside an entry reads that entry's rest first)."""
         key = self._log_key(stream)
         after = after or "0"
         if not _LOG_ID.fullmatch(after):
             raise ValueError(f"invalid log id {after!r}: pass an id returned by log_read or log_tail")
+        limit = max(1, limit)
+        entry, _, later = after.partition(".")
+        if later:
+            # Every entry holds at least one event: ``limit`` entries are enough.
+            reply = self.link.send([("XRANGE", key, entry, "+", "COUNT", limit)])[0]
+            events = _log_events(reply, entry, int(later))
+            if events:
+                return events[:limit]
         deadline = time.monotonic() + max(timeout_s, 0.0)
         while True:
             remaining = deadline - time.monotonic()
-            args: list[Any] = ["XREAD", "COUNT", max(1, limit)]
+            args: list[Any] = ["XREAD", "COUNT", limit]
             if remaining > 0:
                 args += ["BLOCK", max(1, int(min(remaining, self.link.max_block_s) * 1000))]
-            args += ["STREAMS", key, after]
+            args += ["STREAMS", key, entry]
             reply = self.link.send([tuple(args)])[0]
-            entries = _stream_entries(reply)
-            if entries or deadline - time.monotonic() <= 0:
-                return entries
+            events = _log_events(reply[0][1] if reply else [])
+            if events or deadline - time.monotonic() <= 0:
+                return events[:limit]
 
     def log_tail(self, stream: str) -> str:
         key = self._log_key(stream)
@@ -947,10 +643,25 @@ class RedisBroker:
         return _text(last[0][0]) if last else "0"
 
     def log_trim(self, stream: str, *, older_than_s: float) -> int:
-        key = self._log_key(stream)
-
+        """Drop the entries appended before then; returns how many events they held."""
         cutoff_ms = int((self.server_time() - older_than_s) * 1000)
-        return int(self.link.send([("XTRIM", key, "MINID", "=", max(cutoff_ms, 0))])[0])
+        return int(self.link.read(_LOG_TRIM, self._log_keys(stream), (max(cutoff_ms, 0),)))
+
+
+def _log_events(entries: Sequence[Any], partial: str = "", later: int = 0) -> list[tuple[str, bytes]]:
+    """Stream entries (``[[id, [field, value, ...]], ...]``) as one item per event,
+    with the ids ``log_read`` describes; of the entry ``partial``, its last ``later``
+    events only."""
+    out: list[tuple[str, bytes]] = []
+    for raw_id, fields in entries:
+        entry_id = _text(raw_id)
+        values = fields[1::2]
+        count = len(values)
+        first = count - later if entry_id == partial else 0
+        for index in range(max(first, 0), count):
+            left = count - 1 - index
+            out.append((f"{entry_id}.{left}" if left else entry_id, bytes(values[index])))
+    return out
 
 
 def _pairs(flat: Sequence[Any]) -> dict[Any, Any]:
@@ -998,18 +709,6 @@ def _deliveries(reply: list[Any], queues: list[str]) -> list[Delivery]:
                 message_id=task_id.decode(errors="replace"),
             )
         )
-    return out
-
-
-def _stream_entries(reply: Any) -> list[tuple[str, bytes]]:
-    if not reply:
-        return []
-    # Raw RESP2: [[key, [[id, [field, value, ...]], ...]]]
-    items = reply[0][1]
-    out = []
-    for entry_id, fields in items:
-        values = dict(zip(fields[::2], fields[1::2], strict=True))
-        out.append((_text(entry_id), bytes(values.get(b"d", b""))))
     return out
 
 

@@ -2,7 +2,9 @@
 
 Only the PostgreSQL broker and result store have a schema to manage (their tables
 are created at first use anyway; this lets a deploy step do it, or check it, before
-any worker starts). SQLite, Redis and memory need nothing.
+any worker starts). On Redis it moves queues kept in the key layout from before
+queue keys had hash tags into the current one (docs/brokers.md, "Upgrading").
+SQLite and memory need nothing.
 """
 
 from __future__ import annotations
@@ -11,6 +13,27 @@ import click
 
 from conveyor.brokers.base import mask_url
 from conveyor.cli.context import CliState, pass_state, shared_options
+
+
+def _redis_migrate(url: str, check: bool) -> bool:
+    """Move or check a Redis broker's queues; True when some are still in the old layout."""
+    from conveyor.brokers.redis import RedisBroker
+
+    broker = RedisBroker(url)
+    try:
+        where = mask_url(url)
+        if check:
+            old = broker.old_layout_keys()
+            if old:
+                click.echo(f"{where}: {old} key(s) in the layout before hash tags; run `conveyor migrate`")
+                return True
+            click.echo(f"{where}: key layout up to date")
+            return False
+        moved = broker.migrate_layout()
+        click.echo(f"{where}: moved {moved} key(s); key layout up to date")
+        return False
+    finally:
+        broker.close()
 
 
 def _postgres_urls(state: CliState) -> list[str]:
@@ -27,8 +50,16 @@ def _postgres_urls(state: CliState) -> list[str]:
 @shared_options(envvars=False)
 @pass_state
 def migrate(state: CliState, check: bool) -> None:
-    """Create or upgrade Conveyor's tables in the PostgreSQL schema (nothing to do on other brokers)."""
+    """Create or upgrade Conveyor's tables in the PostgreSQL schema, or move a Redis broker's queues
+    into the current key layout (nothing to do on other brokers)."""
+    broker_url = state.get_app().conf.broker_url
+    on_redis = broker_url.split(":", 1)[0].lower() in ("redis", "rediss", "redis+sentinel")
+    behind = on_redis and _redis_migrate(broker_url, check)
     urls = _postgres_urls(state)
+    if not urls and on_redis:
+        if behind:
+            raise SystemExit(1)
+        return
     if not urls:
         click.echo("nothing to migrate: only a postgresql:// broker or result backend has a schema")
         return
@@ -38,7 +69,6 @@ def migrate(state: CliState, check: bool) -> None:
     from conveyor.brokers.postgres import SCHEMA, TABLES
     from conveyor.brokers.postgres_store import STORE_SCHEMA, STORE_TABLES
 
-    behind = False
     for url in urls:
         db = _postgres.Database(
             url,

@@ -50,6 +50,7 @@ from conveyor.monitor.events import (
 from conveyor.monitor.records import (
     KEEP_FIRST,
     KEEP_LAST,
+    LogKey,
     Ref,
     TaskDetail,
     TaskRecord,
@@ -270,7 +271,7 @@ class TaskIndex:
             return
         self._oldest = oldest
         # An empty log (purged, or all expired) keeps none of the events read so far.
-        floor: tuple[float, float] = sort_key(oldest) if oldest is not None else (float("inf"), 0.0)
+        floor: LogKey = sort_key(oldest) if oldest is not None else (float("inf"), 0, 0)
         # Tasks are in first-seen order, which is log order: only the head can be trimmed.
         self._drop_head(lambda t: first_key(t) < floor, lambda t: newest_key(t) < floor)
 

@@ -189,32 +189,42 @@ def ref_of(entry_id: str) -> Ref:
     return int(entry_id) if entry_id.isdigit() else entry_id
 
 
-def sort_key(ref: Ref) -> tuple[int, int]:
-    """Log order: "12" (SQLite, memory) or "1700000000000-3" (Redis streams)."""
+LogKey = tuple[float, float, float]
+
+
+def sort_key(ref: Ref) -> LogKey:
+    """Log order: "12" (SQLite, memory), "1700000000000-3" (a Redis stream entry), or
+    "1700000000000-3.2" (an event of a Redis entry holding several, with 2 more
+    after it in the entry: its last one is the plain entry id)."""
     if isinstance(ref, int):
-        return (ref, 0)
-    ms, _, seq = ref.partition("-")
-    return (int(ms), int(seq or 0))
+        return (ref, 0, 0)
+    entry, _, later = ref.partition(".")
+    ms, _, seq = entry.partition("-")
+    return (int(ms), int(seq or 0), -int(later or 0))
 
 
 def before(ref: Ref) -> str:
     """The id just before ``ref``, so a read after it starts at ``ref``."""
     if isinstance(ref, int):
         return str(ref - 1)
-    ms, seq = sort_key(ref)
-    return f"{ms}-{seq - 1}" if seq else f"{ms - 1}-{2**64 - 1}"
+    if "-" in ref:
+        # Within a Redis entry: after "<entry>.<n>" come its last n events, and a
+        # plain entry id is that entry's last event (n = 0).
+        entry, _, later = ref.partition(".")
+        return f"{entry}.{int(later or 0) + 1}"
+    return str(int(ref) - 1)
 
 
-def first_key(task: TaskRecord) -> tuple[float, float]:
+def first_key(task: TaskRecord) -> LogKey:
     for ref in task.refs:
         if not isinstance(ref, dict):
             return sort_key(ref)
-    return (float("inf"), 0)  # only fed events: never trimmed from the log
+    return (float("inf"), 0, 0)  # only fed events: never trimmed from the log
 
 
-def newest_key(task: TaskRecord) -> tuple[float, float]:
+def newest_key(task: TaskRecord) -> LogKey:
     ref = task.newestref()
-    return (float("inf"), 0) if ref is None else sort_key(ref)
+    return (float("inf"), 0, 0) if ref is None else sort_key(ref)
 
 
 def progress_of(meta: Any) -> tuple[float, float] | None:

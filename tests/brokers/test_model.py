@@ -151,7 +151,7 @@ def _redis_harness(tmp_path: Path) -> Harness:
 
     def jump(broker: AdminBroker, seconds: float) -> None:
         link = broker.link  # type: ignore[attr-defined]
-        keys = [link.key(kind, q) for q in QUEUES for kind in ("lz", "d")]
+        keys = [redis_broker.queue_key(link.prefix, q, kind) for q in QUEUES for kind in ("lz", "d")]
         for key, flat in zip(
             keys, link.send([("ZRANGE", key, 0, -1, "WITHSCORES") for key in keys]), strict=True
         ):
@@ -169,7 +169,8 @@ def _redis_harness(tmp_path: Path) -> Harness:
         # between its wake-up and its next fetch, as after a wake-up token.
         b: Any = broker
         args = (b.prefix, LONG_S, 10, redis_broker._token(), b._consumer_id(), 30.0, *queues)
-        assert b.link.read(redis_broker._FETCH, args)[0] == b"W"
+        keys = redis_broker.fetch_keys(b.prefix, b._consumer_id(), queues)
+        assert b.link.read(redis_broker._FETCH, keys, args)[0] == b"W"
         return True
 
     return Harness(

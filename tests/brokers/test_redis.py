@@ -40,6 +40,19 @@ def msg(queue: str = "default") -> Message:
     return Message(id=new_id(), task="tests.add", args=[1, 2], queue=queue, created_at=time.time())
 
 
+def test_every_script_is_a_file_that_declares_its_keys() -> None:
+    from conveyor.backends import redis as redis_backend
+    from conveyor.brokers import redis as redis_broker
+
+    scripts = [*redis_broker.SCRIPTS, *redis_backend.SCRIPTS]
+    assert len({s.name for s in scripts}) == len(scripts) == 24
+    for script in scripts:
+        assert script.keys, f"{script.name}.lua declares no KEYS"
+        assert "--#" not in script.source  # snippets are included
+        assert "KEYS[" in script.source, f"{script.name}.lua reads no KEYS"
+    assert redis_broker._NACK.keys.startswith("the queue's keys (queue_keys.lua)")
+
+
 def test_url_forms() -> None:
     plain = parse_url("redis://:s3cret@host:6380/2?prefix=app&socket_timeout=3")
     assert plain.prefix == "app" and plain.client_url == "redis://:s3cret@host:6380/2?socket_timeout=3"
@@ -157,6 +170,32 @@ def test_reconnects_after_a_restart(tmp_path: Path) -> None:
         server.stop()
 
 
+def test_a_hung_server_is_noticed_within_the_socket_timeout(tmp_path: Path) -> None:
+    """Timeouts are the kernel's on plain TCP (SO_RCVTIMEO): a server that stops
+    answering still fails the call, as a lost connection, and the next call after it
+    recovers reconnects."""
+    import os
+    import signal
+
+    redis_server_or_skip()
+    server = RedisServer(tmp_path)
+    server.start()
+    assert server.process is not None
+    try:
+        broker = RedisBroker(server.url + "?socket_timeout=0.5&publish_retry=0")
+        broker.publish(msg())
+        os.kill(server.process.pid, signal.SIGSTOP)
+        try:
+            with pytest.raises(BrokerConnectionError, match="cannot reach Redis"):
+                broker.queue_stats()
+        finally:
+            os.kill(server.process.pid, signal.SIGCONT)
+        assert broker.queue_stats(["default"])[0].ready == 1
+        broker.close()
+    finally:
+        server.stop()
+
+
 def test_keys_stay_under_the_prefix(url: str, broker: RedisBroker) -> None:
     broker.publish(msg())
     [d] = broker.fetch(["default"], limit=1, lease_s=30, timeout_s=0)
@@ -169,6 +208,36 @@ def test_keys_stay_under_the_prefix(url: str, broker: RedisBroker) -> None:
     other = RedisBroker(fresh_url(redis_server_or_skip()))
     assert other.queue_stats() == []  # another prefix sees nothing of it
     other.close()
+
+
+def test_one_append_is_one_stream_entry_in_the_settle_batch(broker: RedisBroker) -> None:
+    stream = broker.link.key("log", "events")
+    with broker.batch():
+        broker.publish(msg())
+        broker.log_append("events", [b"received", b"started", b"succeeded"], maxlen=1000)
+    assert broker.link.send([("XLEN", stream)])[0] == 1
+    assert [body for _, body in broker.log_read("events")] == [b"received", b"started", b"succeeded"]
+
+
+def test_the_log_keeps_about_maxlen_events_whatever_the_append_sizes(broker: RedisBroker) -> None:
+    sent = 0
+    for size in [1, 3, 256, 2, 100, 1, 40] * 10:
+        broker.log_append("events", [b"%d" % (sent + i) for i in range(size)], maxlen=500)
+        sent += size
+    bodies = [body for _, body in broker.log_read("events", limit=100_000)]
+    assert bodies == [b"%d" % i for i in range(sent - len(bodies), sent)]  # the newest, no gaps
+    assert 500 <= len(bodies) <= 525 + 256  # past the bound by 5% at most, plus the last append
+
+
+def test_log_entries_written_one_event_each_still_read(broker: RedisBroker) -> None:
+    """Entries as older versions wrote them (one XADD per event) read as before."""
+    stream = broker.link.key("log", "events")
+    old = [broker.link.send([("XADD", stream, "*", "d", body)])[0].decode() for body in (b"x", b"y")]
+    broker.log_append("events", [b"z1", b"z2"], maxlen=100)
+    entries = broker.log_read("events")
+    assert [body for _, body in entries] == [b"x", b"y", b"z1", b"z2"]
+    assert [entry_id for entry_id, _ in entries[:2]] == old
+    assert broker.log_trim("events", older_than_s=-60) == 4
 
 
 def test_result_wait_wakes_several_waiters(url: str) -> None:
@@ -210,6 +279,28 @@ def test_threads_that_end_leave_no_connection_behind(broker: RedisBroker) -> Non
     gc.collect()
     assert clients() - before <= 5
     assert broker.queue_stats(["default"])[0].ready == 201
+
+
+def test_connections_are_named_after_their_host_and_process(broker: RedisBroker) -> None:
+    import os
+    import socket
+
+    broker.publish(msg())
+    listed = broker.link.send([("CLIENT", "LIST")])[0].decode()
+    names = {field[5:] for line in listed.splitlines() for field in line.split() if field.startswith("name=")}
+    assert f"conveyor:{socket.gethostname()}:{os.getpid()}" in names
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # a forked worker child names its own connections
+        try:
+            broker.publish(msg())
+            os.write(write, broker.link.send([("CLIENT", "GETNAME")])[0])
+        finally:
+            os._exit(0)
+    os.waitpid(child, 0)
+    os.close(write)
+    assert os.read(read, 200).decode() == f"conveyor:{socket.gethostname()}:{child}"
+    os.close(read)
 
 
 def test_sentinel_url_reaches_the_master(tmp_path: Path) -> None:

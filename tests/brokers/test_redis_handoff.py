@@ -51,7 +51,10 @@ def stats(broker: RedisBroker) -> tuple[int, int, int, int]:
 def register(broker: RedisBroker, consumer: str, *, lease_s: float = 30.0, block_s: float = 5.0) -> None:
     """What a fetch does before it blocks, without the BLPOP: a consumer that
     registered as waiting and then stopped listening (killed, or between calls)."""
-    reply = broker.link.read(redis_broker._FETCH, (broker.prefix, lease_s, 10, "tok", consumer, block_s, Q))
+    keys = redis_broker.fetch_keys(broker.prefix, consumer, [Q])
+    reply = broker.link.read(
+        redis_broker._FETCH, keys, (broker.prefix, lease_s, 10, "tok", consumer, block_s, Q)
+    )
     assert reply[0] == b"W"
 
 
@@ -59,10 +62,10 @@ def count_fetch_scripts(broker: RedisBroker, monkeypatch: pytest.MonkeyPatch) ->
     calls = [0]
     read = broker.link.read
 
-    def counted(script: Any, args: Any, **kw: Any) -> Any:
+    def counted(script: Any, keys: Any, args: Any) -> Any:
         if script is redis_broker._FETCH:
             calls[0] += 1
-        return read(script, args, **kw)
+        return read(script, keys, args)
 
     monkeypatch.setattr(broker.link, "read", counted)
     return calls
@@ -78,7 +81,7 @@ def test_blocked_fetch_is_handed_the_publish_without_a_second_fetch(
         target=lambda: got.extend(broker.fetch([Q], limit=5, lease_s=30, timeout_s=20))
     )
     consumer.start()
-    waiting = broker.link.key("w", Q)
+    waiting = redis_broker.queue_key(broker.prefix, Q, "w")
     deadline = time.monotonic() + 20
     while not producer.link.send([("EXISTS", waiting)])[0] and time.monotonic() < deadline:
         time.sleep(0.005)
@@ -88,7 +91,7 @@ def test_blocked_fetch_is_handed_the_publish_without_a_second_fetch(
     assert [d.message_id for d in got] == [m.id]
     assert got[0].receipt.endswith(":h") and got[0].attempt == 1
     assert calls[0] == 1  # the BLPOP reply carried it: no fetch after the wake-up
-    assert producer.link.send([("LLEN", broker.link.key("q", Q, "0"))])[0] == 0
+    assert producer.link.send([("LLEN", redis_broker.queue_key(broker.prefix, Q, "q:0"))])[0] == 0
     broker.extend(got, lease_s=60)
     broker.ack(got)
     assert stats(broker) == (0, 0, 0, 0)
@@ -109,7 +112,8 @@ def test_handed_to_a_consumer_that_is_gone_comes_back_after_the_lease(url: str, 
     # The ghost's inbox entry no longer holds: were it to fetch again, it gets nothing.
     ghost_inbox = broker.link.key("in", "ghost")
     assert broker.link.send([("LLEN", ghost_inbox)])[0] == 1
-    reply = broker.link.read(redis_broker._FETCH, (broker.prefix, 30, 10, "tok2", "ghost", 0, Q))
+    keys = redis_broker.fetch_keys(broker.prefix, "ghost", [Q])
+    reply = broker.link.read(redis_broker._FETCH, keys, (broker.prefix, 30, 10, "tok2", "ghost", 0, Q))
     assert reply[0] == b"W"
     assert broker.link.send([("EXISTS", ghost_inbox)])[0] == 0
     other.close()
@@ -186,7 +190,10 @@ def test_delayed_publish_is_not_handed_off(broker: RedisBroker) -> None:
 
 def test_no_hand_off_for_a_queue_the_consumer_no_longer_waits_on(broker: RedisBroker) -> None:
     register(broker, "ghost")  # waits on Q
-    reply = broker.link.read(redis_broker._FETCH, (broker.prefix, 30, 10, "tok2", "ghost", 5.0, "other"))
+    keys = redis_broker.fetch_keys(broker.prefix, "ghost", ["other"])
+    reply = broker.link.read(
+        redis_broker._FETCH, keys, (broker.prefix, 30, 10, "tok2", "ghost", 5.0, "other")
+    )
     assert reply[0] == b"W"  # now waits on "other" only; its member in P:w:<Q> is stale
     m = msg()
     broker.publish(m)

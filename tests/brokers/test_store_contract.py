@@ -12,6 +12,7 @@ import time
 import pytest
 
 from conveyor.brokers.base import AdminBroker, broker_from_url
+from conveyor.monitor.records import before, ref_of, sort_key
 
 from .conftest import BrokerCase
 
@@ -61,6 +62,27 @@ def test_log_append_and_read_in_order(broker: AdminBroker) -> None:
     assert [body for _, body in broker.log_read("events", after=entries[0][0])] == [b"b", b"c"]
     assert [body for _, body in broker.log_read("events", after=entries[0][0], limit=1)] == [b"b"]
     assert broker.log_read("events", after=entries[-1][0]) == []
+
+
+def test_each_event_of_an_append_has_its_own_id(broker: AdminBroker) -> None:
+    """What the dashboard's index does with ids: page one event at a time, and read
+    an event back by its id (``before``), whether or not its append held others."""
+    broker.log_append("events", [b"a", b"b", b"c"], maxlen=100)
+    broker.log_append("events", [b"d"], maxlen=100)
+    broker.log_append("events", [b"e", b"f"], maxlen=100)
+    entries = broker.log_read("events")
+    assert [body for _, body in entries] == [b"a", b"b", b"c", b"d", b"e", b"f"]
+    ids = [entry_id for entry_id, _ in entries]
+    assert len(set(ids)) == 6 and sorted(ids, key=lambda i: sort_key(ref_of(i))) == ids
+    assert broker.log_tail("events") == ids[-1]
+    for entry_id, body in entries:
+        assert broker.log_read("events", after=before(ref_of(entry_id)), limit=1) == [(entry_id, body)]
+    paged, after = [], "0"
+    while page := broker.log_read("events", after=after, limit=1):
+        paged += page
+        after = page[-1][0]
+    assert paged == entries
+    assert [body for _, body in broker.log_read("events", after=ids[1], limit=2)] == [b"c", b"d"]
 
 
 def test_log_keeps_about_maxlen_newest(broker: AdminBroker) -> None:
