@@ -18,7 +18,7 @@ import click
 from conveyor.cli.context import CliState, load_tasks, pass_state, queues_option, shared_options
 from conveyor.cli.output import split_names
 
-POOLS = ("prefork", "threads", "solo")
+POOLS = ("prefork", "threads", "solo", "asyncio")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
 # One definition for every command that runs a process and logs (worker, beat, run).
@@ -49,7 +49,15 @@ loglevel_option = click.option(
     "--pool",
     type=click.Choice(POOLS),
     default=None,
-    help="prefork (CPU-bound), threads (I/O-bound) or solo (one task at a time, in-process).",
+    help="prefork (CPU-bound), threads (I/O-bound), solo (one task at a time, in-process) "
+    "or asyncio (async def tasks only, on one event loop).",
+)
+@click.option(
+    "--async-concurrency",
+    type=click.IntRange(min=1),
+    default=None,
+    help="async def tasks each process awaits at once, beside its sync tasks "
+    "(default: worker_async_concurrency, 100).",
 )
 @loglevel_option
 @click.option(
@@ -132,6 +140,7 @@ def worker(
     queue_names: tuple[str, ...],
     concurrency: int | None,
     pool: str | None,
+    async_concurrency: int | None,
     loglevel: str,
     hostname: str | None,
     logfile: str | None,
@@ -164,6 +173,8 @@ def worker(
         app.conf.worker_send_task_events = True
     if max_memory_per_child:
         app.conf.worker_max_memory_per_child = max_memory_per_child
+    if async_concurrency:
+        app.conf.worker_async_concurrency = async_concurrency
     if pidfile:
         claim_pidfile(expand_node_name(pidfile, hostname))
     bounds = parse_autoscale(autoscale) if autoscale else None

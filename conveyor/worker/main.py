@@ -91,11 +91,12 @@ class Worker:
         self.app = app
         self.queues = list(queues or queue_names(conf.task_queues) or [conf.task_default_queue])
         self.pool_kind = pool or conf.worker_pool
-        self.concurrency = (
-            1
-            if self.pool_kind == "solo"
-            else int(concurrency or conf.worker_concurrency or os.cpu_count() or 1)
-        )
+        if self.pool_kind == "solo":
+            self.concurrency = 1
+        elif self.pool_kind == "asyncio":  # coroutines at once; -c has nothing to size
+            self.concurrency = int(conf.worker_async_concurrency)
+        else:
+            self.concurrency = int(concurrency or conf.worker_concurrency or os.cpu_count() or 1)
         if autoscale is not None:
             if self.pool_kind != "prefork":
                 raise ValueError(f"--autoscale needs the prefork pool, not {self.pool_kind}")

@@ -156,6 +156,7 @@ class _Slot:
 
     def __init__(self) -> None:
         self._mem = mmap.mmap(-1, self.SIZE)  # MAP_SHARED | MAP_ANONYMOUS: survives fork
+        self._payload = b""  # the running job, kept while coroutines are counted beside it
         self._seq = 0
         self.processed = 0
         self.failed = 0
@@ -172,14 +173,18 @@ class _Slot:
         payload = pickle.dumps(record, protocol=pickle.HIGHEST_PROTOCOL)
         if len(payload) > self.SIZE - self._HEADER.size:
             return False
+        self._payload = payload
         self._write(payload)
         return True
 
-    def finish(self, failed: bool) -> None:
-        """Child: the running job ended (or the piped one did): count it, clear the job."""
+    def finish(self, failed: bool, *, running: bool = True) -> None:
+        """Child: the running job ended (or the piped one did): count it, clear the job.
+        ``running=False``: a coroutine task ended; the running job, if any, stays."""
         self.processed += 1
         self.failed += int(failed)
-        self._write(b"")
+        if running:
+            self._payload = b""
+        self._write(self._payload)
 
     def read(self) -> tuple[int, int, Job | None]:
         """Supervisor: (processed, failed, running job or None)."""
@@ -229,6 +234,11 @@ class _ReportingPool(SoloPool):
             self.events.send(event)
 
     def submit(self, job: Job) -> None:
+        if job.coroutine:
+            # Timed and interrupted on the child's event loop, not by the supervisor:
+            # ending this process would end every coroutine beside it.
+            super().submit(job)
+            return
         d = job.delivery
         record = (
             d.body,
@@ -246,11 +256,20 @@ class _ReportingPool(SoloPool):
         piped = job.time_limit is not None or not self.slot.start(record)
         if piped:
             self.report(("start", *record))
-        super().submit(job)
-        failed = bool(self._done) and self._done[-1].outcome.state == states.FAILURE
-        self.slot.finish(failed)
+        outcome = self.run_inline(job)
+        with self._done_lock:
+            self._done.append(Completion(job, outcome))
+        self._ran = True
+        self.slot.finish(outcome.state == states.FAILURE)
         if piped:
             self.report(("end", d.receipt))
+
+    def poll(self, timeout_s: float) -> list[Completion]:
+        done = super().poll(timeout_s)
+        for completion in done:
+            if completion.job.coroutine:
+                self.slot.finish(completion.outcome.state == states.FAILURE, running=False)
+        return done
 
 
 def _trim_heap() -> None:
@@ -310,6 +329,9 @@ def _read_commands(commands: _Channel, consumer: Consumer, pool: _ReportingPool)
         kind, seq = command[0], command[1]
         if kind == "revoke":
             consumer.revoked.update(command[2])
+            if len(command) > 3 and command[3]:  # terminate: a coroutine task is cancelled here
+                for task_id in command[2]:
+                    pool.coroutines.terminate(task_id)
         elif kind == "rate_limit":
             consumer.set_rate_limit(command[2], command[3])
         elif kind == "queues":
@@ -528,7 +550,7 @@ class PreforkSupervisor:
         if kind == "revoke":
             assert isinstance(first, list)
             self.revoked.update(first)
-            sent = self._send_children(("revoke", seq, first))
+            sent = self._send_children(("revoke", seq, first, bool(second)))
             if second:
                 self._terminate(set(first))
             return sent
