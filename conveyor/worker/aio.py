@@ -123,7 +123,8 @@ async def _awaited(task: Task[Any, Any], message: Message, why_cancelled: Callab
             uncancel()  # handled here: the task's later awaits are not cancelled
         if why == TERMINATE:
             raise TaskTerminated() from None
-        raise SoftTimeLimitExceeded(f"soft time limit ({task.soft_time_limit:g}s) exceeded") from None
+        limit = task.soft_time_limit
+        raise SoftTimeLimitExceeded(f"soft time limit ({limit:g}s) exceeded" if limit else None) from None
     finally:
         for coroutine in pending:
             coroutine.close()  # items never started: no "never awaited" warnings

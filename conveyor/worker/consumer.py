@@ -257,7 +257,9 @@ class Consumer:
             timeout_s = max(0.0, min(timeout_s, next_hold - time.time()))
         if waiting:
             timeout_s = min(timeout_s, max(0.0, self._settle_by - time.monotonic()))
-        if self._incoming and self.pool.idle_slots() > 0:
+        if self._incoming and self.pool.idle_slots() > 0 and not self._coroutines:
+            # (With coroutines, what is left waits for a slot of its own kind: a free
+            # sync slot must not turn this wait into a spin.)
             timeout_s = 0.0
         completions = self.pool.poll(timeout_s)
         if completions:
