@@ -24,7 +24,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -143,7 +143,9 @@ class CoroutineRunner:
 
     Every method but the coroutines' own runs in the pool's thread; the loop's
     thread is reached only through ``call_soon_threadsafe``. Each finished task is
-    handed to ``on_done`` (from the loop's thread).
+    handed to ``on_done`` (from the loop's thread), and still counts as active, holding
+    its slot, until the pool has collected it (``release``): a warm shutdown that saw
+    nothing active before its outcome was collected would never store that outcome.
     """
 
     def __init__(
@@ -190,7 +192,13 @@ class CoroutineRunner:
 
     def active(self) -> list[Job]:
         with self._lock:
-            return [f.job for f in self._flights.values() if not f.finished]
+            return [f.job for f in self._flights.values()]
+
+    def release(self, completions: Sequence[Completion]) -> None:
+        """The pool collected these (the consumer settles them now): their slots are free."""
+        with self._lock:
+            for completion in completions:
+                self._flights.pop(id(completion.job), None)
 
     def submit(self, job: Job) -> None:
         job.started_at = time.monotonic()
@@ -201,7 +209,9 @@ class CoroutineRunner:
 
     def terminate(self, task_id: str) -> bool:
         with self._lock:
-            flight = next((f for f in self._flights.values() if f.job.task_id == task_id), None)
+            flight = next(
+                (f for f in self._flights.values() if f.job.task_id == task_id and not f.finished), None
+            )
         if flight is None or self._loop is None:
             return False
         self._loop.call_soon_threadsafe(self._cancel, flight, TERMINATE)
@@ -286,8 +296,6 @@ class CoroutineRunner:
         if flight.finished:
             return
         flight.finished = True
-        with self._lock:
-            self._flights.pop(id(flight.job), None)
         from conveyor.worker.pools import Completion
 
         self._on_done(Completion(flight.job, outcome))
@@ -296,7 +304,10 @@ class CoroutineRunner:
     def stop(self, timeout_s: float) -> None:
         """Wait up to ``timeout_s`` for the coroutines in flight, then close the loop."""
         deadline = time.monotonic() + timeout_s
-        while self.active() and time.monotonic() < deadline:
+        while time.monotonic() < deadline:
+            with self._lock:
+                if all(f.finished for f in self._flights.values()):
+                    break
             time.sleep(0.01)
         self.kill()
 
@@ -342,7 +353,9 @@ class AsyncioPool:
     def poll(self, timeout_s: float) -> list[Completion]:
         from conveyor.worker.pools import collect
 
-        return collect(self._done, timeout_s)
+        done = collect(self._done, timeout_s)
+        self.coroutines.release(done)
+        return done
 
     def wakeup(self) -> None:
         self._done.put(None)

@@ -268,6 +268,7 @@ class ThreadPool:
         if deadline is not None:
             timeout_s = max(0.0, min(timeout_s, deadline - time.monotonic()))
         completions = collect(self._done, timeout_s)
+        self.coroutines.release(completions)
         with self._lock:
             for c in completions:
                 self._running.pop(id(c.job), None)
@@ -421,6 +422,7 @@ class SoloPool:
         with self._done_lock:
             done, self._done = self._done, []
         self._ran = False
+        self.coroutines.release(done)
         return done
 
     def stop(self, timeout_s: float) -> None:

@@ -8,6 +8,7 @@ only when every one of its group was in flight at the same time.
 
 from __future__ import annotations
 
+import signal
 import sys
 import textwrap
 from collections.abc import Iterator
@@ -21,7 +22,7 @@ from conveyor.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from conveyor.testing import wait_for
 
 from ..redis_server import fresh_url, redis_server_or_skip
-from .conftest import Project
+from .conftest import _FAILED, Project
 
 pytestmark = pytest.mark.integration
 
@@ -55,6 +56,14 @@ async def meet(n, group_size):
     while count("meet") < group_size and time.time() < deadline:
         await asyncio.sleep(0.01)
     return [count("meet") >= group_size, os.getpid()]
+
+
+@app.task(name="proj.nap", acks_late=True)
+async def nap(n, seconds):
+    record("nap", n)
+    await asyncio.sleep(seconds)
+    record("napped", n)
+    return n
 
 
 @app.task(name="proj.add")
@@ -132,7 +141,7 @@ def broker(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> s
 
 
 @pytest.fixture
-def project(tmp_path: Path) -> Iterator[tuple[Project, Any]]:
+def project(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[Project, Any]]:
     """The integration fixture's shape with this module's tasks (the shared project has
     no coroutine task, so every other test keeps its workers as they were)."""
     (tmp_path / "proj.py").write_text(textwrap.dedent(ASYNC_PROJECT))
@@ -146,6 +155,9 @@ def project(tmp_path: Path) -> Iterator[tuple[Project, Any]]:
         yield p, proj
     finally:
         p.stop_all()
+        if request.node.stash.get(_FAILED, False):
+            for index in range(len(p.workers)):
+                print(f"----- worker{index}.log -----\n{p.log(index)[-20000:]}")
         proj.app.close()
         sys.path.remove(str(tmp_path))
         sys.modules.pop("proj", None)
@@ -165,6 +177,29 @@ def test_sync_and_async_tasks_share_one_prefork_child(project: Any) -> None:
     wait_for(lambda: p.count("meet") == 30 and p.count("add") == 10)
     assert sorted(int(r[1]) for r in p.runs if r[0] == "meet") == list(range(30))  # each once
     assert sorted(int(r[1]) for r in p.runs if r[0] == "add") == list(range(10))
+
+
+@pytest.mark.parametrize("pool", ["threads", "solo"])
+def test_the_in_process_pools_run_coroutines_beside_sync_tasks(project: Any, pool: str) -> None:
+    p, proj = project
+    p.start_worker("--pool", pool, "-c", "2")
+    meets = proj.meet.map([(n, 20) for n in range(20)])
+    adds = proj.add.map([(n, 1) for n in range(5)])
+    assert all(ok for ok, _ in (r.get(timeout=20) for r in meets))
+    assert [r.get(timeout=20)[0] for r in adds] == [1, 2, 3, 4, 5]
+    wait_for(lambda: p.count("meet") == 20 and p.count("add") == 5)
+
+
+@pytest.mark.parametrize("pool", ["prefork", "asyncio"])
+def test_warm_shutdown_lets_the_coroutines_in_flight_finish(project: Any, pool: str) -> None:
+    p, proj = project
+    worker = p.start_worker("--pool", pool, "-c", "1")
+    naps = proj.nap.map([(n, 1.0) for n in range(5)])
+    wait_for(lambda: p.count("nap") == 5, timeout=10)
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(20) == 0
+    assert sorted(r.get(timeout=5) for r in naps) == [0, 1, 2, 3, 4]
+    assert p.count("napped") == 5
 
 
 def test_a_coroutine_keeps_running_while_a_cpu_bound_task_holds_the_child(project: Any) -> None:

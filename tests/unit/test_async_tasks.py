@@ -152,3 +152,31 @@ def test_exhausted_retries_dead_letter(app: Conveyor) -> None:
 
     outcome = _run(down)
     assert (outcome.action, outcome.state) == (DEAD, states.FAILURE)
+
+
+def test_a_finished_coroutine_stays_active_until_the_pool_collects_it(app: Conveyor) -> None:
+    """Otherwise a warm shutdown that finds nothing active stops before storing its outcome."""
+    from conveyor.brokers.base import Delivery
+    from conveyor.testing import wait_for
+    from conveyor.worker.aio import AsyncioPool
+    from conveyor.worker.pools import Job
+
+    @app.task(name="a.quick")
+    async def quick() -> int:
+        return 7
+
+    message = Message(id="t-2", task="a.quick", args=[], queue="default")
+    job = Job(Delivery(message.encode(), "default", "r-1", 1), task_id="t-2", task_name="a.quick",
+              acks_late=False, coroutine=True, message=message)  # fmt: skip
+    pool = AsyncioPool(app, hostname="h")
+    pool.start()
+    try:
+        pool.submit(job)
+        wait_for(lambda: not pool._done.empty(), timeout=5)  # finished, not collected
+        assert pool.active() == [job]
+        assert pool.idle_coroutine_slots() == pool.coroutine_concurrency - 1
+        (done,) = pool.poll(1.0)
+        assert (done.job, done.outcome.result) == (job, 7)
+        assert pool.active() == []
+    finally:
+        pool.kill()
