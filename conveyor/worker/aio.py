@@ -332,11 +332,13 @@ class AsyncioPool:
     inline = False
 
     def __init__(self, app: Conveyor, *, hostname: str) -> None:
-        from conveyor.worker.pools import coroutine_runner
+        from conveyor.worker.pools import async_concurrency
 
         self._done: queue.SimpleQueue[Completion | None] = queue.SimpleQueue()
-        self.coroutines = coroutine_runner(app, hostname, self._done.put)
-        self.coroutine_concurrency = self.coroutines.concurrency
+        self.coroutine_concurrency = async_concurrency(app)
+        self.coroutines = CoroutineRunner(
+            app, hostname=hostname, concurrency=self.coroutine_concurrency, on_done=self._done.put
+        )
 
     def start(self) -> None:
         self.coroutines.start()

@@ -35,7 +35,7 @@ from conveyor.retry import parse_rate
 from conveyor.serializers import accepted
 from conveyor.task import Request
 from conveyor.worker.limits import RateGate
-from conveyor.worker.pools import LOST, Completion, Job, Pool
+from conveyor.worker.pools import LOST, Completion, Job, Pool, has_coroutine_tasks
 from conveyor.worker.runner import (
     Outcome,
     expired,
@@ -149,7 +149,7 @@ class Consumer:
         """
         self.pool.start()
         slots = self.pool.coroutine_concurrency
-        if slots and (not self.pool.concurrency or any(t.is_coroutine for t in self.app.tasks.values())):
+        if slots and (not self.pool.concurrency or has_coroutine_tasks(self.app)):
             self._coroutines = True
             self.capacity += slots
 

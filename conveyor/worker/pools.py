@@ -199,10 +199,12 @@ class ThreadPool:
         self._threads: dict[int, threading.Thread] = {}  # job id() -> thread running it
         self._abandoned: set[int] = set()
         self._workers: list[threading.Thread] = []
-        self.coroutines = coroutine_runner(app, hostname, self._done.put)
-        self.coroutine_concurrency = self.coroutines.concurrency
+        self.coroutines: CoroutineRunner | NoCoroutines = NO_COROUTINES
+        self.coroutine_concurrency = async_concurrency(app)
 
     def start(self) -> None:
+        if has_coroutine_tasks(self.app):
+            self.coroutines = coroutine_runner(self.app, self.hostname, self._done.put)
         for _ in range(self.concurrency):
             self._add_thread()
 
@@ -346,10 +348,12 @@ class SoloPool:
         self._ran = False  # a sync job ran since the last poll: its outcome goes out first
         self._wake = _WakePipe()
         self._current: Job | None = None
-        self.coroutines = coroutine_runner(app, hostname, self._coroutine_done)
-        self.coroutine_concurrency = self.coroutines.concurrency
+        self.coroutines: CoroutineRunner | NoCoroutines = NO_COROUTINES
+        self.coroutine_concurrency = async_concurrency(app)
 
     def start(self) -> None:
+        if has_coroutine_tasks(self.app):
+            self.coroutines = coroutine_runner(self.app, self.hostname, self._coroutine_done)
         # revoke(terminate=True) interrupts the running task with SIGUSR2 (sent by the
         # control thread, or by the prefork supervisor to its child).
         if threading.current_thread() is threading.main_thread():
@@ -434,12 +438,49 @@ class SoloPool:
         self._wake.close()
 
 
+def has_coroutine_tasks(app: Conveyor) -> bool:
+    return any(task.is_coroutine for task in app.tasks.values())
+
+
+def async_concurrency(app: Conveyor) -> int:
+    return max(1, int(app.conf.worker_async_concurrency))
+
+
 def coroutine_runner(app: Conveyor, hostname: str, on_done: Callable[[Completion], None]) -> CoroutineRunner:
     """The pool's event loop for ``async def`` tasks (started by the first one)."""
     from conveyor.worker.aio import CoroutineRunner
 
-    concurrency = max(1, int(app.conf.worker_async_concurrency))
-    return CoroutineRunner(app, hostname=hostname, concurrency=concurrency, on_done=on_done)
+    return CoroutineRunner(app, hostname=hostname, concurrency=async_concurrency(app), on_done=on_done)
+
+
+class NoCoroutines:
+    """A pool's coroutine side while the app has no ``async def`` task: nothing runs there,
+    and asyncio (a few MiB in every prefork child) is never imported."""
+
+    def idle_slots(self) -> int:
+        return 0
+
+    def submit(self, job: Job) -> None:
+        # The consumer dispatches coroutines only when the app had some as the pool started.
+        raise RuntimeError(f"{job.task_name}: no async def task was registered when the pool started")
+
+    def active(self) -> list[Job]:
+        return []
+
+    def release(self, completions: list[Completion]) -> None:
+        """Nothing is ever in flight here."""
+
+    def terminate(self, task_id: str) -> bool:
+        return False
+
+    def stop(self, timeout_s: float) -> None:
+        """No loop to close."""
+
+    def kill(self) -> None:
+        """No loop to close."""
+
+
+NO_COROUTINES = NoCoroutines()
 
 
 def collect(done: queue.SimpleQueue[Completion | None], timeout_s: float) -> list[Completion]:

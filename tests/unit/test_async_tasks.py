@@ -180,3 +180,22 @@ def test_a_finished_coroutine_stays_active_until_the_pool_collects_it(app: Conve
         assert pool.active() == []
     finally:
         pool.kill()
+
+
+def test_a_pool_without_coroutine_tasks_does_not_import_asyncio() -> None:
+    """Each prefork child would pay a few MiB for a loop it never uses."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from conveyor import Conveyor\n"
+        "from conveyor.worker.pools import SoloPool, ThreadPool\n"
+        "app = Conveyor('x', broker='memory://x')\n"
+        "app.task(name='sync')(lambda: None)\n"
+        "for pool in (SoloPool(app, hostname='h'), ThreadPool(app, 1, hostname='h')):\n"
+        "    pool.start(); pool.stop(1.0)\n"
+        "print('asyncio' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=True)
+    assert out.stdout.strip() == "False", out.stderr
