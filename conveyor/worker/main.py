@@ -155,6 +155,12 @@ class Worker:
         bounds = self.runner.autoscale if isinstance(self.runner, PreforkSupervisor) else None
         return f", autoscale {bounds[0]},{bounds[1]}" if bounds else ""
 
+    def _async_note(self) -> list[str]:
+        if self.pool_kind == "asyncio" or not any(t.is_coroutine for t in self.app.tasks.values()):
+            return []
+        per = "child" if self.pool_kind == "prefork" else "process"
+        return [f"  async def:   up to {self.app.conf.worker_async_concurrency} at once per {per}"]
+
     def banner(self) -> str:
         tasks = sorted(self.app.tasks)
         lines = [
@@ -163,6 +169,7 @@ class Worker:
             f"  results:     {mask_url(self.app.backend.url)}",
             f"  queues:      {', '.join(self.queues)}",
             f"  concurrency: {self.concurrency} ({self.pool_kind}{self._autoscale_note()})",
+            *self._async_note(),
             "  tasks:",
             *(f"    . {name}" for name in tasks),
         ]
