@@ -40,7 +40,7 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from conveyor import _forkguard, signals, states
@@ -234,11 +234,6 @@ class _ReportingPool(SoloPool):
             self.events.send(event)
 
     def submit(self, job: Job) -> None:
-        if job.coroutine:
-            # Timed and interrupted on the child's event loop, not by the supervisor:
-            # ending this process would end every coroutine beside it.
-            super().submit(job)
-            return
         d = job.delivery
         record = (
             d.body,
@@ -252,6 +247,13 @@ class _ReportingPool(SoloPool):
             job.time_limit,
             time.monotonic(),
         )
+        if job.coroutine:
+            # Timed and interrupted on the child's event loop, not by the supervisor
+            # (ending this process would end every coroutine beside it), which only
+            # learns of it to list it and to settle it if this process dies.
+            self.report(("coroutine", *record))
+            super().submit(job)
+            return
         # A hard time limit needs the supervisor's clock on it: that job goes by pipe.
         piped = job.time_limit is not None or not self.slot.start(record)
         if piped:
@@ -266,9 +268,11 @@ class _ReportingPool(SoloPool):
 
     def poll(self, timeout_s: float) -> list[Completion]:
         done = super().poll(timeout_s)
-        for completion in done:
-            if completion.job.coroutine:
-                self.slot.finish(completion.outcome.state == states.FAILURE, running=False)
+        ended = [c for c in done if c.job.coroutine]
+        for completion in ended:
+            self.slot.finish(completion.outcome.state == states.FAILURE, running=False)
+        if ended:
+            self.report(("coroutines-ended", [c.job.delivery.receipt for c in ended]))
         return done
 
 
@@ -407,6 +411,7 @@ class _Child:
     terminate_at: float | None = None  # revoke(terminate=True): SIGKILL if still running then
     terminating: str | None = None  # the task id that terminate_at is for
     retiring: bool = False  # stopped by a pool shrink: not replaced when it exits
+    coroutines: dict[str, Job] = field(default_factory=dict)  # receipt -> job on its event loop
 
     def running(self) -> Job | None:
         """The job this child runs now, from the pipe or from its slot."""
@@ -480,8 +485,7 @@ class PreforkSupervisor:
         Returns the ids running now (being terminated). The supervisor's loop does
         the work: children and pipes are only touched from that thread.
         """
-        jobs = [c.running() for c in list(self._children)]
-        running = [job.task_id for job in jobs if job is not None and job.task_id in ids]
+        running = [job.task_id for job, _ in self.active_jobs() if job.task_id in ids]
         self._command("revoke", list(ids), terminate)
         return running if terminate else []
 
@@ -525,7 +529,9 @@ class PreforkSupervisor:
         done.wait(COMMAND_WAIT_S)
 
     def active_jobs(self) -> list[tuple[Job, int]]:
-        found = [(c.running(), c.process.pid or 0) for c in list(self._children)]
+        children = list(self._children)
+        found = [(c.running(), c.process.pid or 0) for c in children]
+        found += [(job, c.process.pid or 0) for c in children for job in list(c.coroutines.values())]
         return [(job, pid) for job, pid in found if job is not None]
 
     def _run_commands(self) -> None:
@@ -753,6 +759,12 @@ class PreforkSupervisor:
                     if child.job is not None and child.job.delivery.receipt == event[1]:
                         child.job = None
                         child.terminate_at = None
+                elif kind == "coroutine":
+                    job = _job_from_record(event[1:])
+                    child.coroutines[job.delivery.receipt] = job
+                elif kind == "coroutines-ended":
+                    for receipt in event[1]:
+                        child.coroutines.pop(receipt, None)
                 elif kind == "applied":
                     self._acknowledged(child, event[1], event[2] if len(event) > 2 else None)
 
@@ -766,13 +778,10 @@ class PreforkSupervisor:
         self._finished_processed += processed
         self._finished_failed += failed
         code = child.process.exitcode
-        if job is not None and not child.killed:
-            how = (
-                f"signal {signal.Signals(-code).name}"
-                if code is not None and code < 0
-                else f"exit code {code}"
-            )
-            self._settle_lost(job, how)
+        how = f"signal {signal.Signals(-code).name}" if code is not None and code < 0 else f"exit code {code}"
+        # Its coroutines were settled by nobody, even when we ended it (a time limit).
+        lost = [job] if job is not None and not child.killed else []
+        self._settle_lost([*lost, *child.coroutines.values()], how)
         self._forget(child)
         if self._warm or self._cold or child.retiring:
             return
@@ -780,10 +789,15 @@ class PreforkSupervisor:
             log.error("Process %s (pid %s) exited with code %s", child.process.name, child.process.pid, code)
         self._children.append(self._spawn())
 
-    def _settle_lost(self, job: Job, how: str) -> None:
-        outcome = Outcome(LOST, task_id=job.task_id, task_name=job.task_name, reason=how)
+    def _settle_lost(self, jobs: Sequence[Job], how: str) -> None:
+        if not jobs:
+            return
+        completions = [
+            Completion(job, Outcome(LOST, task_id=job.task_id, task_name=job.task_name, reason=how))
+            for job in jobs
+        ]
         self.settler.give_up = self._cold
-        self.settler.settle([Completion(job, outcome)])
+        self.settler.settle(completions)
 
     def _enforce_time_limits(self) -> None:
         now = time.monotonic()
@@ -828,8 +842,8 @@ class PreforkSupervisor:
                 child.process.join(2.0)
                 self._read_events(child)
                 processed, failed, job = child.final()
-                if job is not None:
-                    self._settle_lost(job, "cold shutdown")
+                lost = [job] if job is not None else []
+                self._settle_lost([*lost, *child.coroutines.values()], "cold shutdown")
                 self._finished_processed += processed
                 self._finished_failed += failed
                 self._forget(child)

@@ -8,6 +8,7 @@ only when every one of its group was in flight at the same time.
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import textwrap
@@ -271,3 +272,25 @@ def test_self_retry_and_rate_limit_apply_to_coroutines(project: Any) -> None:
     assert stamps[-1] - stamps[0] >= 6 * 0.2 - 0.5, stamps
     busiest = max(sum(1 for t in stamps if start <= t < start + 1.0) for start in stamps)
     assert busiest <= 5 + 2, stamps
+
+
+def test_a_dead_childs_coroutines_are_listed_then_settled_by_the_supervisor(project: Any) -> None:
+    p, proj = project
+    p.start_worker("-c", "1", name="co@test")
+    child = proj.meet.delay(0, 1).get(timeout=10)[1]
+    doomed = [proj.forever.delay() for _ in range(3)]
+    again = proj.nap.delay(7, 1.0)  # acks_late
+    wait_for(lambda: p.count("forever") == 3 and p.count("nap") == 1, timeout=10)
+    expected = sorted([r.id for r in doomed] + [again.id])
+
+    def listed() -> list[str]:
+        active = proj.app.control.inspect(timeout=2).active() or {}
+        return sorted(t["id"] for t in active.get("co@test", []))
+
+    wait_for(lambda: listed() == expected, timeout=10)  # inspect active sees the child's coroutines
+    os.kill(child, signal.SIGKILL)
+    for result in doomed:  # early-acked: recorded lost, never run again
+        wait_for(lambda r=result: r.state == states.FAILURE, timeout=10)
+        assert type(result.result).__name__ == "WorkerLostError"
+    assert again.get(timeout=15) == 7  # acks_late: back to the queue, run again in the new child
+    assert p.count("nap") == 2 and p.count("forever") == 3
