@@ -195,7 +195,7 @@ def test_the_in_process_pools_run_coroutines_beside_sync_tasks(project: Any, poo
 def test_warm_shutdown_lets_the_coroutines_in_flight_finish(project: Any, pool: str) -> None:
     p, proj = project
     worker = p.start_worker("--pool", pool, "-c", "1")
-    naps = proj.nap.map([(n, 1.0) for n in range(5)])
+    naps = proj.nap.map([(n, 0.5) for n in range(5)])
     wait_for(lambda: p.count("nap") == 5, timeout=10)
     worker.send_signal(signal.SIGTERM)
     assert worker.wait(20) == 0
