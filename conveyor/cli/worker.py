@@ -42,7 +42,8 @@ loglevel_option = click.option(
     "--concurrency",
     type=click.IntRange(min=1),
     default=None,
-    help="Child processes or threads (default: worker_concurrency, else the CPU count).",
+    help="Child processes or threads (default: worker_concurrency, else the CPU count); "
+    "with --pool asyncio, async def tasks at once (as --async-concurrency).",
 )
 @click.option(
     "-P",
@@ -175,6 +176,9 @@ def worker(
         app.conf.worker_max_memory_per_child = max_memory_per_child
     if async_concurrency:
         app.conf.worker_async_concurrency = async_concurrency
+    elif concurrency and (pool or app.conf.worker_pool) == "asyncio":
+        # As -c sizes Celery's gevent and eventlet pools: tasks in flight at once.
+        app.conf.worker_async_concurrency = concurrency
     if pidfile:
         claim_pidfile(expand_node_name(pidfile, hostname))
     bounds = parse_autoscale(autoscale) if autoscale else None

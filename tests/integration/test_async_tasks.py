@@ -164,19 +164,23 @@ def project(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[Pr
         sys.modules.pop("proj", None)
 
 
+def _one_child(pool: str) -> list[str]:
+    return ["-c", "1"] if pool == "prefork" else []
+
+
 @pytest.mark.usefixtures("broker")
 def test_sync_and_async_tasks_share_one_prefork_child(project: Any) -> None:
     p, proj = project
-    p.start_worker("-c", "1")
-    meets = proj.meet.map([(n, 30) for n in range(30)])
+    p.start_worker("-c", "1", "--async-concurrency", "120")
+    meets = proj.meet.map([(n, 120) for n in range(120)])
     adds = proj.add.map([(n, 1) for n in range(10)])
     met = [r.get(timeout=20) for r in meets]
     added = [r.get(timeout=20) for r in adds]
-    assert all(ok for ok, _ in met), met  # 30 coroutines in flight at once in one process
+    assert all(ok for ok, _ in met), met  # 120 coroutines in flight at once in one process
     assert [total for total, _ in added] == [n + 1 for n in range(10)]
     assert len({pid for _, pid in met + added}) == 1  # one child ran both kinds
-    wait_for(lambda: p.count("meet") == 30 and p.count("add") == 10)
-    assert sorted(int(r[1]) for r in p.runs if r[0] == "meet") == list(range(30))  # each once
+    wait_for(lambda: p.count("meet") == 120 and p.count("add") == 10)
+    assert sorted(int(r[1]) for r in p.runs if r[0] == "meet") == list(range(120))  # each once
     assert sorted(int(r[1]) for r in p.runs if r[0] == "add") == list(range(10))
 
 
@@ -194,7 +198,7 @@ def test_the_in_process_pools_run_coroutines_beside_sync_tasks(project: Any, poo
 @pytest.mark.parametrize("pool", ["prefork", "asyncio"])
 def test_warm_shutdown_lets_the_coroutines_in_flight_finish(project: Any, pool: str) -> None:
     p, proj = project
-    worker = p.start_worker("--pool", pool, "-c", "1")
+    worker = p.start_worker("--pool", pool, *_one_child(pool))
     naps = proj.nap.map([(n, 0.5) for n in range(5)])
     wait_for(lambda: p.count("nap") == 5, timeout=10)
     worker.send_signal(signal.SIGTERM)
@@ -218,8 +222,8 @@ def test_a_coroutine_keeps_running_while_a_cpu_bound_task_holds_the_child(projec
 @pytest.mark.usefixtures("broker")
 def test_asyncio_pool_runs_coroutines_and_dead_letters_sync_tasks(project: Any) -> None:
     p, proj = project
-    p.start_worker("--pool", "asyncio", "--async-concurrency", "40")
-    meets = proj.meet.map([(n, 40) for n in range(40)])
+    p.start_worker("--pool", "asyncio", "-c", "120")  # -c: in flight at once, as for gevent
+    meets = proj.meet.map([(n, 120) for n in range(120)])
     assert all(ok for ok, _ in (r.get(timeout=20) for r in meets))
     sync = proj.add.delay(1, 2)
     with pytest.raises(TypeError, match="asyncio pool runs only coroutines"):
@@ -231,7 +235,7 @@ def test_asyncio_pool_runs_coroutines_and_dead_letters_sync_tasks(project: Any) 
 @pytest.mark.parametrize("pool", ["prefork", "asyncio"])
 def test_time_limits_cancel_only_the_coroutine(project: Any, pool: str) -> None:
     p, proj = project
-    p.start_worker("--pool", pool, "-c", "1")
+    p.start_worker("--pool", pool, *_one_child(pool))
     before = proj.meet.delay(0, 1).get(timeout=10)[1]
     soft, hard = proj.soft_nap.delay(), proj.hard_nap.delay()
     with pytest.raises(SoftTimeLimitExceeded):
@@ -246,7 +250,7 @@ def test_time_limits_cancel_only_the_coroutine(project: Any, pool: str) -> None:
 @pytest.mark.parametrize("pool", ["prefork", "asyncio"])
 def test_revoke_terminate_cancels_the_coroutine(project: Any, pool: str) -> None:
     p, proj = project
-    p.start_worker("--pool", pool, "-c", "1")
+    p.start_worker("--pool", pool, *_one_child(pool))
     before = proj.meet.delay(0, 1).get(timeout=10)[1]
     running = proj.forever.delay()
     wait_for(lambda: p.count("forever") == 1, timeout=10)
