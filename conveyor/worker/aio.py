@@ -91,9 +91,11 @@ async def execute_coroutine(
             except Exception as exc:
                 retry_if_listed(task, exc)
                 raise
-        except Exception as exc:
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - SystemExit in a task is its failure, as for sync ones
             raised = exc
-            outcome = ended(task, message, request, exc, started)
+            outcome = ended(task, message, request, exc, started)  # re-raises TaskTerminated
         else:
             outcome = succeeded(task, message, value, started)
         if observed:
@@ -265,7 +267,7 @@ class CoroutineRunner:
             if flight.why != HARD:  # the loop is closing under it (cold shutdown)
                 raise
             return Outcome(ACK)  # recorded at the deadline already
-        except Exception as exc:  # noqa: BLE001 - a fault of the worker's, not the task's: reported
+        except BaseException as exc:  # noqa: BLE001 - a fault of the worker's: reported, the slot freed
             log.exception("%s: the worker failed to run it", label(job.task_name, job.task_id))
             from conveyor.worker.pools import LOST
 

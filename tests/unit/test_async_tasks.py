@@ -199,3 +199,12 @@ def test_a_pool_without_coroutine_tasks_does_not_import_asyncio() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=True)
     assert out.stdout.strip() == "False", out.stderr
+
+
+def test_system_exit_in_a_coroutine_is_its_failure(app: Conveyor) -> None:
+    @app.task(name="a.exits")
+    async def exits() -> None:
+        raise SystemExit(3)
+
+    outcome = _run(exits)
+    assert (outcome.action, outcome.state, outcome.exception["type"]) == (ACK, states.FAILURE, "SystemExit")
