@@ -25,7 +25,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Coroutine, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from conveyor import states
@@ -138,6 +138,7 @@ class _Flight:
     task: asyncio.Task[Outcome] | None = None
     why: str | None = None  # set when the worker cancels it
     finished: bool = False
+    timers: list[asyncio.TimerHandle] = field(default_factory=list)  # its limits
 
 
 class CoroutineRunner:
@@ -225,9 +226,9 @@ class CoroutineRunner:
         flight.task = loop.create_task(self._run(flight))
         job = flight.job
         if job.soft_time_limit and (not job.time_limit or job.soft_time_limit < job.time_limit):
-            loop.call_later(job.soft_time_limit, self._cancel, flight, SOFT)
+            flight.timers.append(loop.call_later(job.soft_time_limit, self._cancel, flight, SOFT))
         if job.time_limit:
-            loop.call_later(job.time_limit, self._hard_limit, flight)
+            flight.timers.append(loop.call_later(job.time_limit, self._hard_limit, flight))
 
     def _cancel(self, flight: _Flight, why: str) -> None:
         if flight.task is not None and not flight.task.done() and flight.why is None:
@@ -298,6 +299,8 @@ class CoroutineRunner:
         if flight.finished:
             return
         flight.finished = True
+        for timer in flight.timers:
+            timer.cancel()  # or the loop would keep the job (its body too) until the limit
         from conveyor.worker.pools import Completion
 
         self._on_done(Completion(flight.job, outcome))
