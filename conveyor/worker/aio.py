@@ -325,6 +325,9 @@ class CoroutineRunner:
             loop.call_soon_threadsafe(loop.stop)
         if self._thread is not None:
             self._thread.join(2.0)
+            if not self._thread.is_alive():
+                with contextlib.suppress(RuntimeError):
+                    loop.close()  # its selector and self-pipe fds, which a fork would inherit
 
 
 class AsyncioPool:
