@@ -134,7 +134,13 @@ SETTINGS: tuple[Setting, ...] = (
         "deliveries after which a message whose worker keeps dying is dead-lettered",
     ),
     Setting("worker_concurrency", None, _to_opt_int, "child processes or threads; None = CPU count"),
-    Setting("worker_pool", "prefork", str, "prefork, threads or solo"),
+    Setting("worker_pool", "prefork", str, "prefork, threads, solo or asyncio"),
+    Setting(
+        "worker_async_concurrency",
+        100,
+        int,
+        "async def tasks each process awaits at once on its event loop, beside its sync tasks",
+    ),
     Setting("worker_prefetch_multiplier", 4, int, "messages reserved per pool slot"),
     Setting("worker_max_tasks_per_child", None, _to_opt_int, "recycle a child process after this many tasks"),
     Setting(
@@ -265,6 +271,7 @@ class Settings:
     task_max_deliveries: int
     worker_concurrency: int | None
     worker_pool: str
+    worker_async_concurrency: int
     worker_prefetch_multiplier: int
     worker_max_tasks_per_child: int | None
     worker_max_memory_per_child: int | None

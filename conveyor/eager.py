@@ -6,6 +6,10 @@ attempts a worker would make, and ``task_eager_propagates`` re-raises the final 
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import contextvars
+from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
 from conveyor import states
@@ -16,6 +20,22 @@ from conveyor.task import Request, pop_request, push_request
 
 if TYPE_CHECKING:
     from conveyor.task import Task
+
+
+def run_to_completion(coroutine: Coroutine[Any, Any, Any]) -> Any:
+    """Await an ``async def`` task's coroutine to its end, as a worker would, and return its value.
+
+    Eager calls also come from async code (a test, an async view sending with
+    ``task_always_eager``), where this thread's loop is running and cannot be
+    re-entered: then the coroutine runs on a loop of its own in another thread.
+    """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coroutine)
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="eager-coroutine") as executor:
+        # The request (self.request) lives in a context variable: carry it over.
+        return executor.submit(contextvars.copy_context().run, asyncio.run, coroutine).result()
 
 
 def run_eagerly(
@@ -38,6 +58,8 @@ def run_eagerly(
             try:
                 try:
                     value = task(*args, **kwargs)
+                    if task.is_coroutine:
+                        value = run_to_completion(value)
                 except Exception as exc:
                     if (
                         task.autoretry_for

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextvars
 import datetime as dt
 import functools
+import inspect
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -181,6 +182,8 @@ class Task(Generic[P, R]):
         self.__name__ = getattr(fn, "__name__", name)
         self.__module__ = getattr(fn, "__module__", __name__)
         self.__wrapped__ = fn
+        # ``async def``: the worker awaits it on its event loop; apply() runs it to completion.
+        self.is_coroutine = inspect.iscoroutinefunction(fn)
 
     def set_options(self, options: Mapping[str, Any]) -> None:
         """Set options as the decorator does (``task_annotations`` use it too)."""

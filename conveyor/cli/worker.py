@@ -18,7 +18,7 @@ import click
 from conveyor.cli.context import CliState, load_tasks, pass_state, queues_option, shared_options
 from conveyor.cli.output import split_names
 
-POOLS = ("prefork", "threads", "solo")
+POOLS = ("prefork", "threads", "solo", "asyncio")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
 # One definition for every command that runs a process and logs (worker, beat, run).
@@ -42,14 +42,23 @@ loglevel_option = click.option(
     "--concurrency",
     type=click.IntRange(min=1),
     default=None,
-    help="Child processes or threads (default: worker_concurrency, else the CPU count).",
+    help="Child processes or threads (default: worker_concurrency, else the CPU count); "
+    "with --pool asyncio, async def tasks at once (as --async-concurrency).",
 )
 @click.option(
     "-P",
     "--pool",
     type=click.Choice(POOLS),
     default=None,
-    help="prefork (CPU-bound), threads (I/O-bound) or solo (one task at a time, in-process).",
+    help="prefork (CPU-bound), threads (I/O-bound), solo (one task at a time, in-process) "
+    "or asyncio (async def tasks only, on one event loop).",
+)
+@click.option(
+    "--async-concurrency",
+    type=click.IntRange(min=1),
+    default=None,
+    help="async def tasks each process awaits at once, beside its sync tasks "
+    "(default: worker_async_concurrency, 100).",
 )
 @loglevel_option
 @click.option(
@@ -132,6 +141,7 @@ def worker(
     queue_names: tuple[str, ...],
     concurrency: int | None,
     pool: str | None,
+    async_concurrency: int | None,
     loglevel: str,
     hostname: str | None,
     logfile: str | None,
@@ -164,6 +174,11 @@ def worker(
         app.conf.worker_send_task_events = True
     if max_memory_per_child:
         app.conf.worker_max_memory_per_child = max_memory_per_child
+    if async_concurrency:
+        app.conf.worker_async_concurrency = async_concurrency
+    elif concurrency and (pool or app.conf.worker_pool) == "asyncio":
+        # As -c sizes Celery's gevent and eventlet pools: tasks in flight at once.
+        app.conf.worker_async_concurrency = concurrency
     if pidfile:
         claim_pidfile(expand_node_name(pidfile, hostname))
     bounds = parse_autoscale(autoscale) if autoscale else None

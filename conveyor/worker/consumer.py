@@ -35,7 +35,7 @@ from conveyor.retry import parse_rate
 from conveyor.serializers import accepted
 from conveyor.task import Request
 from conveyor.worker.limits import RateGate
-from conveyor.worker.pools import LOST, Completion, Job, Pool
+from conveyor.worker.pools import LOST, Completion, Job, Pool, has_coroutine_tasks
 from conveyor.worker.runner import (
     Outcome,
     expired,
@@ -84,6 +84,7 @@ class Consumer:
         self.queues = list(queues)
         self.hostname = hostname
         self.capacity = max(1, pool.concurrency * max(1, prefetch_multiplier))
+        self._coroutines = False  # dispatching coroutine tasks too (_start_pool)
         self._burst = 0  # inline pools: fetch size beyond capacity while a backlog lasts
         self.lease_s = lease_s
         self.shutdown_timeout_s = shutdown_timeout_s
@@ -140,11 +141,29 @@ class Consumer:
         self._give_back(reason)
         return self._stopped.wait(grace_s)
 
-    def run(self) -> None:
+    def _start_pool(self) -> None:
+        """Start the pool; make room for coroutine tasks when the app has any.
+
+        The coroutines in flight are held like prefetched messages (leased, their
+        leases kept), so the prefetch room grows by as many as may run at once.
+        """
         self.pool.start()
+        slots = self.pool.coroutine_concurrency
+        if slots and (not self.pool.concurrency or has_coroutine_tasks(self.app)):
+            self._coroutines = True
+            self.capacity += slots
+
+    def run(self) -> None:
+        self._start_pool()
+        self._serve()
+
+    def _serve(self) -> None:
+        """Fetch in a thread; dispatch, wait for completions and settle in this one."""
         self._fetching.set()
         self._start_thread(self._fetch_loop, "fetcher")
         self._start_thread(self._lease_loop, "lease-keeper")
+        if self.pool.inline:
+            self._start_thread(self._stall_guard, "stall-guard")
         try:
             while not self._cold:
                 if self._warm:
@@ -161,8 +180,13 @@ class Consumer:
 
         No fetcher thread: with one task at a time there is nothing to overlap, and a
         second thread would only contend with this one for the GIL and the database.
+        With coroutine tasks there is: their outcomes arrive while this thread would
+        block in a fetch, so the fetch moves to a thread of its own (``_serve``).
         """
-        self.pool.start()
+        self._start_pool()
+        if self._coroutines:
+            self._serve()
+            return
         self._start_thread(self._lease_loop, "lease-keeper")
         self._start_thread(self._stall_guard, "stall-guard")
         backoff = 0.1
@@ -204,7 +228,7 @@ class Consumer:
             # Asleep while nothing runs (an idle worker must cost no CPU).
             if not self._task_running.wait(1.0) or self._stopped.wait(STALL_S / 2):
                 continue
-            active = self.pool.active()
+            active = [job for job in self.pool.active() if not job.coroutine]  # coroutines don't block
             if not active or not self._incoming:
                 continue
             if time.monotonic() - active[0].started_at < STALL_S:
@@ -233,7 +257,9 @@ class Consumer:
             timeout_s = max(0.0, min(timeout_s, next_hold - time.time()))
         if waiting:
             timeout_s = min(timeout_s, max(0.0, self._settle_by - time.monotonic()))
-        if self._incoming and self.pool.idle_slots() > 0:
+        if self._incoming and self.pool.idle_slots() > 0 and not self._coroutines:
+            # (With coroutines, what is left waits for a slot of its own kind: a free
+            # sync slot must not turn this wait into a spin.)
             timeout_s = 0.0
         completions = self.pool.poll(timeout_s)
         if completions:
@@ -342,16 +368,51 @@ class Consumer:
             self._incoming.appendleft(item)
         jobs: list[Job] = []
         room = self.pool.idle_slots()
-        while self._incoming and len(jobs) < room and not (self._warm or self._cold):
+        coroutine_room = self.pool.idle_coroutine_slots() if self._coroutines else 0
+        while self._incoming and (room > 0 or coroutine_room > 0) and not (self._warm or self._cold):
             with self._cond:  # the stall guard may take them back meanwhile
                 if not self._incoming:
                     break
                 delivery = self._incoming.popleft()
-            job = self._prepare(delivery, now)
-            if job is not None:
-                jobs.append(job)
+            message = None
+            if self._coroutines:
+                message = self._peek(delivery)
+                task = self.app.tasks.get(message.task) if message is not None else None
+                if (
+                    message is not None
+                    and task is not None
+                    and not task.is_coroutine
+                    and not self.pool.concurrency
+                ):
+                    from conveyor.worker.aio import unsupported_sync
+
+                    self._settle_one(delivery, unsupported_sync(message))
+                    continue
+                if (coroutine_room if task is not None and task.is_coroutine else room) <= 0:
+                    # Its kind's slots are full: it waits at the head, in order.
+                    with self._cond:
+                        self._incoming.appendleft(delivery)
+                    break
+            job = self._prepare(delivery, now, message)
+            if job is None:
+                continue
+            if job.coroutine:
+                coroutine_room -= 1
+            else:
+                room -= 1
+            jobs.append(job)
         if jobs:
             self._start(jobs)
+
+    def _peek(self, delivery: Delivery) -> Message | None:
+        """The decoded message, to see which kind of slot it needs; None if undecodable
+        (``_prepare`` settles it then)."""
+        with self._cond:
+            taken = self._taken.get(delivery.receipt)
+        try:
+            return taken or decode(delivery.body, self.content_types)
+        except SerializationError:
+            return None
 
     def _start(self, jobs: Sequence[Job]) -> None:
         """Hand jobs to the pool, once what must precede their code is in the store.
@@ -413,11 +474,11 @@ class Consumer:
                 self._taken[delivery.receipt] = message
                 self._pending_acks.append(delivery)
 
-    def _prepare(self, delivery: Delivery, now: float) -> Job | None:
+    def _prepare(self, delivery: Delivery, now: float, decoded: Message | None = None) -> Job | None:
         with self._cond:
             taken = self._taken.pop(delivery.receipt, None)
         try:
-            message = taken or decode(delivery.body, self.content_types)
+            message = taken or decoded or decode(delivery.body, self.content_types)
         except SerializationError as exc:
             signals.task_rejected.send(sender=self, message=delivery, exc=exc)
             self._settle_one(delivery, undecodable(delivery.body, exc))
@@ -481,8 +542,10 @@ class Consumer:
             acks_late=task.acks_late,
             time_limit=task.time_limit,
             soft_time_limit=task.soft_time_limit,
+            coroutine=task.is_coroutine,
             meta={"args": message.args, "kwargs": message.kwargs, "retries": message.retries},
             acked=acked,
+            message=message if task.is_coroutine else None,  # awaited in this process: not decoded again
         )
 
     def _request(self, message: Message, delivery: Delivery) -> Request:

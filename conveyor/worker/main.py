@@ -91,11 +91,12 @@ class Worker:
         self.app = app
         self.queues = list(queues or queue_names(conf.task_queues) or [conf.task_default_queue])
         self.pool_kind = pool or conf.worker_pool
-        self.concurrency = (
-            1
-            if self.pool_kind == "solo"
-            else int(concurrency or conf.worker_concurrency or os.cpu_count() or 1)
-        )
+        if self.pool_kind == "solo":
+            self.concurrency = 1
+        elif self.pool_kind == "asyncio":  # coroutines at once; -c has nothing to size
+            self.concurrency = int(conf.worker_async_concurrency)
+        else:
+            self.concurrency = int(concurrency or conf.worker_concurrency or os.cpu_count() or 1)
         if autoscale is not None:
             if self.pool_kind != "prefork":
                 raise ValueError(f"--autoscale needs the prefork pool, not {self.pool_kind}")
@@ -154,6 +155,12 @@ class Worker:
         bounds = self.runner.autoscale if isinstance(self.runner, PreforkSupervisor) else None
         return f", autoscale {bounds[0]},{bounds[1]}" if bounds else ""
 
+    def _async_note(self) -> list[str]:
+        if self.pool_kind == "asyncio" or not any(t.is_coroutine for t in self.app.tasks.values()):
+            return []
+        per = "child" if self.pool_kind == "prefork" else "process"
+        return [f"  async def:   up to {self.app.conf.worker_async_concurrency} at once per {per}"]
+
     def banner(self) -> str:
         tasks = sorted(self.app.tasks)
         lines = [
@@ -162,6 +169,7 @@ class Worker:
             f"  results:     {mask_url(self.app.backend.url)}",
             f"  queues:      {', '.join(self.queues)}",
             f"  concurrency: {self.concurrency} ({self.pool_kind}{self._autoscale_note()})",
+            *self._async_note(),
             "  tasks:",
             *(f"    . {name}" for name in tasks),
         ]

@@ -4,6 +4,11 @@
   running this module's solo pool, under a supervising parent.
 - ``threads``: N threads in the worker process, for I/O-bound tasks.
 - ``solo``: inline in the worker's main thread; one task at a time.
+- ``asyncio`` (worker/aio.py): coroutine tasks only, on one event loop.
+
+Every pool also runs ``async def`` tasks beside its sync slots: up to
+``worker_async_concurrency`` coroutines at once on the process's event loop
+(worker/aio.py), which is started by the first one.
 
 A pool never talks to the broker: it takes Jobs and gives back Completions, and the
 consumer settles them.
@@ -18,6 +23,7 @@ import queue
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -31,6 +37,7 @@ from conveyor.worker.runner import ACK, Outcome, label, revoked, run_one
 if TYPE_CHECKING:
     from conveyor.app import Conveyor
     from conveyor.message import Message
+    from conveyor.worker.aio import CoroutineRunner
 
 log = logging.getLogger("conveyor.worker")
 
@@ -46,6 +53,7 @@ class Job:
     time_limit: float | None = None
     soft_time_limit: float | None = None
     started_at: float = 0.0  # time.monotonic() when handed to a slot
+    coroutine: bool = False  # an ``async def`` task: awaited on the event loop, not in a sync slot
     early_acked: bool = False  # its ack is written before it runs
     acked: bool = False  # acked already: taken ahead (consumer._take_ahead) or with its rate-limit slot
     meta: dict[str, Any] = field(default_factory=dict)
@@ -64,16 +72,21 @@ class Completion:
 
 
 class Pool(Protocol):
-    concurrency: int
+    concurrency: int  # sync tasks at once (0: the asyncio pool runs none)
+    coroutine_concurrency: int  # coroutine tasks at once, beside them
     name: str
-    inline: bool  # submit() runs the job in the calling thread before returning
+    inline: bool  # submit() runs a sync job in the calling thread before returning
 
     def start(self) -> None: ...
 
-    def idle_slots(self) -> int: ...
+    def idle_slots(self) -> int:
+        """Free sync slots."""
+
+    def idle_coroutine_slots(self) -> int:
+        """Coroutine tasks that may start now."""
 
     def submit(self, job: Job) -> None:
-        """Run ``job``; only called when ``idle_slots() > 0``."""
+        """Run ``job``; only called when the slots of its kind have room."""
 
     def poll(self, timeout_s: float) -> list[Completion]:
         """Wait up to ``timeout_s`` for finished jobs; returns early on ``wakeup()``."""
@@ -186,8 +199,12 @@ class ThreadPool:
         self._threads: dict[int, threading.Thread] = {}  # job id() -> thread running it
         self._abandoned: set[int] = set()
         self._workers: list[threading.Thread] = []
+        self.coroutines: CoroutineRunner | NoCoroutines = NO_COROUTINES
+        self.coroutine_concurrency = async_concurrency(app)
 
     def start(self) -> None:
+        if has_coroutine_tasks(self.app):
+            self.coroutines = coroutine_runner(self.app, self.hostname, self._done.put)
         for _ in range(self.concurrency):
             self._add_thread()
 
@@ -229,7 +246,13 @@ class ThreadPool:
         with self._lock:
             return self.concurrency - len(self._running)
 
+    def idle_coroutine_slots(self) -> int:
+        return self.coroutines.idle_slots()
+
     def submit(self, job: Job) -> None:
+        if job.coroutine:
+            self.coroutines.submit(job)
+            return
         job.started_at = time.monotonic()
         with self._lock:
             self._running[id(job)] = job
@@ -237,26 +260,17 @@ class ThreadPool:
 
     def active(self) -> list[Job]:
         with self._lock:
-            return list(self._running.values())
+            return list(self._running.values()) + self.coroutines.active()
 
     def wakeup(self) -> None:
         self._done.put(None)
 
     def poll(self, timeout_s: float) -> list[Completion]:
-        completions: list[Completion] = []
         deadline = self._next_deadline()
         if deadline is not None:
             timeout_s = max(0.0, min(timeout_s, deadline - time.monotonic()))
-        try:
-            first = self._done.get(timeout=timeout_s)
-            if first is not None:
-                completions.append(first)
-            while True:
-                more = self._done.get_nowait()
-                if more is not None:
-                    completions.append(more)
-        except queue.Empty:
-            pass
+        completions = collect(self._done, timeout_s)
+        self.coroutines.release(completions)
         with self._lock:
             for c in completions:
                 self._running.pop(id(c.job), None)
@@ -292,16 +306,20 @@ class ThreadPool:
         deadline = time.monotonic() + timeout_s
         for thread in self._workers:
             thread.join(max(0.0, deadline - time.monotonic()))
+        self.coroutines.stop(max(0.0, deadline - time.monotonic()))
 
     def kill(self) -> None:
         for _ in self._workers:
             self._jobs.put(None)
+        self.coroutines.kill()
 
     def terminate(self, task_id: str) -> bool:
         """A thread cannot be killed: TaskTerminated is raised in it asynchronously,
         which takes effect at its next Python bytecode (not inside a blocking C call)."""
         import ctypes
 
+        if self.coroutines.terminate(task_id):
+            return True
         with self._lock:
             for key, job in self._running.items():
                 thread = self._threads.get(key)
@@ -315,7 +333,8 @@ class ThreadPool:
 
 # --------------------------------------------------------------------------- solo
 class SoloPool:
-    """Runs each job inline in the worker's main thread (soft limits via SIGALRM)."""
+    """Runs each sync job inline in the worker's main thread (soft limits via SIGALRM);
+    coroutine jobs go to the event loop's thread and finish there."""
 
     name = "solo"
     concurrency = 1
@@ -325,10 +344,16 @@ class SoloPool:
         self.app = app
         self.hostname = hostname
         self._done: list[Completion] = []
+        self._done_lock = threading.Lock()  # the event loop's thread appends too
+        self._ran = False  # a sync job ran since the last poll: its outcome goes out first
         self._wake = _WakePipe()
         self._current: Job | None = None
+        self.coroutines: CoroutineRunner | NoCoroutines = NO_COROUTINES
+        self.coroutine_concurrency = async_concurrency(app)
 
     def start(self) -> None:
+        if has_coroutine_tasks(self.app):
+            self.coroutines = coroutine_runner(self.app, self.hostname, self._coroutine_done)
         # revoke(terminate=True) interrupts the running task with SIGUSR2 (sent by the
         # control thread, or by the prefork supervisor to its child).
         if threading.current_thread() is threading.main_thread():
@@ -339,9 +364,26 @@ class SoloPool:
             raise TaskTerminated()
 
     def idle_slots(self) -> int:
-        return 0 if self._done else 1
+        return 0 if self._ran else 1
+
+    def idle_coroutine_slots(self) -> int:
+        return self.coroutines.idle_slots()
+
+    def _coroutine_done(self, completion: Completion) -> None:
+        with self._done_lock:
+            self._done.append(completion)
+        self._wake.wake()
 
     def submit(self, job: Job) -> None:
+        if job.coroutine:
+            self.coroutines.submit(job)
+            return
+        outcome = self.run_inline(job)
+        with self._done_lock:
+            self._done.append(Completion(job, outcome))
+        self._ran = True
+
+    def run_inline(self, job: Job) -> Outcome:
         job.started_at = time.monotonic()
         self._current = job
         try:
@@ -357,9 +399,11 @@ class SoloPool:
             outcome = terminated_outcome(job, self.app)
         finally:
             self._current = None
-        self._done.append(Completion(job, outcome))
+        return outcome
 
     def terminate(self, task_id: str) -> bool:
+        if self.coroutines.terminate(task_id):
+            return True
         job = self._current
         if job is None or job.task_id != task_id:
             return False
@@ -367,7 +411,7 @@ class SoloPool:
         return True
 
     def active(self) -> list[Job]:
-        return [self._current] if self._current else []
+        return ([self._current] if self._current else []) + self.coroutines.active()
 
     def wakeup(self) -> None:
         self._wake.wake()
@@ -379,25 +423,96 @@ class SoloPool:
             with contextlib.suppress(InterruptedError):
                 select.select([self._wake.r], [], [], timeout_s)
             self._wake.drain()
-        done, self._done = self._done, []
+        with self._done_lock:
+            done, self._done = self._done, []
+        self._ran = False
+        self.coroutines.release(done)
         return done
 
     def stop(self, timeout_s: float) -> None:
+        self.coroutines.stop(timeout_s)
         self._wake.close()
 
     def kill(self) -> None:
+        self.coroutines.kill()
         self._wake.close()
 
 
-def make_pool(kind: str, app: Conveyor, *, concurrency: int, hostname: str) -> ThreadPool | SoloPool:
+def has_coroutine_tasks(app: Conveyor) -> bool:
+    return any(task.is_coroutine for task in app.tasks.values())
+
+
+def async_concurrency(app: Conveyor) -> int:
+    return max(1, int(app.conf.worker_async_concurrency))
+
+
+def coroutine_runner(app: Conveyor, hostname: str, on_done: Callable[[Completion], None]) -> CoroutineRunner:
+    """The pool's event loop for ``async def`` tasks (started by the first one)."""
+    from conveyor.worker.aio import CoroutineRunner
+
+    return CoroutineRunner(app, hostname=hostname, concurrency=async_concurrency(app), on_done=on_done)
+
+
+class NoCoroutines:
+    """A pool's coroutine side while the app has no ``async def`` task: nothing runs there,
+    and asyncio (a few MiB in every prefork child) is never imported."""
+
+    def idle_slots(self) -> int:
+        return 0
+
+    def submit(self, job: Job) -> None:
+        # The consumer dispatches coroutines only when the app had some as the pool started.
+        raise RuntimeError(f"{job.task_name}: no async def task was registered when the pool started")
+
+    def active(self) -> list[Job]:
+        return []
+
+    def release(self, completions: list[Completion]) -> None:
+        """Nothing is ever in flight here."""
+
+    def terminate(self, task_id: str) -> bool:
+        return False
+
+    def stop(self, timeout_s: float) -> None:
+        """No loop to close."""
+
+    def kill(self) -> None:
+        """No loop to close."""
+
+
+NO_COROUTINES = NoCoroutines()
+
+
+def collect(done: queue.SimpleQueue[Completion | None], timeout_s: float) -> list[Completion]:
+    """What finished: wait up to ``timeout_s`` for the first, take the rest without waiting
+    (a ``None`` is a wakeup, not a completion)."""
+    completions: list[Completion] = []
+    try:
+        first = done.get(timeout=timeout_s)
+        if first is not None:
+            completions.append(first)
+        while True:
+            more = done.get_nowait()
+            if more is not None:
+                completions.append(more)
+    except queue.Empty:
+        pass
+    return completions
+
+
+def make_pool(kind: str, app: Conveyor, *, concurrency: int, hostname: str) -> Pool:
     """The in-process pools; prefork is a supervisor of its own (worker/prefork.py)."""
     if kind == "threads":
         return ThreadPool(app, concurrency, hostname=hostname)
     if kind == "solo":
         return SoloPool(app, hostname=hostname)
+    if kind == "asyncio":
+        from conveyor.worker.aio import AsyncioPool
+
+        return AsyncioPool(app, hostname=hostname)
     from conveyor.exceptions import ConfigurationError
 
-    raise ConfigurationError(f"unknown pool {kind!r}: use prefork, threads or solo")
+    raise ConfigurationError(f"unknown pool {kind!r}: use prefork, threads, solo or asyncio")
 
 
 __all__ = ["LOST", "Completion", "Job", "Pool", "SoloPool", "ThreadPool", "make_pool", "terminated_outcome"]

@@ -40,7 +40,7 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from conveyor import _forkguard, signals, states
@@ -156,6 +156,7 @@ class _Slot:
 
     def __init__(self) -> None:
         self._mem = mmap.mmap(-1, self.SIZE)  # MAP_SHARED | MAP_ANONYMOUS: survives fork
+        self._payload = b""  # the running job, kept while coroutines are counted beside it
         self._seq = 0
         self.processed = 0
         self.failed = 0
@@ -172,14 +173,18 @@ class _Slot:
         payload = pickle.dumps(record, protocol=pickle.HIGHEST_PROTOCOL)
         if len(payload) > self.SIZE - self._HEADER.size:
             return False
+        self._payload = payload
         self._write(payload)
         return True
 
-    def finish(self, failed: bool) -> None:
-        """Child: the running job ended (or the piped one did): count it, clear the job."""
+    def finish(self, failed: bool, *, running: bool = True) -> None:
+        """Child: the running job ended (or the piped one did): count it, clear the job.
+        ``running=False``: a coroutine task ended; the running job, if any, stays."""
         self.processed += 1
         self.failed += int(failed)
-        self._write(b"")
+        if running:
+            self._payload = b""
+        self._write(self._payload)
 
     def read(self) -> tuple[int, int, Job | None]:
         """Supervisor: (processed, failed, running job or None)."""
@@ -242,15 +247,33 @@ class _ReportingPool(SoloPool):
             job.time_limit,
             time.monotonic(),
         )
+        if job.coroutine:
+            # Timed and interrupted on the child's event loop, not by the supervisor
+            # (ending this process would end every coroutine beside it), which only
+            # learns of it to list it and to settle it if this process dies.
+            self.report(("coroutine", *record))
+            super().submit(job)
+            return
         # A hard time limit needs the supervisor's clock on it: that job goes by pipe.
         piped = job.time_limit is not None or not self.slot.start(record)
         if piped:
             self.report(("start", *record))
-        super().submit(job)
-        failed = bool(self._done) and self._done[-1].outcome.state == states.FAILURE
-        self.slot.finish(failed)
+        outcome = self.run_inline(job)
+        with self._done_lock:
+            self._done.append(Completion(job, outcome))
+        self._ran = True
+        self.slot.finish(outcome.state == states.FAILURE)
         if piped:
             self.report(("end", d.receipt))
+
+    def poll(self, timeout_s: float) -> list[Completion]:
+        done = super().poll(timeout_s)
+        ended = [c for c in done if c.job.coroutine]
+        for completion in ended:
+            self.slot.finish(completion.outcome.state == states.FAILURE, running=False)
+        if ended:
+            self.report(("coroutines-ended", [c.job.delivery.receipt for c in ended]))
+        return done
 
 
 def _trim_heap() -> None:
@@ -310,6 +333,9 @@ def _read_commands(commands: _Channel, consumer: Consumer, pool: _ReportingPool)
         kind, seq = command[0], command[1]
         if kind == "revoke":
             consumer.revoked.update(command[2])
+            if len(command) > 3 and command[3]:  # terminate: a coroutine task is cancelled here
+                for task_id in command[2]:
+                    pool.coroutines.terminate(task_id)
         elif kind == "rate_limit":
             consumer.set_rate_limit(command[2], command[3])
         elif kind == "queues":
@@ -385,6 +411,7 @@ class _Child:
     terminate_at: float | None = None  # revoke(terminate=True): SIGKILL if still running then
     terminating: str | None = None  # the task id that terminate_at is for
     retiring: bool = False  # stopped by a pool shrink: not replaced when it exits
+    coroutines: dict[str, Job] = field(default_factory=dict)  # receipt -> job on its event loop
 
     def running(self) -> Job | None:
         """The job this child runs now, from the pipe or from its slot."""
@@ -458,8 +485,7 @@ class PreforkSupervisor:
         Returns the ids running now (being terminated). The supervisor's loop does
         the work: children and pipes are only touched from that thread.
         """
-        jobs = [c.running() for c in list(self._children)]
-        running = [job.task_id for job in jobs if job is not None and job.task_id in ids]
+        running = [job.task_id for job, _ in self.active_jobs() if job.task_id in ids]
         self._command("revoke", list(ids), terminate)
         return running if terminate else []
 
@@ -503,7 +529,9 @@ class PreforkSupervisor:
         done.wait(COMMAND_WAIT_S)
 
     def active_jobs(self) -> list[tuple[Job, int]]:
-        found = [(c.running(), c.process.pid or 0) for c in list(self._children)]
+        children = list(self._children)
+        found = [(c.running(), c.process.pid or 0) for c in children]
+        found += [(job, c.process.pid or 0) for c in children for job in list(c.coroutines.values())]
         return [(job, pid) for job, pid in found if job is not None]
 
     def _run_commands(self) -> None:
@@ -528,7 +556,7 @@ class PreforkSupervisor:
         if kind == "revoke":
             assert isinstance(first, list)
             self.revoked.update(first)
-            sent = self._send_children(("revoke", seq, first))
+            sent = self._send_children(("revoke", seq, first, bool(second)))
             if second:
                 self._terminate(set(first))
             return sent
@@ -731,6 +759,12 @@ class PreforkSupervisor:
                     if child.job is not None and child.job.delivery.receipt == event[1]:
                         child.job = None
                         child.terminate_at = None
+                elif kind == "coroutine":
+                    job = _job_from_record(event[1:])
+                    child.coroutines[job.delivery.receipt] = job
+                elif kind == "coroutines-ended":
+                    for receipt in event[1]:
+                        child.coroutines.pop(receipt, None)
                 elif kind == "applied":
                     self._acknowledged(child, event[1], event[2] if len(event) > 2 else None)
 
@@ -744,13 +778,10 @@ class PreforkSupervisor:
         self._finished_processed += processed
         self._finished_failed += failed
         code = child.process.exitcode
-        if job is not None and not child.killed:
-            how = (
-                f"signal {signal.Signals(-code).name}"
-                if code is not None and code < 0
-                else f"exit code {code}"
-            )
-            self._settle_lost(job, how)
+        how = f"signal {signal.Signals(-code).name}" if code is not None and code < 0 else f"exit code {code}"
+        # Its coroutines were settled by nobody, even when we ended it (a time limit).
+        lost = [job] if job is not None and not child.killed else []
+        self._settle_lost([*lost, *child.coroutines.values()], how)
         self._forget(child)
         if self._warm or self._cold or child.retiring:
             return
@@ -758,10 +789,15 @@ class PreforkSupervisor:
             log.error("Process %s (pid %s) exited with code %s", child.process.name, child.process.pid, code)
         self._children.append(self._spawn())
 
-    def _settle_lost(self, job: Job, how: str) -> None:
-        outcome = Outcome(LOST, task_id=job.task_id, task_name=job.task_name, reason=how)
+    def _settle_lost(self, jobs: Sequence[Job], how: str) -> None:
+        if not jobs:
+            return
+        completions = [
+            Completion(job, Outcome(LOST, task_id=job.task_id, task_name=job.task_name, reason=how))
+            for job in jobs
+        ]
         self.settler.give_up = self._cold
-        self.settler.settle([Completion(job, outcome)])
+        self.settler.settle(completions)
 
     def _enforce_time_limits(self) -> None:
         now = time.monotonic()
@@ -806,8 +842,8 @@ class PreforkSupervisor:
                 child.process.join(2.0)
                 self._read_events(child)
                 processed, failed, job = child.final()
-                if job is not None:
-                    self._settle_lost(job, "cold shutdown")
+                lost = [job] if job is not None else []
+                self._settle_lost([*lost, *child.coroutines.values()], "cold shutdown")
                 self._finished_processed += processed
                 self._finished_failed += failed
                 self._forget(child)

@@ -214,22 +214,33 @@ def _run(
             try:
                 value = call(task, message)
             except Exception as exc:
-                if (
-                    task.autoretry_for
-                    and isinstance(exc, task.autoretry_for)
-                    and not isinstance(exc, (Retry, Reject))
-                ):
-                    autoretry(task, exc)
+                retry_if_listed(task, exc)
                 raise
-    except Retry as retry:
-        return _retried(task, message, retry, started), retry, None
-    except Reject as reject:
-        return _rejected(message, reject, started), reject, None
     except BaseException as exc:  # noqa: BLE001 - SystemExit in a task must not end the child silently
-        if isinstance(exc, (KeyboardInterrupt, TaskTerminated)):
-            raise
-        return _failed(task, message, request, exc, started), exc, None
-    return _succeeded(task, message, value, started), None, value
+        return ended(task, message, request, exc, started), exc, None
+    return succeeded(task, message, value, started), None, value
+
+
+def retry_if_listed(task: Task[Any, Any], exc: Exception) -> None:
+    """``autoretry_for``: raise Retry for an exception the task lists; otherwise return."""
+    if task.autoretry_for and isinstance(exc, task.autoretry_for) and not isinstance(exc, (Retry, Reject)):
+        autoretry(task, exc)
+
+
+def ended(
+    task: Task[Any, Any], message: Message, request: Request, exc: BaseException, started: float
+) -> Outcome:
+    """The outcome of a task that raised ``exc`` (a retry, a reject or a failure).
+
+    KeyboardInterrupt and TaskTerminated are re-raised: the pool, not the task, decides those.
+    """
+    if isinstance(exc, Retry):
+        return _retried(task, message, exc, started)
+    if isinstance(exc, Reject):
+        return _rejected(message, exc, started)
+    if isinstance(exc, (KeyboardInterrupt, TaskTerminated)):
+        raise exc
+    return _failed(task, message, request, exc, started)
 
 
 _TASK_SIGNALS = (
@@ -351,7 +362,7 @@ def _base(message: Message, started: float) -> dict[str, Any]:
     }
 
 
-def _succeeded(task: Task[Any, Any], message: Message, value: Any, started: float) -> Outcome:
+def succeeded(task: Task[Any, Any], message: Message, value: Any, started: float) -> Outcome:
     base = _base(message, started)
     runtime = base["finished_at"] - started
     if task.ignore_result:
