@@ -127,6 +127,24 @@ class AsyncResult(Generic[R]):
                 message when it failed, or ``Revoked`` when it was revoked or expired.
         """
         record = self.app.backend.wait(self.id, timeout_s=timeout, interval_s=interval)
+        return self._outcome(record, timeout, propagate)
+
+    async def aget(self, timeout: float | None = None, propagate: bool = True, interval: float = 0.1) -> R:
+        """``get()`` from a coroutine: awaits the result on the event loop's own
+        connection (conveyor/aio), raising what ``get()`` raises."""
+        from conveyor.aio.client import wait
+
+        record = await wait(self.app, self.id, timeout_s=timeout, interval_s=interval)
+        return self._outcome(record, timeout, propagate)
+
+    async def astate(self) -> str:
+        """``state`` from a coroutine."""
+        from conveyor.aio.client import get
+
+        record = await get(self.app, self.id)
+        return record.state if record else states.PENDING
+
+    def _outcome(self, record: ResultRecord | None, timeout: float | None, propagate: bool) -> R:
         if record is None or not record.ready:
             state = record.state if record else states.PENDING
             raise TimeoutError(
@@ -231,6 +249,12 @@ class EagerResult(AsyncResult[R]):
         return self._value  # type: ignore[no-any-return]
 
     wait = get
+
+    async def aget(self, timeout: float | None = None, propagate: bool = True, interval: float = 0.1) -> R:
+        return self.get(timeout, propagate, interval)
+
+    async def astate(self) -> str:
+        return self._state
 
     def forget(self) -> None:
         return None

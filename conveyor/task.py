@@ -317,6 +317,22 @@ class Task(Generic[P, R]):
         )
         return app.AsyncResult(app.send(message), task_name=self.name)
 
+    async def adelay(self, *args: P.args, **kwargs: P.kwargs) -> AsyncResult[R]:
+        """``delay()`` from a coroutine, on the event loop's own broker client (conveyor/aio)."""
+        return await self.aapply_async(args, kwargs)
+
+    async def aapply_async(
+        self,
+        args: Sequence[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> AsyncResult[R]:
+        """``apply_async()`` from a coroutine: the same options, checks and signals,
+        sent without blocking the loop (with ``task_always_eager``, run here and now)."""
+        from conveyor.aio.client import apply_async
+
+        return await apply_async(self, args, kwargs, options)
+
     def build_message(
         self,
         args: Sequence[Any] | None = None,

@@ -1,0 +1,219 @@
+"""The async client on Redis, with redis-py's asyncio client (``redis.asyncio``).
+
+What is sent is the sync broker's and result store's, not a copy of it: the Lua
+scripts, entry format and key names come from ``brokers/redis.py`` and
+``backends/redis.py``, all looked up in ``_sync()`` below, the one place that
+couples this module to their layout. A ready message goes through the same hand-off
+script (``_SEND``: straight to a consumer blocked on the queue, or queued with the
+wake-up token); a delayed one through the publish script (``_PUBLISH``), which files
+it in the queue's delay set by Redis's clock. A wait sends the same look-and-register
+script plus BLPOP as ``RedisBackend.wait``, so a worker's result store pushes the
+record straight to us.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
+
+from conveyor._redis import RedisLink, RedisURL, Script, mask
+from conveyor.backends.base import ResultRecord
+from conveyor.exceptions import BrokerConnectionError, BrokerError, ConfigurationError
+from conveyor.message import Message
+
+if TYPE_CHECKING:
+    import redis.asyncio as aioredis
+
+
+def _sync() -> tuple[ModuleType, ModuleType]:
+    """The sync broker and result-store modules whose scripts and keys we use."""
+    from conveyor.backends import redis as results
+    from conveyor.brokers import redis as broker
+
+    return broker, results
+
+
+def _client(parsed: RedisURL) -> aioredis.Redis:
+    try:
+        import redis.asyncio as aioredis
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
+    except ImportError:
+        raise ConfigurationError(
+            "the Redis broker needs the redis package: pip install 'conveyor-tasks[redis]'"
+        ) from None
+    # As the sync client (_redis._client_kwargs): our own retries, raw RESP2 replies.
+    options: dict[str, Any] = {"retry": Retry(NoBackoff(), 0), "socket_keepalive": True, "protocol": 2}
+    if parsed.sentinels:
+        from redis.asyncio.sentinel import Sentinel
+
+        extra = dict(parsed.options)
+        timeout = float(extra.pop("socket_timeout", "5"))
+        sentinel = Sentinel(
+            list(parsed.sentinels),
+            socket_timeout=timeout,
+            sentinel_kwargs={"password": extra.pop("sentinel_password", None), "socket_timeout": timeout},
+        )
+        master: aioredis.Redis = sentinel.master_for(
+            parsed.service, db=parsed.db, password=parsed.password, username=parsed.username,
+            socket_timeout=timeout, **options,
+        )  # fmt: skip
+        return master
+    if "socket_timeout" not in dict(parsed.options):
+        options["socket_timeout"] = parsed.socket_timeout
+    try:
+        return aioredis.Redis.from_url(parsed.client_url, **options)
+    except ValueError as exc:
+        raise ConfigurationError(f"malformed Redis URL {mask(parsed.url)}: {exc}") from None
+
+
+class _Redis:
+    """One event loop's redis-py asyncio client (a pool: concurrent waits each get a
+    connection), with the sync side's error translation and publish retries."""
+
+    def __init__(self, url: str) -> None:
+        self.link = RedisLink(url)  # parsing and key names only: it opens nothing until used
+        self.url = url
+        self._client: aioredis.Redis | None = None
+
+    @property
+    def client(self) -> aioredis.Redis:
+        if self._client is None:
+            self._client = _client(self.link.parsed)
+        return self._client
+
+    def translate(self, exc: Exception) -> BrokerError:
+        from redis.exceptions import ConnectionError, TimeoutError
+
+        text = (str(exc) or type(exc).__name__).rstrip(".")
+        if isinstance(exc, (ConnectionError, TimeoutError, OSError)):
+            return BrokerConnectionError(f"cannot reach Redis at {mask(self.url)}: {text}")
+        return BrokerError(f"Redis at {mask(self.url)} failed: {text}")
+
+    async def script(
+        self, script: Script, *args: Any, keys: tuple[str, ...] = (), retry_s: float = 0.0
+    ) -> Any:
+        """EVALSHA, EVAL when Redis lost the script; connection failures retried for
+        ``retry_s`` with capped backoff (the publish_retry a sync publish has)."""
+        from redis.exceptions import ConnectionError, NoScriptError, RedisError, TimeoutError
+
+        deadline = time.monotonic() + retry_s
+        pause = 0.05
+        first = True
+        while True:
+            try:
+                try:
+                    return await self.client.evalsha(script.sha, len(keys), *keys, *args)
+                except NoScriptError:
+                    return await self.client.eval(script.source, len(keys), *keys, *args)
+            except (ConnectionError, TimeoutError) as exc:
+                # One immediate retry on a fresh connection hides a Redis restart.
+                if not first and time.monotonic() + pause > deadline:
+                    raise self.translate(exc) from None
+                if not first:
+                    await asyncio.sleep(pause)
+                    pause = min(pause * 2, 1.0)
+                first = False
+            except RedisError as exc:
+                raise self.translate(exc) from None
+
+    async def aclose(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            await client.aclose()
+
+
+class RedisAsyncBroker:
+    def __init__(self, url: str) -> None:
+        self._redis = _Redis(url)
+
+    async def publish(self, message: Message) -> None:
+        sync, _ = _sync()
+        redis = self._redis
+        priority = sync._priority(message)
+        entry = sync._entry(message.encode(), priority, message.id)
+        retry_s = redis.link.parsed.publish_retry_s
+        eta = message.eta
+        if eta is None or eta <= time.time():
+            await redis.script(sync._SEND, redis.link.prefix, message.queue, priority, entry, retry_s=retry_s)
+        else:
+            await redis.script(
+                sync._PUBLISH, redis.link.prefix, message.queue, priority, repr(eta), entry, retry_s=retry_s
+            )
+
+    async def claim_lease(self, name: str, owner: str, ttl_s: float) -> str:
+        sync, _ = _sync()
+        ttl_ms = max(1, int(ttl_s * 1000))
+        holder = await self._redis.script(
+            sync._CLAIM, owner, ttl_ms, keys=(self._redis.link.key("lease", name),)
+        )
+        return holder.decode() if isinstance(holder, bytes) else str(holder)
+
+    async def release_lease(self, name: str, owner: str) -> None:
+        sync, _ = _sync()
+        await self._redis.script(sync._RELEASE, self._redis.link.key("lease", name), owner)
+
+    async def aclose(self) -> None:
+        await self._redis.aclose()
+
+
+class RedisAsyncBackend:
+    def __init__(self, url: str) -> None:
+        self._redis = _Redis(url)
+
+    async def get(self, task_id: str) -> ResultRecord | None:
+        _, results = _sync()
+        from redis.exceptions import RedisError
+
+        try:
+            data = await self._redis.client.get(self._redis.link.key("r", task_id))
+        except RedisError as exc:
+            raise self._redis.translate(exc) from None
+        record: ResultRecord | None = None if data is None else results._decode(task_id, data)
+        return record
+
+    async def wait(self, task_id: str, *, timeout_s: float | None, interval_s: float) -> ResultRecord | None:
+        """``RedisBackend.wait`` on the loop: look and register as a waiter, then BLPOP
+        the record the storing script pushes, in one round trip; nothing polls."""
+        _, results = _sync()
+        from redis.exceptions import RedisError
+
+        link = self._redis.link
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        waiters, notify = link.key("rw", task_id), link.key("rn", task_id)
+        max_block = link.max_block_s
+        registered = False
+        try:
+            while True:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return await self.get(task_id)
+                expire_ms = int(((remaining or max_block) + max_block) * 1000) + results.NOTIFY_TTL_MS
+                block = max_block if remaining is None else min(remaining, max_block)
+                pipe = self._redis.client.pipeline(transaction=False)
+                pipe.execute_command(
+                    "EVAL", results._AWAIT, 0, link.key("r", task_id), waiters, notify, expire_ms,
+                    int(not registered), *results._READY_PREFIXES,
+                )  # fmt: skip
+                pipe.execute_command("BLPOP", notify, max(block, 0.001))
+                try:
+                    now_registered, got = await pipe.execute()
+                except RedisError as exc:
+                    raise self._redis.translate(exc) from None
+                registered = bool(now_registered)
+                if got:
+                    registered = False  # our copy was consumed with our registration
+                    pushed: ResultRecord = results._decode(task_id, got[1])
+                    if pushed.ready:
+                        return pushed
+        finally:
+            if registered:
+                try:
+                    await self._redis.client.decr(waiters)
+                except Exception:  # best effort: the counter expires anyway
+                    pass
+
+    async def aclose(self) -> None:
+        await self._redis.aclose()
