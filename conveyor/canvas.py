@@ -61,6 +61,7 @@ class Canvas:
         if app.conf.task_always_eager:
             return run_eagerly(app, node, tuple(args), dict(kwargs or {}))
         app.publish_many(messages_for(app, node, args, kwargs))
+        record_canvas(app, node)
         return result_of(app, node)
 
     def delay(self, *args: Any, **kwargs: Any) -> Any:
@@ -313,6 +314,7 @@ def callback_nodes(value: Any) -> list[Node]:
     return [item.to_dict() if isinstance(item, Canvas) else dict(item) for item in items]
 
 
+from conveyor.relations import record_canvas  # noqa: E402
 from conveyor.workflow import (  # noqa: E402 - the runtime half works on the data forms above
     complete_chord,
     count_chord_member,

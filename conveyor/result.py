@@ -39,9 +39,16 @@ class AsyncResult(Generic[R]):
 
     @property
     def children(self) -> list[Any]:
-        """Results this task's canvas sent after it (a chain's next step), as far as
-        this process built them."""
-        return list(self._children)
+        """Results of the tasks sent after this one: a chain's next step (or group), and
+        the tasks it sent while it ran. Built in this process when the handle came from
+        a canvas sent here; otherwise read from the result backend (conveyor/relations.py),
+        where any process finds them."""
+        if self._children:
+            return list(self._children)
+        from conveyor.relations import stored
+
+        _, children = stored(self.app, self.id)
+        return [self.app.AsyncResult(child) for child in children]
 
     def collect(self, timeout: float | None = None) -> Iterator[tuple[Any, Any]]:
         """``(result, value)`` for this result and its children, depth first (Celery's)."""
@@ -214,6 +221,10 @@ class EagerResult(AsyncResult[R]):
 
     def __repr__(self) -> str:
         return f"<EagerResult {self.id} {self._state}>"
+
+    @property
+    def children(self) -> list[Any]:
+        return list(self._children)
 
     @property
     def state(self) -> str:

@@ -50,6 +50,10 @@ class Request:
     # Set by Task.retry() when max_retries is exhausted, so the worker can tell an
     # exhausted task (dead-lettered) from a plain failure.
     retries_exhausted: bool = False
+    # Tasks this run sent (Celery's name), stored as its children (conveyor/relations.py);
+    # relations_read: seeded from the stored record already.
+    children: list[str] = field(default_factory=list)
+    relations_read: bool = False
 
     @classmethod
     def from_message(
@@ -391,6 +395,10 @@ class Task(Generic[P, R]):
         if app.conf.task_always_eager:
             return [self.apply(m.args, m.kwargs, task_id=m.id) for m in messages]
         app.publish_many(messages)
+        if current_request() is not None:
+            from conveyor.relations import record_sent
+
+            record_sent(app, messages)
         return [app.AsyncResult(m.id, task_name=self.name) for m in messages]
 
     def apply(

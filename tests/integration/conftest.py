@@ -165,6 +165,12 @@ def on_err(request, exc, traceback, tag=None):
     record("on_err", request.id, request.task, type(exc).__name__, str(exc).replace(" ", "_"),
            traceback.startswith("Traceback"), tag)
     return request.id
+
+
+@app.task(name="proj.spawn")
+def spawn(n):
+    # Sends its own tasks while it runs: they become its children.
+    return [add.delay(i, i).id for i in range(n)]
 """
 
 

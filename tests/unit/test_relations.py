@@ -1,0 +1,87 @@
+"""AsyncResult.children from the result backend: a handle made anywhere (not the one
+the canvas returned) finds a task's children, for canvases and for tasks sent from
+inside a running task."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from conveyor import Conveyor, chain, chord, group
+from conveyor.backends import memory as memory_results
+from conveyor.brokers import memory
+from conveyor.relations import stored
+from conveyor.testing import run_until_empty
+
+
+@pytest.fixture
+def app() -> Conveyor:
+    memory.reset()
+    memory_results.reset()
+    app = Conveyor("rel", broker="memory://relations")
+
+    @app.task(name="rel.add")
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    @app.task(name="rel.total")
+    def total(values: list[int]) -> int:
+        return sum(values)
+
+    @app.task(name="rel.spawn")
+    def spawn(n: int) -> int:
+        for i in range(n):
+            add.delay(i, i)
+        add.map([(1, 1), (2, 2)])
+        chain(add.s(5, 5), add.s(1))()
+        return n
+
+    return app
+
+
+def _ids(results: list[Any]) -> list[str]:
+    return [r.id for r in results]
+
+
+def test_a_chain_stores_each_steps_next_step_as_its_child_when_sent(app: Conveyor) -> None:
+    add = app.tasks["rel.add"]
+    last = (add.s(1, 1) | add.s(10) | add.s(100))()
+    middle, first = last.parent, last.parent.parent
+    fresh = app.AsyncResult(first.id)  # as another process would make it: nothing in memory
+    assert _ids(fresh.children) == [middle.id]  # stored before any worker ran
+    assert _ids(app.AsyncResult(middle.id).children) == [last.id]
+    assert stored(app, middle.id) == (first.id, [last.id])
+    run_until_empty(app)
+    assert [value for _, value in app.AsyncResult(first.id).collect(timeout=1)] == [2, 12, 112]
+
+
+def test_a_task_followed_by_a_group_has_the_members_as_children_not_the_body(app: Conveyor) -> None:
+    add, total = app.tasks["rel.add"], app.tasks["rel.total"]
+    body = chain(add.s(1, 1), group(add.s(1), add.s(2)), total.s())()
+    first = body.parent.parent
+    members = _ids(body.parent.results)
+    assert _ids(app.AsyncResult(first.id).children) == members
+    assert app.AsyncResult(members[0]).children == []
+    lone = chord([add.s(1, 1), add.s(2, 2)], total.s())()
+    assert all(app.AsyncResult(m.id).children == [] for m in lone.parent.results)
+
+
+def test_tasks_sent_while_a_task_runs_are_stored_as_its_children(app: Conveyor) -> None:
+    add, spawn = app.tasks["rel.add"], app.tasks["rel.spawn"]
+    step = (add.s(0, 3) | spawn.s() | add.s(7))()  # spawn(3) sends 3 + 2 + a chain's first task
+    spawned = step.parent
+    run_until_empty(app)
+    children = app.AsyncResult(spawned.id).children
+    assert children[0].id == step.id  # its next step, stored with the chain, kept
+    assert len(children) == 1 + 3 + 2 + 1
+    parent, _ = stored(app, children[-1].id)
+    assert parent == spawned.id
+    assert stored(app, spawned.id)[0] == spawned.parent.id
+
+
+def test_tasks_sent_outside_any_task_store_nothing(app: Conveyor) -> None:
+    result = app.tasks["rel.add"].delay(1, 2)
+    group(app.tasks["rel.add"].s(i, i) for i in range(3))()
+    assert app.AsyncResult(result.id).children == []
+    assert memory_results._store_for("memory://relations").records.keys() == set()
