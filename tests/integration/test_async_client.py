@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from conveyor import states
+from conveyor.aio import client as aio
 from conveyor.exceptions import TimeoutError as ResultTimeout
 
 from ..postgres_server import drop_schema, fresh_schema, postgres_url_or_skip, with_schema
@@ -42,17 +43,22 @@ def test_adelay_aget_and_astate_against_a_real_worker(project: Any, tmp_path: An
     p, proj = project
     go = tmp_path / "go"
 
+    errors: list[dict[str, Any]] = []
+
     async def send() -> Any:
         asyncio.get_running_loop().set_default_executor(_NoExecutor())
+        asyncio.get_running_loop().set_exception_handler(lambda loop, context: errors.append(context))
         threads = threading.active_count()
         steps = await proj.progress.adelay(1, str(go))
         assert await steps.astate() == states.PENDING  # no worker yet
         with pytest.raises(ResultTimeout, match="not ready after 0.2s"):
             await steps.aget(timeout=0.2)
         assert threading.active_count() == threads  # no thread made for any of it
-        return steps
+        return steps, await aio.clients(proj.app)
 
-    steps = asyncio.run(send())
+    steps, clients = asyncio.run(send())
+    # Closed when asyncio.run shut the loop down; a failure there goes to the handler.
+    assert (clients.broker, clients.backend, errors) == (None, None, [])
     p.start_worker("-c", "1")
 
     async def follow() -> None:  # a second event loop: its own connections
@@ -71,6 +77,8 @@ def test_adelay_aget_and_astate_against_a_real_worker(project: Any, tmp_path: An
         failed = await proj.boom.aapply_async(("k",))
         with pytest.raises(ValueError, match="boom k"):
             await failed.aget(timeout=20)
+        many = [await proj.add.adelay(i, 1) for i in range(20)]  # concurrent waits share the clients
+        assert await asyncio.gather(*(r.aget(timeout=20) for r in many)) == [i + 1 for i in range(20)]
         assert threading.active_count() == threads
 
     try:

@@ -174,3 +174,43 @@ def _done(task_id: str) -> Any:
 class _NoExecutor(ThreadPoolExecutor):
     def submit(self, *args: Any, **kwargs: Any) -> Any:
         raise AssertionError("the async client used the loop's thread-pool executor")
+
+
+def test_an_sqlite_publish_awaits_the_write_lock_without_blocking_the_loop(tmp_path: Any) -> None:
+    import sqlite3
+
+    from conveyor.exceptions import BrokerError
+
+    path = tmp_path / "broker.sqlite3"
+    app = Conveyor("s", broker=f"sqlite:///{path}?timeout=30", set_as_current=False)
+    add = app.task(name="s.add")(lambda x, y: x + y)
+    app.broker.queue_stats()  # the tables exist
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # another process's long write transaction
+
+    async def main() -> None:
+        sending = asyncio.ensure_future(add.adelay(1, 2))
+        for _ in range(20):  # the loop keeps running while the publish waits
+            await asyncio.sleep(0.005)
+        assert not sending.done()
+        holder.execute("COMMIT")
+        await sending
+
+    asyncio.run(main())
+    assert app.broker.queue_stats(["default"])[0].ready == 1
+    holder.execute("BEGIN IMMEDIATE")
+    app.conf.broker_url = f"sqlite:///{path}?timeout=0.2"
+    with pytest.raises(BrokerError, match="stayed locked"):
+        asyncio.run(add.adelay(1, 2))
+    holder.execute("ROLLBACK")
+    app.close()
+
+
+def test_an_unreachable_redis_is_one_clear_error(app: Conveyor) -> None:
+    from conveyor.exceptions import BrokerConnectionError
+    from tests.redis_server import free_port
+
+    pytest.importorskip("redis")
+    app.conf.broker_url = f"redis://127.0.0.1:{free_port()}/0?publish_retry=0.2"
+    with pytest.raises(BrokerConnectionError, match="cannot reach Redis at redis://127.0.0.1"):
+        asyncio.run(app.tasks["a.add"].adelay(1, 2))
