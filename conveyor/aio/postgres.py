@@ -30,17 +30,19 @@ from conveyor.message import Message
 from conveyor.states import READY_STATES
 
 T = TypeVar("T")
-_IDLE_MAX = 4  # idle connections kept per loop and URL
 
 
 class _Pool:
     """One event loop's connections to one schema: taken per operation, so concurrent
-    coroutines never share a transaction; the schema made on first use, as the sync
-    ``Database`` does (``_ensure_schema``, here awaited)."""
+    coroutines never share a transaction, and at most ``pg.POOL_IDLE_MAX`` at once
+    (the sync pool's size): a burst of coroutines queues for a connection instead of
+    opening one each. The schema is made on first use, as the sync ``Database`` does
+    (``_ensure_schema``, here awaited)."""
 
     def __init__(self, db: pg.Database) -> None:
         self.db = db
         self._idle: list[psycopg.AsyncConnection[Any]] = []
+        self._slots = asyncio.Semaphore(pg.POOL_IDLE_MAX)
         self._ready = False
 
     async def connect(self) -> psycopg.AsyncConnection[Any]:
@@ -56,31 +58,32 @@ class _Pool:
 
     async def run(self, body: Callable[[psycopg.AsyncConnection[Any]], Awaitable[T]]) -> T:
         """``body`` on a pooled connection; once more on a new one when the first was lost."""
-        for attempt in range(2):
-            conn = self._idle.pop() if self._idle else await self.connect()
-            try:
-                if not self._ready:
-                    await self._ensure_schema(conn)
-                    self._ready = True
-                result = await body(conn)
-            except psycopg.OperationalError as exc:
-                await conn.close()
-                if attempt == 0 and pg._is_disconnect(exc):
-                    continue
-                raise self.db.translate(exc) from None
-            except psycopg.Error as exc:
+        async with self._slots:
+            for attempt in range(2):
+                conn = self._idle.pop() if self._idle else await self.connect()
+                try:
+                    if not self._ready:
+                        await self._ensure_schema(conn)
+                        self._ready = True
+                    result = await body(conn)
+                except psycopg.OperationalError as exc:
+                    await conn.close()
+                    if attempt == 0 and pg._is_disconnect(exc):
+                        continue
+                    raise self.db.translate(exc) from None
+                except psycopg.Error as exc:
+                    await self._give_back(conn)
+                    raise self.db.translate(exc) from None
+                except BaseException:
+                    await conn.close()  # cancelled mid-statement: its state is unknown
+                    raise
                 await self._give_back(conn)
-                raise self.db.translate(exc) from None
-            except BaseException:
-                await conn.close()  # cancelled mid-statement: its state is unknown
-                raise
-            await self._give_back(conn)
-            return result
+                return result
         raise AssertionError("unreachable")
 
     async def _give_back(self, conn: psycopg.AsyncConnection[Any]) -> None:
         idle = conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
-        if not conn.closed and idle and len(self._idle) < _IDLE_MAX:
+        if not conn.closed and idle:
             self._idle.append(conn)
         else:
             await conn.close()

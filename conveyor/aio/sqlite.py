@@ -73,7 +73,11 @@ class _Connection:
                 with _forkguard.guard:
                     if self._conn is None:
                         self._conn = self._open()
-                    return body(self._conn)
+                    result = body(self._conn)
+                # A statement never suspends: yield after it, so a burst of sends (a
+                # loop of adelay) lets the loop's other coroutines run in between.
+                await asyncio.sleep(0)
+                return result
             except sqlite3.OperationalError as exc:
                 if not _is_locked(exc) or time.monotonic() + pause > deadline:
                     raise self.db.translate(exc) from None
