@@ -23,7 +23,6 @@ import asyncio
 import os
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -35,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-TASKS = '''
+TASKS = """
 from conveyor import Conveyor
 import os
 app = Conveyor("abench", broker=os.environ["ABENCH_BROKER"])
@@ -43,7 +42,7 @@ app = Conveyor("abench", broker=os.environ["ABENCH_BROKER"])
 @app.task(name="abench.noop")
 def noop(i):
     return i
-'''
+"""
 
 
 def _broker_url(kind: str, tmp: Path, cleanup: list[object]) -> str:
@@ -175,9 +174,9 @@ def main() -> None:
     rows = [run(kind, args.n, args.latency_count) for kind in args.brokers.split(",")]
     columns = list(rows[0])
     widths = [max(len(c), *(len(r[c]) for r in rows)) for c in columns]
-    print("  ".join(c.ljust(w) for c, w in zip(columns, widths)))
+    print("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)))
     for row in rows:
-        print("  ".join(row[c].ljust(w) for c, w in zip(columns, widths)))
+        print("  ".join(row[c].ljust(w) for c, w in zip(columns, widths, strict=True)))
 
 
 if __name__ == "__main__":
