@@ -38,8 +38,14 @@ Relations = dict[str, dict[str, Any]]  # task id -> {"parent": id | None, "child
 
 
 def stored(app: Conveyor, task_id: str) -> tuple[str | None, list[str]]:
-    """The parent and children stored for ``task_id`` (None and [] when none are)."""
-    record = app.backend.get(RELATIONS + task_id)
+    """The parent and children stored for ``task_id`` (None and [] when none are, and
+    with results disabled, where none are kept)."""
+    from conveyor.backends.base import DisabledBackend
+
+    backend = app.backend
+    if isinstance(backend, DisabledBackend):
+        return None, []
+    record = backend.get(RELATIONS + task_id)
     if record is None or not isinstance(record.result, Mapping):
         return None, []
     value = record.result

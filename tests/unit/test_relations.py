@@ -85,3 +85,12 @@ def test_tasks_sent_outside_any_task_store_nothing(app: Conveyor) -> None:
     group(app.tasks["rel.add"].s(i, i) for i in range(3))()
     assert app.AsyncResult(result.id).children == []
     assert memory_results._store_for("memory://relations").records.keys() == set()
+
+
+def test_with_results_disabled_a_chain_is_sent_and_has_no_stored_children() -> None:
+    memory.reset()
+    app = Conveyor("off", broker="memory://relations-off", backend=False)
+    add = app.task(name="off.add")(lambda x, y: x + y)
+    last = (add.s(1, 1) | add.s(2))()
+    assert app.AsyncResult(last.parent.id).children == []
+    assert app.broker.queue_stats(["default"])[0].ready == 1
