@@ -28,6 +28,7 @@ from conveyor.task import current_request
 
 if TYPE_CHECKING:
     from conveyor.app import Conveyor
+    from conveyor.backends.base import ResultRecord
     from conveyor.message import Message
     from conveyor.task import Request
 
@@ -45,7 +46,17 @@ def stored(app: Conveyor, task_id: str) -> tuple[str | None, list[str]]:
     backend = app.backend
     if isinstance(backend, DisabledBackend):
         return None, []
-    record = backend.get(RELATIONS + task_id)
+    return _read(backend.get(RELATIONS + task_id))
+
+
+async def astored(app: Conveyor, task_id: str) -> tuple[str | None, list[str]]:
+    """``stored()`` on the event loop's own result-store client (conveyor/aio)."""
+    from conveyor.aio.client import get
+
+    return _read(await get(app, RELATIONS + task_id))
+
+
+def _read(record: ResultRecord | None) -> tuple[str | None, list[str]]:
     if record is None or not isinstance(record.result, Mapping):
         return None, []
     value = record.result
@@ -92,44 +103,68 @@ def record_canvas(app: Conveyor, node: Mapping[str, Any]) -> None:
     request = current_request()
     relations = canvas_relations(node, request.id if request is not None else None)
     if request is not None and request.id in relations:
-        _add_children(app, request, relations.pop(request.id)["children"], relations)
+        if not request.relations_read:
+            _seed(request, stored(app, request.id))
+        _add_children(request, relations.pop(request.id)["children"], relations)
     _store(app, relations)
 
 
 def record_sent(app: Conveyor, messages: Sequence[Message]) -> None:
     """Messages sent from inside a running task become its children."""
-    request = current_request()
-    if request is None or request.is_eager:
+    request, children = _sent_from_task(messages)
+    if request is None:
         return
-    children = [m.id for m in messages if m.parent_id == request.id]
-    if not children:
-        return
+    if not request.relations_read:
+        _seed(request, stored(app, request.id))
     relations: Relations = {}
-    _add_children(app, request, children, relations)
+    _add_children(request, children, relations)
     _store(app, relations)
 
 
-def _add_children(app: Conveyor, request: Request, children: list[str], relations: Relations) -> None:
+async def arecord_sent(app: Conveyor, messages: Sequence[Message]) -> None:
+    """``record_sent`` for ``adelay()`` from a running (async) task, on the loop's clients."""
+    request, children = _sent_from_task(messages)
+    if request is None:
+        return
     if not request.relations_read:
-        request.relations_read = True
-        parent, earlier = stored(app, request.id)
-        request.children[:0] = [c for c in earlier if c not in request.children]
-    else:
-        parent = request.parent_id
+        _seed(request, await astored(app, request.id))
+    relations: Relations = {}
+    _add_children(request, children, relations)
+    from conveyor.aio.client import backend
+
+    await (await backend(app)).store(_records(relations))
+
+
+def _sent_from_task(messages: Sequence[Message]) -> tuple[Request | None, list[str]]:
+    request = current_request()
+    if request is None or request.is_eager:
+        return None, []
+    children = [m.id for m in messages if m.parent_id == request.id]
+    return (request, children) if children else (None, [])
+
+
+def _seed(request: Request, found: tuple[str | None, list[str]]) -> None:
+    """Children stored before this run (a canvas's next step, an earlier attempt's sends)."""
+    request.relations_read = True
+    request.children[:0] = [c for c in found[1] if c not in request.children]
+
+
+def _add_children(request: Request, children: list[str], relations: Relations) -> None:
     request.children.extend(c for c in children if c not in request.children)
-    relations[request.id] = {"parent": parent or request.parent_id, "children": list(request.children)}
+    relations[request.id] = {"parent": request.parent_id, "children": list(request.children)}
     for child in children:
         relations.setdefault(child, {"parent": request.id, "children": []})
 
 
-def _store(app: Conveyor, relations: Relations) -> None:
-    if not relations:
-        return
+def _records(relations: Relations) -> list[ResultRecord]:
     from conveyor.backends.base import ResultRecord
 
-    app.backend.store(
-        [
-            ResultRecord(RELATIONS + task_id, RELATIONS_STATE, result=entry)
-            for task_id, entry in relations.items()
-        ]
-    )
+    return [
+        ResultRecord(RELATIONS + task_id, RELATIONS_STATE, result=entry)
+        for task_id, entry in relations.items()
+    ]
+
+
+def _store(app: Conveyor, relations: Relations) -> None:
+    if relations:
+        app.backend.store(_records(relations))

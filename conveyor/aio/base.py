@@ -9,6 +9,7 @@ belongs to one event loop (``conveyor/aio/client.py`` keeps one set per loop).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol
 
 from conveyor.exceptions import ConfigurationError
@@ -31,6 +32,9 @@ class AsyncBroker(Protocol):
 
 
 class AsyncBackend(Protocol):
+    async def store(self, records: Sequence[ResultRecord]) -> None:
+        """``ResultBackend.store``: insert or replace, in one round trip (one transaction)."""
+
     async def get(self, task_id: str) -> ResultRecord | None: ...
 
     async def wait(self, task_id: str, *, timeout_s: float | None, interval_s: float) -> ResultRecord | None:
@@ -68,24 +72,24 @@ def async_broker(url: str) -> AsyncBroker:
     )
 
 
-def async_backend(url: str) -> AsyncBackend:
+def async_backend(url: str, *, result_expires_s: float) -> AsyncBackend:
     scheme = _scheme(url)
     if scheme == "memory":
         from conveyor.aio.memory import MemoryAsyncBackend
 
-        return MemoryAsyncBackend(url)
+        return MemoryAsyncBackend(url, result_expires_s=result_expires_s)
     if scheme == "sqlite":
         from conveyor.aio.sqlite import SQLiteAsyncBackend
 
-        return SQLiteAsyncBackend(url)
+        return SQLiteAsyncBackend(url, result_expires_s=result_expires_s)
     if scheme in ("redis", "rediss", "redis+sentinel"):
         from conveyor.aio.redis import RedisAsyncBackend
 
-        return RedisAsyncBackend(url)
+        return RedisAsyncBackend(url, result_expires_s=result_expires_s)
     if scheme in ("postgresql", "postgres"):
         from conveyor.aio.postgres import PostgresAsyncBackend
 
-        return PostgresAsyncBackend(url)
+        return PostgresAsyncBackend(url, result_expires_s=result_expires_s)
     from conveyor.brokers.base import mask_url
 
     raise ConfigurationError(

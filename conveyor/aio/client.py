@@ -120,7 +120,7 @@ async def backend(app: Conveyor) -> AsyncBackend:
             "results are disabled (backend=False): pass backend= to Conveyor() to keep them"
         )
     if found.backend is None:
-        found.backend = async_backend(found.backend_url)
+        found.backend = async_backend(found.backend_url, result_expires_s=float(app.conf.result_expires or 0))
     return found.backend
 
 
@@ -154,7 +154,17 @@ async def apply_async(
 
 async def send(app: Conveyor, message: Message) -> str:
     """``Conveyor.send``: publish, unless the message is unique and its key is held;
-    the id of the task that stands for it."""
+    the id of the task that stands for it. Sent from a running task, it is stored as
+    one of that task's children (conveyor/relations.py)."""
+    sent = await _send(app, message)
+    if message.parent_id is not None and sent == message.id:
+        from conveyor.relations import arecord_sent
+
+        await arecord_sent(app, [message])
+    return sent
+
+
+async def _send(app: Conveyor, message: Message) -> str:
     unique = message.headers.get("unique")
     if not unique:
         await publish(app, message)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 
 from conveyor.backends.base import ResultRecord
 from conveyor.backends.memory import MemoryBackend
@@ -35,8 +36,11 @@ def _settle(stored: asyncio.Future[None]) -> None:
 
 
 class MemoryAsyncBackend:
-    def __init__(self, url: str) -> None:
-        self._backend = MemoryBackend(url)
+    def __init__(self, url: str, *, result_expires_s: float) -> None:
+        self._backend = MemoryBackend(url, result_expires_s=result_expires_s)
+
+    async def store(self, records: Sequence[ResultRecord]) -> None:
+        self._backend.store(records)
 
     async def get(self, task_id: str) -> ResultRecord | None:
         return self._backend.get(task_id)

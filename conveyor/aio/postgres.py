@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import psycopg
@@ -158,13 +158,30 @@ class PostgresAsyncBroker:
 
 
 class PostgresAsyncBackend:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, result_expires_s: float) -> None:
+        self._expires_s = result_expires_s
         db = pg.Database(url, schema=results.SCHEMA, tables=results.TABLES, what="result store")
         self._pool = _Pool(db)
         self._channel = pg.channel(db.schema, "results")
         self._listener: psycopg.AsyncConnection[Any] | None = None
         self._reading: int | None = None
         self._waiters: set[asyncio.Future[None]] = set()
+
+    async def store(self, records: Sequence[ResultRecord]) -> None:
+        now = time.time()
+        expires_at = now + self._expires_s if self._expires_s > 0 else None
+        rows = [results._row(record, now, expires_at) for record in records]
+        ready = any(record.ready for record in records)
+
+        async def write(conn: psycopg.AsyncConnection[Any]) -> None:
+            async with conn.transaction():
+                async with conn.cursor() as cur:
+                    await cur.executemany(results._SQL_STORE, rows)
+                if ready:  # only a ready record ends a wait, as in PostgresBackend.store
+                    await conn.execute(pg._SQL_NOTIFY, (self._channel,))
+
+        if rows:
+            await self._pool.run(write)
 
     async def get(self, task_id: str) -> ResultRecord | None:
         async def read(conn: psycopg.AsyncConnection[Any]) -> list[Any]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
@@ -160,8 +161,20 @@ class RedisAsyncBroker:
 
 
 class RedisAsyncBackend:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, result_expires_s: float) -> None:
         self._redis = _Redis(url)
+        self._expires_s = result_expires_s
+
+    async def store(self, records: Sequence[ResultRecord]) -> None:
+        """The sync store's script: it also hands ready records to their waiters."""
+        _, results = _sync()
+        if not records:
+            return
+        ttl_ms = int(self._expires_s * 1000) if self._expires_s > 0 else 0
+        args: list[Any] = [self._redis.link.prefix, ttl_ms]
+        for record in records:
+            args += (record.task_id, "1" if record.ready else "0", results._encode(record))
+        await self._redis.script(results._STORE, *args)
 
     async def get(self, task_id: str) -> ResultRecord | None:
         _, results = _sync()

@@ -148,11 +148,20 @@ class SQLiteAsyncBroker:
 
 
 class SQLiteAsyncBackend:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, result_expires_s: float) -> None:
         self._conn = _connection(url, results.SCHEMA, results.TABLES, "result store")
+        self._expires_s = result_expires_s
         self._wake = WakeChannel(self._conn.db.path + "-results")
         self._waiters: set[asyncio.Future[None]] = set()
         self._reading: int | None = None  # the wake socket's fd, once added to the loop
+
+    async def store(self, records: Sequence[ResultRecord]) -> None:
+        now = time.time()
+        expires_at = now + self._expires_s if self._expires_s > 0 else None
+        rows = [results._row(record, now, expires_at) for record in records]
+        if rows:
+            await self._conn.transaction(lambda conn: conn.executemany(results._SQL_STORE, rows))
+            self._wake.notify()
 
     async def get(self, task_id: str) -> ResultRecord | None:
         rows = await self._conn.run(lambda conn: conn.execute(results._SQL_GET, (task_id,)).fetchall())

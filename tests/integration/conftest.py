@@ -171,6 +171,17 @@ def on_err(request, exc, traceback, tag=None):
 def spawn(n):
     # Sends its own tasks while it runs: they become its children.
     return [add.delay(i, i).id for i in range(n)]
+
+
+@app.task(name="proj.spawn_async")
+def spawn_async(n):
+    # The same from a coroutine: adelay on the async client, its store included.
+    import asyncio
+
+    async def send():
+        return [(await add.adelay(i, i)).id for i in range(n)]
+
+    return asyncio.run(send())
 """
 
 
