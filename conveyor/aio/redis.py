@@ -148,13 +148,13 @@ class RedisAsyncBroker:
         sync, _ = _sync()
         ttl_ms = max(1, int(ttl_s * 1000))
         holder = await self._redis.script(
-            sync._CLAIM, owner, ttl_ms, keys=(self._redis.link.key("lease", name),)
+            sync._CLAIM, owner, ttl_ms, keys=(sync.lease_key(self._redis.link, name),)
         )
         return holder.decode() if isinstance(holder, bytes) else str(holder)
 
     async def release_lease(self, name: str, owner: str) -> None:
         sync, _ = _sync()
-        await self._redis.script(sync._RELEASE, self._redis.link.key("lease", name), owner)
+        await self._redis.script(sync._RELEASE, sync.lease_key(self._redis.link, name), owner)
 
     async def aclose(self) -> None:
         await self._redis.aclose()
@@ -181,7 +181,7 @@ class RedisAsyncBackend:
         from redis.exceptions import RedisError
 
         try:
-            data = await self._redis.client.get(self._redis.link.key("r", task_id))
+            data = await self._redis.client.get(results.task_keys(self._redis.link, task_id)[0])
         except RedisError as exc:
             raise self._redis.translate(exc) from None
         record: ResultRecord | None = None if data is None else results._decode(task_id, data)
@@ -195,7 +195,7 @@ class RedisAsyncBackend:
 
         link = self._redis.link
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        waiters, notify = link.key("rw", task_id), link.key("rn", task_id)
+        key, waiters, notify = results.task_keys(link, task_id)
         max_block = link.max_block_s
         registered = False
         try:
@@ -207,7 +207,7 @@ class RedisAsyncBackend:
                 block = max_block if remaining is None else min(remaining, max_block)
                 pipe = self._redis.client.pipeline(transaction=False)
                 pipe.execute_command(
-                    "EVAL", results._AWAIT, 0, link.key("r", task_id), waiters, notify, expire_ms,
+                    "EVAL", results._AWAIT, 0, key, waiters, notify, expire_ms,
                     int(not registered), *results._READY_PREFIXES,
                 )  # fmt: skip
                 pipe.execute_command("BLPOP", notify, max(block, 0.001))

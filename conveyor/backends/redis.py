@@ -102,6 +102,11 @@ return 1
 """
 
 
+def task_keys(link: RedisLink, task_id: str) -> tuple[str, str, str]:
+    """A task's record, waiter count and notify list (the async client's too)."""
+    return link.key("r", task_id), link.key("rw", task_id), link.key("rn", task_id)
+
+
 class RedisBackend:
     """ResultBackend on Redis.
 
@@ -164,7 +169,7 @@ class RedisBackend:
         to a couple of seconds only so a dead server is noticed).
         """
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        key, waiters, notify = self._key(task_id), self.link.key("rw", task_id), self.link.key("rn", task_id)
+        key, waiters, notify = task_keys(self.link, task_id)
         max_block = self.link.max_block_s
         registered = False
         try:

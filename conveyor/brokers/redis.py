@@ -607,6 +607,11 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+def lease_key(link: RedisLink, name: str) -> str:
+    """A named lease's key (the async client's too)."""
+    return link.key("lease", name)
+
+
 class RedisBroker:
     """Broker and BrokerAdmin on Redis.
 
@@ -881,15 +886,15 @@ class RedisBroker:
 
     def acquire_lease(self, name: str, owner: str, ttl_s: float) -> bool:
         args = (owner, max(1, int(ttl_s * 1000)))
-        return bool(self.link.read(_LEASE, args, keys=(self.link.key("lease", name),)))
+        return bool(self.link.read(_LEASE, args, keys=(lease_key(self.link, name),)))
 
     def claim_lease(self, name: str, owner: str, ttl_s: float) -> str:
         ttl_ms = max(1, int(ttl_s * 1000))
-        holder = self.link.read(_CLAIM, (owner, ttl_ms), keys=(self.link.key("lease", name),))
+        holder = self.link.read(_CLAIM, (owner, ttl_ms), keys=(lease_key(self.link, name),))
         return holder.decode() if isinstance(holder, bytes) else str(holder)
 
     def release_lease(self, name: str, owner: str) -> None:
-        self.link.run(_RELEASE, (self.link.key("lease", name), owner))
+        self.link.run(_RELEASE, (lease_key(self.link, name), owner))
 
     # -- kv records --------------------------------------------------------------------
     def _kv_keys(self, namespace: str) -> tuple[str, str]:
