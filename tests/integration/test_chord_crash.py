@@ -30,14 +30,14 @@ def test_sigkilled_worker_group_mid_chord_still_fires_the_body_once(project: Any
     p, proj = project
     # proj.mark acks late: a member the killed worker held comes back after the lease.
     result = chord([proj.mark.s(n) for n in range(MEMBERS)], proj.tally.s())()
-    worker = p.start_worker("-c", "2", visibility=1.0)
+    worker = p.start_worker("--pool", "prefork", "-c", "2", visibility=1.0)
     wait_for(lambda: p.count("mark") >= MEMBERS // 3, timeout=30, interval=0.005)
     os.killpg(worker.pid, signal.SIGKILL)  # the supervisor and its children, at once
     worker.wait(5)
     killed_at = p.count("mark")
     assert killed_at < MEMBERS, "the header finished before the kill: nothing was tested"
 
-    restarted = p.start_worker("-c", "2", visibility=1.0)
+    restarted = p.start_worker("--pool", "prefork", "-c", "2", visibility=1.0)
     assert result.get(timeout=60) == sum(range(MEMBERS))
     # A warm shutdown finishes what runs and returns what was fetched: afterwards a
     # second body would have run (logged) or be waiting in the queue.
