@@ -2,8 +2,8 @@
 
 What is sent is the sync broker's and result store's, not a copy of it: the Lua
 scripts, entry format and key names come from ``brokers/redis.py`` and
-``backends/redis.py``, all looked up in ``_sync()`` below, the one place that
-couples this module to their layout. A ready message goes through the same hand-off
+``backends/redis.py``, imported in the one block below that couples this module to
+their layout (a name moved there fails here at import, not at run time). A ready message goes through the same hand-off
 script (``_SEND``: straight to a consumer blocked on the queue, or queued with the
 wake-up token); a delayed one through the publish script (``_PUBLISH``), which files
 it in the queue's delay set by Redis's clock. A wait sends the same look-and-register
@@ -16,24 +16,25 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
-from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from conveyor._redis import RedisLink, RedisURL, Script, mask
 from conveyor.backends.base import ResultRecord
+from conveyor.backends.redis import (
+    _AWAIT,
+    _READY_PREFIXES,
+    _STORE,
+    NOTIFY_TTL_MS,
+    _decode,
+    _encode,
+    task_keys,
+)
+from conveyor.brokers.redis import _CLAIM, _PUBLISH, _RELEASE, _SEND, _entry, _priority, lease_key
 from conveyor.exceptions import BrokerConnectionError, BrokerError, ConfigurationError
 from conveyor.message import Message
 
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
-
-
-def _sync() -> tuple[ModuleType, ModuleType]:
-    """The sync broker and result-store modules whose scripts and keys we use."""
-    from conveyor.backends import redis as results
-    from conveyor.brokers import redis as broker
-
-    return broker, results
 
 
 def _client(parsed: RedisURL) -> aioredis.Redis:
@@ -131,30 +132,25 @@ class RedisAsyncBroker:
         self._redis = _Redis(url)
 
     async def publish(self, message: Message) -> None:
-        sync, _ = _sync()
         redis = self._redis
-        priority = sync._priority(message)
-        entry = sync._entry(message.encode(), priority, message.id)
+        priority = _priority(message)
+        entry = _entry(message.encode(), priority, message.id)
         retry_s = redis.link.parsed.publish_retry_s
         eta = message.eta
         if eta is None or eta <= time.time():
-            await redis.script(sync._SEND, redis.link.prefix, message.queue, priority, entry, retry_s=retry_s)
+            await redis.script(_SEND, redis.link.prefix, message.queue, priority, entry, retry_s=retry_s)
         else:
             await redis.script(
-                sync._PUBLISH, redis.link.prefix, message.queue, priority, repr(eta), entry, retry_s=retry_s
+                _PUBLISH, redis.link.prefix, message.queue, priority, repr(eta), entry, retry_s=retry_s
             )
 
     async def claim_lease(self, name: str, owner: str, ttl_s: float) -> str:
-        sync, _ = _sync()
         ttl_ms = max(1, int(ttl_s * 1000))
-        holder = await self._redis.script(
-            sync._CLAIM, owner, ttl_ms, keys=(sync.lease_key(self._redis.link, name),)
-        )
+        holder = await self._redis.script(_CLAIM, owner, ttl_ms, keys=(lease_key(self._redis.link, name),))
         return holder.decode() if isinstance(holder, bytes) else str(holder)
 
     async def release_lease(self, name: str, owner: str) -> None:
-        sync, _ = _sync()
-        await self._redis.script(sync._RELEASE, sync.lease_key(self._redis.link, name), owner)
+        await self._redis.script(_RELEASE, lease_key(self._redis.link, name), owner)
 
     async def aclose(self) -> None:
         await self._redis.aclose()
@@ -167,35 +163,33 @@ class RedisAsyncBackend:
 
     async def store(self, records: Sequence[ResultRecord]) -> None:
         """The sync store's script: it also hands ready records to their waiters."""
-        _, results = _sync()
         if not records:
             return
         ttl_ms = int(self._expires_s * 1000) if self._expires_s > 0 else 0
         args: list[Any] = [self._redis.link.prefix, ttl_ms]
         for record in records:
-            args += (record.task_id, "1" if record.ready else "0", results._encode(record))
-        await self._redis.script(results._STORE, *args)
+            args += (record.task_id, "1" if record.ready else "0", _encode(record))
+        await self._redis.script(_STORE, *args)
 
     async def get(self, task_id: str) -> ResultRecord | None:
-        _, results = _sync()
         from redis.exceptions import RedisError
 
         try:
-            data = await self._redis.client.get(results.task_keys(self._redis.link, task_id)[0])
+            data = await self._redis.client.get(task_keys(self._redis.link, task_id)[0])
         except RedisError as exc:
             raise self._redis.translate(exc) from None
-        record: ResultRecord | None = None if data is None else results._decode(task_id, data)
-        return record
+        if data is None:
+            return None
+        return _decode(task_id, data if isinstance(data, bytes) else str(data).encode())
 
     async def wait(self, task_id: str, *, timeout_s: float | None, interval_s: float) -> ResultRecord | None:
         """``RedisBackend.wait`` on the loop: look and register as a waiter, then BLPOP
         the record the storing script pushes, in one round trip; nothing polls."""
-        _, results = _sync()
         from redis.exceptions import RedisError
 
         link = self._redis.link
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        key, waiters, notify = results.task_keys(link, task_id)
+        key, waiters, notify = task_keys(link, task_id)
         max_block = link.max_block_s
         registered = False
         try:
@@ -203,12 +197,12 @@ class RedisAsyncBackend:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     return await self.get(task_id)
-                expire_ms = int(((remaining or max_block) + max_block) * 1000) + results.NOTIFY_TTL_MS
+                expire_ms = int(((remaining or max_block) + max_block) * 1000) + NOTIFY_TTL_MS
                 block = max_block if remaining is None else min(remaining, max_block)
                 pipe = self._redis.client.pipeline(transaction=False)
                 pipe.execute_command(
-                    "EVAL", results._AWAIT, 0, key, waiters, notify, expire_ms,
-                    int(not registered), *results._READY_PREFIXES,
+                    "EVAL", _AWAIT, 0, key, waiters, notify, expire_ms,
+                    int(not registered), *_READY_PREFIXES,
                 )  # fmt: skip
                 pipe.execute_command("BLPOP", notify, max(block, 0.001))
                 try:
@@ -218,7 +212,7 @@ class RedisAsyncBackend:
                 registered = bool(now_registered)
                 if got:
                     registered = False  # our copy was consumed with our registration
-                    pushed: ResultRecord = results._decode(task_id, got[1])
+                    pushed = _decode(task_id, got[1])
                     if pushed.ready:
                         return pushed
         finally:
