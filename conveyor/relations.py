@@ -1,22 +1,29 @@
 """Parents and children of tasks, kept in the result backend: ``AsyncResult.children``
 read from any process, and the dashboard's task page linking both ways.
 
-A task's relations are one record in the result store, beside its result, under the
-id ``RELATIONS + task id`` with the state ``RELATIONS_STATE`` (never a ready state,
-so no waiter is woken by it) and ``{"parent": id or None, "children": [ids]}`` as
-its value; it expires with the results. Nothing lists the result store, so the
-record is seen only by ``stored()``.
+Records live in the result store beside the results, expire with them, and use the
+state ``RELATIONS_STATE`` (never a ready one: no waiter is woken). Nothing lists the
+result store, so they are seen only through ``stored()``:
 
-Who writes it, and when (the worker's settle is not involved):
+- ``RELATIONS + id``: ``{"parent": id or None, "children": [ids], "runs": {attempt: n}}``;
+  ``children`` are the ones known when a canvas was sent, ``runs`` counts the chunks
+  below written by each attempt (``Request.retries``) of the task;
+- ``RELATIONS + id + "#<attempt>.<k>"``: the k-th chunk of up to ``CHUNK`` ids of the
+  tasks that attempt sent while it ran.
 
-- sending a canvas (``Canvas.apply_async``): the whole tree is known then, every task
-  id being fixed at send time, so one store saves each chain step's next step (or
-  group) as its children, as ``result_of`` links the handles in-process;
-- sending from inside a running task (``delay()``, ``map()``, a canvas): the message
-  gets the running task as ``parent_id`` (``Conveyor.build_message``), and the
-  running task's record gets the new child. ``Request.children`` accumulates them
-  (seeded once from the stored record, which a canvas may have written), so each
-  send is one write, no read after the first.
+Who writes, and when (the worker's settle is not involved):
+
+- sending a canvas (``Canvas.apply_async``): every task id is fixed then, so one
+  store saves the whole tree: each chain step's next step (or group) is its child, as
+  ``workflow.result_of`` links the handles in-process. It joins the publish's batch:
+  with the results in the broker's store (the default) the relations commit with
+  the messages, in the same round trip.
+- sending from inside a running task (``delay()``, ``adelay()``, ``map()``, a
+  canvas; ``Conveyor.build_message`` makes the running task the ``parent_id``): one
+  store per send writes the child's record (its parent) and rewrites the current
+  chunk of the running task's children, plus its main record when a chunk begins.
+  The first send of a run reads the main record once. A task that sends thousands
+  of tasks writes each id a bounded number of times, never a growing list per send.
 """
 
 from __future__ import annotations
@@ -34,10 +41,12 @@ if TYPE_CHECKING:
 
 RELATIONS = "relations:"
 RELATIONS_STATE = "RELATIONS"
+CHUNK = 100
 
-Relations = dict[str, dict[str, Any]]  # task id -> {"parent": id | None, "children": [ids]}
+Relations = dict[str, dict[str, Any]]  # record id (without RELATIONS) -> value
 
 
+# -- reading ------------------------------------------------------------------------------
 def stored(app: Conveyor, task_id: str) -> tuple[str | None, list[str]]:
     """The parent and children stored for ``task_id`` (None and [] when none are, and
     with results disabled, where none are kept)."""
@@ -46,23 +55,33 @@ def stored(app: Conveyor, task_id: str) -> tuple[str | None, list[str]]:
     backend = app.backend
     if isinstance(backend, DisabledBackend):
         return None, []
-    return _read(backend.get(RELATIONS + task_id))
+    main = _value(backend.get(RELATIONS + task_id))
+    keys = _chunk_keys(task_id, main)
+    chunks = backend.get_many([RELATIONS + key for key in keys]) if keys else {}
+    return _assemble(main, keys, {k[len(RELATIONS) :]: _value(r) for k, r in chunks.items()})
 
 
-async def astored(app: Conveyor, task_id: str) -> tuple[str | None, list[str]]:
-    """``stored()`` on the event loop's own result-store client (conveyor/aio)."""
-    from conveyor.aio.client import get
-
-    return _read(await get(app, RELATIONS + task_id))
+def _value(record: ResultRecord | None) -> dict[str, Any]:
+    return dict(record.result) if record is not None and isinstance(record.result, Mapping) else {}
 
 
-def _read(record: ResultRecord | None) -> tuple[str | None, list[str]]:
-    if record is None or not isinstance(record.result, Mapping):
-        return None, []
-    value = record.result
-    return value.get("parent"), list(value.get("children") or [])
+def _chunk_keys(task_id: str, main: Mapping[str, Any]) -> list[str]:
+    runs = main.get("runs") or {}
+    return [
+        f"{task_id}#{attempt}.{k}" for attempt in sorted(runs, key=int) for k in range(int(runs[attempt]))
+    ]
 
 
+def _assemble(
+    main: Mapping[str, Any], keys: list[str], chunks: Mapping[str, Mapping[str, Any]]
+) -> tuple[str | None, list[str]]:
+    children = list(main.get("children") or [])
+    for key in keys:
+        children += [c for c in (chunks.get(key) or {}).get("children") or [] if c not in children]
+    return main.get("parent"), children
+
+
+# -- a canvas -----------------------------------------------------------------------------
 def canvas_relations(node: Mapping[str, Any], parent: str | None) -> Relations:
     """Parent and children of each task of a frozen canvas, as ``workflow.result_of``
     links the handles: a step's parent is the task before it; a task after a group
@@ -97,74 +116,81 @@ def canvas_relations(node: Mapping[str, Any], parent: str | None) -> Relations:
     return {task_id: entry for task_id, entry in found.items() if entry["parent"] or entry["children"]}
 
 
-def record_canvas(app: Conveyor, node: Mapping[str, Any]) -> None:
-    """Store the relations of a canvas just sent (from a running task, its first tasks
-    are that task's children too)."""
-    request = current_request()
+def canvas_records(app: Conveyor, node: Mapping[str, Any]) -> list[ResultRecord]:
+    """The records to store with a canvas being sent; from a running task, its first
+    tasks are that task's children too."""
+    request = _sending_task()
     relations = canvas_relations(node, request.id if request is not None else None)
     if request is not None and request.id in relations:
-        if not request.relations_read:
-            _seed(request, stored(app, request.id))
-        _add_children(request, relations.pop(request.id)["children"], relations)
-    _store(app, relations)
+        first = relations.pop(request.id)["children"]
+        if request.stored_relations is None:
+            request.stored_relations = _value(app.backend.get(RELATIONS + request.id))
+        for key, value in _sent(request, first).items():
+            relations.setdefault(key, value)  # the tree's own records of those tasks win
+    return _records(relations)
 
 
+# -- sends from a running task --------------------------------------------------------------
 def record_sent(app: Conveyor, messages: Sequence[Message]) -> None:
     """Messages sent from inside a running task become its children."""
-    request, children = _sent_from_task(messages)
-    if request is None:
+    request = _sending_task()
+    children = _children_of(request, messages)
+    if request is None or not children:
         return
-    if not request.relations_read:
-        _seed(request, stored(app, request.id))
-    relations: Relations = {}
-    _add_children(request, children, relations)
-    _store(app, relations)
+    if request.stored_relations is None:
+        request.stored_relations = _value(app.backend.get(RELATIONS + request.id))
+    app.backend.store(_records(_sent(request, children)))
 
 
 async def arecord_sent(app: Conveyor, messages: Sequence[Message]) -> None:
-    """``record_sent`` for ``adelay()`` from a running (async) task, on the loop's clients."""
-    request, children = _sent_from_task(messages)
-    if request is None:
+    """``record_sent`` for ``adelay()``, on the event loop's own result-store client."""
+    request = _sending_task()
+    children = _children_of(request, messages)
+    if request is None or not children:
         return
-    if not request.relations_read:
-        _seed(request, await astored(app, request.id))
-    relations: Relations = {}
-    _add_children(request, children, relations)
     from conveyor.aio.client import backend
 
-    await (await backend(app)).store(_records(relations))
+    store = await backend(app)
+    if request.stored_relations is None:
+        request.stored_relations = _value(await store.get(RELATIONS + request.id))
+    await store.store(_records(_sent(request, children)))
 
 
-def _sent_from_task(messages: Sequence[Message]) -> tuple[Request | None, list[str]]:
+def _sending_task() -> Request | None:
     request = current_request()
-    if request is None or request.is_eager:
-        return None, []
-    children = [m.id for m in messages if m.parent_id == request.id]
-    return (request, children) if children else (None, [])
+    return None if request is None or request.is_eager else request
 
 
-def _seed(request: Request, found: tuple[str | None, list[str]]) -> None:
-    """Children stored before this run (a canvas's next step, an earlier attempt's sends)."""
-    request.relations_read = True
-    request.children[:0] = [c for c in found[1] if c not in request.children]
+def _children_of(request: Request | None, messages: Sequence[Message]) -> list[str]:
+    return [] if request is None else [m.id for m in messages if m.parent_id == request.id]
 
 
-def _add_children(request: Request, children: list[str], relations: Relations) -> None:
-    request.children.extend(c for c in children if c not in request.children)
-    relations[request.id] = {"parent": request.parent_id, "children": list(request.children)}
-    for child in children:
-        relations.setdefault(child, {"parent": request.id, "children": []})
+def _sent(request: Request, children: list[str]) -> Relations:
+    """The records a send from ``request`` writes: each child's parent, the chunks of
+    this attempt's children that changed, and the main record when a chunk began."""
+    main = request.stored_relations
+    assert main is not None  # read by the caller, which knows how to read
+    before = len(request.children)
+    request.children.extend(children)
+    relations: Relations = {child: {"parent": request.id, "children": []} for child in children}
+    attempt = str(request.retries)
+    for k in range(before // CHUNK, (len(request.children) - 1) // CHUNK + 1):
+        chunk = request.children[k * CHUNK : (k + 1) * CHUNK]
+        relations[f"{request.id}#{attempt}.{k}"] = {"children": chunk}
+    runs = dict(main.get("runs") or {})
+    count = (len(request.children) - 1) // CHUNK + 1
+    if runs.get(attempt) != count:
+        runs[attempt] = count
+        main = request.stored_relations = {
+            **main,
+            "parent": main.get("parent") or request.parent_id,
+            "runs": runs,
+        }
+        relations[request.id] = {"children": [], **main}
+    return relations
 
 
 def _records(relations: Relations) -> list[ResultRecord]:
     from conveyor.backends.base import ResultRecord
 
-    return [
-        ResultRecord(RELATIONS + task_id, RELATIONS_STATE, result=entry)
-        for task_id, entry in relations.items()
-    ]
-
-
-def _store(app: Conveyor, relations: Relations) -> None:
-    if relations:
-        app.backend.store(_records(relations))
+    return [ResultRecord(RELATIONS + key, RELATIONS_STATE, result=value) for key, value in relations.items()]

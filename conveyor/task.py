@@ -50,10 +50,10 @@ class Request:
     # Set by Task.retry() when max_retries is exhausted, so the worker can tell an
     # exhausted task (dead-lettered) from a plain failure.
     retries_exhausted: bool = False
-    # Tasks this run sent (Celery's name), stored as its children (conveyor/relations.py);
-    # relations_read: seeded from the stored record already.
+    # Tasks this run sent (Celery's name), stored as its children (conveyor/relations.py),
+    # and the task's relations record as stored before this run's first send.
     children: list[str] = field(default_factory=list)
-    relations_read: bool = False
+    stored_relations: dict[str, Any] | None = None
 
     @classmethod
     def from_message(

@@ -94,3 +94,46 @@ def test_with_results_disabled_a_chain_is_sent_and_has_no_stored_children() -> N
     last = (add.s(1, 1) | add.s(2))()
     assert app.AsyncResult(last.parent.id).children == []
     assert app.broker.queue_stats(["default"])[0].ready == 1
+
+
+def test_a_task_sending_many_tasks_writes_bounded_records_and_keeps_every_child(app: Conveyor) -> None:
+    from conveyor.relations import CHUNK, RELATIONS
+
+    add = app.tasks["rel.add"]
+
+    @app.task(name="rel.fan_out")
+    def fan_out(n: int) -> list[str]:
+        return [add.delay(i, i).id for i in range(n)]
+
+    writes: list[list[Any]] = []
+    real_store = app.backend.store
+
+    def store(records: Any) -> None:
+        writes.append([r for r in records if r.task_id.startswith(RELATIONS)])
+        real_store(records)
+
+    app.backend.store = store  # type: ignore[method-assign]
+    sent = fan_out.delay(2 * CHUNK + 50)
+    run_until_empty(app, ["default"], max_tasks=1)
+    relation_writes = [w for w in writes if w]
+    assert len(relation_writes) == 2 * CHUNK + 50  # one store per send
+    assert max(len(w) for w in relation_writes) <= 3  # the child, its chunk, the main record
+    assert max(len(r.result.get("children") or []) for w in relation_writes for r in w) <= CHUNK
+    assert [c.id for c in app.AsyncResult(sent.id).children] == sent.get(timeout=1)
+
+
+def test_each_attempt_of_a_retried_task_keeps_its_children(app: Conveyor) -> None:
+    add = app.tasks["rel.add"]
+
+    @app.task(name="rel.twice", bind=True, max_retries=1)
+    def twice(self: Any) -> str:
+        child = add.delay(self.request.retries, 0).id
+        if self.request.retries == 0:
+            raise self.retry(countdown=0)
+        return child
+
+    first = (add.s(1, 1) | twice.si())()
+    run_until_empty(app)
+    children = [c.id for c in app.AsyncResult(first.id).children]
+    assert len(children) == 2 and children[1] == first.get(timeout=1)
+    assert stored(app, first.id)[0] == first.parent.id  # its parent, from the chain, kept
