@@ -119,6 +119,8 @@ def canvas_relations(node: Mapping[str, Any], parent: str | None) -> Relations:
 def canvas_records(app: Conveyor, node: Mapping[str, Any]) -> list[ResultRecord]:
     """The records to store with a canvas being sent; from a running task, its first
     tasks are that task's children too."""
+    if not app.conf.result_relations:
+        return []
     request = _sending_task()
     relations = canvas_relations(node, request.id if request is not None else None)
     if request is not None and request.id in relations:
@@ -133,7 +135,7 @@ def canvas_records(app: Conveyor, node: Mapping[str, Any]) -> list[ResultRecord]
 # -- sends from a running task --------------------------------------------------------------
 def record_sent(app: Conveyor, messages: Sequence[Message]) -> None:
     """Messages sent from inside a running task become its children."""
-    request = _sending_task()
+    request = _sending_task() if app.conf.result_relations else None
     children = _children_of(request, messages)
     if request is None or not children:
         return
@@ -144,7 +146,7 @@ def record_sent(app: Conveyor, messages: Sequence[Message]) -> None:
 
 async def arecord_sent(app: Conveyor, messages: Sequence[Message]) -> None:
     """``record_sent`` for ``adelay()``, on the event loop's own result-store client."""
-    request = _sending_task()
+    request = _sending_task() if app.conf.result_relations else None
     children = _children_of(request, messages)
     if request is None or not children:
         return

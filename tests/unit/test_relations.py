@@ -137,3 +137,14 @@ def test_each_attempt_of_a_retried_task_keeps_its_children(app: Conveyor) -> Non
     children = [c.id for c in app.AsyncResult(first.id).children]
     assert len(children) == 2 and children[1] == first.get(timeout=1)
     assert stored(app, first.id)[0] == first.parent.id  # its parent, from the chain, kept
+
+
+def test_result_relations_off_stores_none(app: Conveyor) -> None:
+    app.conf.result_relations = False
+    last = (app.tasks["rel.add"].s(1, 1) | app.tasks["rel.spawn"].s())()
+    run_until_empty(app)
+    assert app.AsyncResult(last.parent.id).children == []
+    assert app.AsyncResult(last.id).children == []
+    assert not [
+        k for k in memory_results._store_for("memory://relations").records if k.startswith("relations:")
+    ]
