@@ -18,8 +18,10 @@ the broker's wake sockets; a wait listens on the result store's wake socket with
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -42,13 +44,23 @@ _SQL_SET_WAL = "PRAGMA journal_mode = WAL"
 _SQL_NO_AUTOCHECKPOINT = "PRAGMA wal_autocheckpoint = 0"
 
 
+_connections: weakref.WeakSet[_Connection] = weakref.WeakSet()
+_abandoned: list[sqlite3.Connection] = []  # inherited through fork: never closed in the child
+
+
 class _Connection:
-    """One event loop's connection to one SQLite file, its statements retried by awaiting."""
+    """One event loop's connection to one SQLite file, its statements retried by awaiting.
+
+    Fork rules as in ``_sqlite.Database``: closed before a guarded fork, and a copy
+    inherited by a child is never used or closed there (closing it could checkpoint
+    or unlock the parent's files); the child opens its own.
+    """
 
     def __init__(self, db: Database, synchronous: str) -> None:
         self.db = db
         self._synchronous = synchronous
         self._conn: sqlite3.Connection | None = None
+        _connections.add(self)
 
     def _open(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.db.path, timeout=0, isolation_level=None, check_same_thread=False)
@@ -104,6 +116,22 @@ class _Connection:
         conn, self._conn = self._conn, None
         if conn is not None:
             conn.close()
+
+
+def _close_for_fork() -> None:
+    for connection in list(_connections):
+        connection.close()
+
+
+def _after_fork_in_child() -> None:
+    for connection in list(_connections):
+        if connection._conn is not None:
+            _abandoned.append(connection._conn)
+            connection._conn = None
+
+
+_forkguard.before_fork(_close_for_fork)
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _connection(url: str, schema: Sequence[str], tables: Sequence[str], what: str) -> _Connection:
