@@ -214,4 +214,3 @@ def test_an_unreachable_redis_is_one_clear_error(app: Conveyor) -> None:
     app.conf.broker_url = f"redis://127.0.0.1:{free_port()}/0?publish_retry=0.2"
     with pytest.raises(BrokerConnectionError, match="cannot reach Redis at redis://127.0.0.1"):
         asyncio.run(app.tasks["a.add"].adelay(1, 2))
-
