@@ -37,7 +37,7 @@ from conveyor.states import READY_STATES
 T = TypeVar("T")
 
 _FIRST_PAUSE_S = 0.001
-_MAX_PAUSE_S = 0.05  # like SQLite's own busy handler, which sleeps up to 100 ms between tries
+_MAX_PAUSE_S = 0.05  # capped, as SQLite caps the sleeps of its own busy handler
 
 _SQL_JOURNAL_MODE = "PRAGMA journal_mode"
 _SQL_SET_WAL = "PRAGMA journal_mode = WAL"
