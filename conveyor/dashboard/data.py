@@ -234,7 +234,7 @@ class DashboardData:
 
         try:
             parent, children = stored(self.app, task_id)
-        except Exception:  # a disabled backend refuses reads; the index may still know them
+        except Exception:  # the result store is unreachable: the page shows what the index knows
             return
         out["parent_id"] = out.get("parent_id") or parent
         out["children"] += [child for child in children if child not in out["children"]]
