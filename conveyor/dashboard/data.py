@@ -19,8 +19,8 @@ import orjson
 
 from conveyor import states
 from conveyor.exceptions import BrokerError, SerializationError
+from conveyor.message import readable
 from conveyor.monitor.records import TaskSummary
-from conveyor.serialization import loads
 
 if TYPE_CHECKING:
     from conveyor.app import Conveyor
@@ -481,7 +481,7 @@ def from_json_text(text: Any) -> Any:
 
 def dead_letter_dict(entry: Any) -> dict[str, Any]:
     try:
-        body: Any = loads(entry.body)
+        body: Any = readable(entry.body)
     except SerializationError:
         body = entry.body.decode("utf-8", errors="replace")
     args = kwargs = None
