@@ -471,12 +471,17 @@ class Listener:
     def __init__(self, db: Database) -> None:
         self.db = db
         self.pid = os.getpid()
+        self.thread = threading.get_ident()
         self.closed = False
         self._channels: set[str] = set()
         self._conn: psycopg.Connection[Any] | None = None
         self._read_fd, self._write_fd = os.pipe()
         os.set_blocking(self._read_fd, False)
         os.set_blocking(self._write_fd, False)
+
+    @property
+    def listening(self) -> frozenset[str]:
+        return frozenset(self._channels) if self._conn is not None and not self._conn.closed else frozenset()
 
     def listen(self, channels: Sequence[str]) -> None:
         """LISTEN on any of ``channels`` not listened to yet; before the check it guards."""
