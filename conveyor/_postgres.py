@@ -15,7 +15,9 @@
   transaction is delivered by PostgreSQL at COMMIT and dropped on ROLLBACK, so a
   consumer is never woken to read rows that are not there yet.
 - ``Listener``: a second connection per thread that LISTENs; a blocked fetch waits in
-  ``select()`` on its socket and on a pipe that ``wake_local()`` writes to.
+  ``select()`` on its socket and on a pipe that ``wake_local()`` writes to. It also
+  remembers checks that found nothing, so a waiting caller asks again only after a
+  notification, a poke, a reconnect, a known due time or ``QUIET_MAX_S``.
 - the schema: created at first use, under an advisory lock, with its version in
   ``schema_version``; a newer version than this code knows is refused.
 """
@@ -29,7 +31,7 @@ import select
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -49,7 +51,12 @@ IDLE_IN_TRANSACTION_TIMEOUT_MS = 60_000
 CONNECT_TIMEOUT_S = 10
 CONNECT_RETRIES = 3
 POOL_IDLE_MAX = 8  # idle connections kept per process and URL
-SAFETY_POLL_S = 5.0  # a lost notification (a restarted server) costs at most this
+SAFETY_POLL_S = 5.0  # a wait's longest stretch: a LISTEN connection lost in it is reopened after
+# An empty check is trusted this long without a notification. What becomes visible
+# unannounced (a lease taken by another consumer just after our look, whose owner
+# then dies; a row inserted by hand) is seen this late at worst. Lost notifications
+# are not its job: a dropped LISTEN connection wakes the wait and ends the spell.
+QUIET_MAX_S = 30.0
 _CHANNEL_MAX = 63  # NAMEDATALEN - 1: longer channel names are refused by pg_notify
 _DDL_LOCK = 0x636F6E76  # advisory lock id ("conv") serialising schema creation
 
@@ -73,7 +80,7 @@ _SYNCHRONOUS_COMMIT = ("on", "off", "local", "remote_write", "remote_apply")
 class PostgresURL:
     conninfo: str  # the URL minus Conveyor's own options, for libpq
     schema: str
-    synchronous_commit: str
+    synchronous_commit: str | None  # None: the server's (or role's, database's) setting
 
 
 def parse_url(url: str) -> PostgresURL:
@@ -87,7 +94,7 @@ def parse_url(url: str) -> PostgresURL:
         raise ConfigurationError(f"not a postgresql URL: {mask_url(url)}")
     options = parse_qsl(parts.query, keep_blank_values=True)
     schema = DEFAULT_SCHEMA
-    synchronous_commit = "off"
+    synchronous_commit: str | None = None
     rest = []
     for key, value in options:
         if key == "schema":
@@ -96,7 +103,7 @@ def parse_url(url: str) -> PostgresURL:
             synchronous_commit = value.lower()
         else:
             rest.append((key, value))
-    if synchronous_commit not in _SYNCHRONOUS_COMMIT:
+    if synchronous_commit is not None and synchronous_commit not in _SYNCHRONOUS_COMMIT:
         raise ConfigurationError(
             f"postgresql URL option synchronous_commit={synchronous_commit!r} is not one of "
             + ", ".join(_SYNCHRONOUS_COMMIT)
@@ -168,12 +175,14 @@ class Database:
         self.options = (
             f"-c statement_timeout={STATEMENT_TIMEOUT_MS} "
             f"-c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_TIMEOUT_MS} "
-            f"-c search_path={self.schema} "
-            # Off by default, like the SQLite broker's synchronous=normal: a crash of the
-            # server's machine may lose the last commits, never corrupts them, and a
-            # commit does not wait for an fsync.
-            f"-c synchronous_commit={spec.synchronous_commit}"
+            f"-c search_path={self.schema}"
         )
+        if spec.synchronous_commit is not None:
+            # Only when the URL asks: the server's own setting (on, unless its operator
+            # chose otherwise) is what makes a publish that returned survive a crash
+            # of the server. "off" trades that for a commit that does not wait for
+            # the WAL flush (docs/brokers.md, Durability).
+            self.options += f" -c synchronous_commit={spec.synchronous_commit}"
         self._ddl = tuple(schema)
         self._tables = frozenset(tables)
         self._schema_ready = False
@@ -475,6 +484,8 @@ class Listener:
         self.closed = False
         self._channels: set[str] = set()
         self._conn: psycopg.Connection[Any] | None = None
+        self.events = 0  # notifications, pokes and reconnects seen: each ends every quiet spell
+        self._quiet: dict[Hashable, tuple[int, float]] = {}  # check -> (events, monotonic end)
         self._read_fd, self._write_fd = os.pipe()
         os.set_blocking(self._read_fd, False)
         os.set_blocking(self._write_fd, False)
@@ -492,6 +503,7 @@ class Listener:
             return
         if self._conn is None:
             self._conn = self.db.open()
+            self.events += 1  # nothing was heard while there was no connection
         for name in missing:
             try:
                 self._conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(name)))
@@ -502,21 +514,55 @@ class Listener:
                 raise self.db.translate(exc) from None
             self._channels.add(name)
 
-    def drain(self) -> None:
-        """Forget notifications and pokes that arrived before the check about to run."""
+    def drain(self) -> int:
+        """Forget notifications and pokes that arrived before the check about to run.
+
+        Returns:
+            ``events`` after counting them: pass it to ``mark_quiet`` once the check
+            found nothing.
+        """
+        seen = False
         with contextlib.suppress(OSError):
             while os.read(self._read_fd, 512):
-                pass
+                seen = True
         conn = self._conn
         if conn is None or conn.closed:
-            return
+            return self.events
         try:
             conn.pgconn.consume_input()
             while conn.pgconn.notifies() is not None:
-                pass
+                seen = True
         except psycopg.Error:
+            seen = True  # gone: notifications may have been missed
             with contextlib.suppress(Exception):
                 conn.close()
+        if seen:
+            self.events += 1
+        return self.events
+
+    def mark_quiet(self, key: Hashable, events: int, *, due_at: float | None, now: float) -> None:
+        """The check ``key`` (drained at ``events``) found nothing, and nothing it looks
+        for becomes due before ``due_at`` (wall clock, as ``now``) without a notification.
+
+        Until a notification, a poke, a reconnect, ``due_at`` or ``QUIET_MAX_S``, the
+        same check would find nothing again: ``quiet_for`` lets the caller skip it, so an
+        idle worker's repeated fetches send no query at all.
+        """
+        until = time.monotonic() + QUIET_MAX_S
+        if due_at is not None:
+            until = min(until, time.monotonic() + max(due_at - now, 0.0))
+        self._quiet[key] = (events, until)
+
+    def quiet_for(self, key: Hashable) -> float:
+        """Seconds the check ``key`` stays quiet (see ``mark_quiet``); 0: run it."""
+        found = self._quiet.pop(key, None)
+        conn = self._conn
+        if found is None or found[0] != self.events or conn is None or conn.closed:
+            return 0.0
+        left = found[1] - time.monotonic()
+        if left > 0:
+            self._quiet[key] = found
+        return max(left, 0.0)
 
     def wait(self, timeout_s: float) -> None:
         if self.closed:
