@@ -37,13 +37,14 @@ its module and in docs/benchmarks.md (defaults, except RQ's SimpleWorker, Huey's
 
 The peers live in their own venv, never in the package's dependencies: on first use this
 script creates ``bench/.venv-peers`` (``python3 -m venv``, then ``pip install -r
-bench/peers-requirements.txt -e '.[redis]'`` and arq with ``--no-deps``) and re-runs itself
+bench/peers-requirements.txt -e '.[redis,postgres]'`` and arq with ``--no-deps``) and re-runs itself
 with that venv's Python, so one interpreter drives every framework and Conveyor (installed
 editable from this checkout).
 
     python3 bench/peers.py                 # N=10,000, 3 repeats: about 13 minutes
     python3 bench/peers.py --quick         # N=2,000, 1 repeat
     python3 bench/peers.py --systems conveyor-redis,huey --json out.json
+    python3 bench/peers.py --group postgres  # Conveyor on PostgreSQL vs Procrastinate: peers_pg.py
 
 Exit status 0 when the table printed (even with failed systems), 2 for bad arguments.
 """
@@ -104,7 +105,7 @@ def ensure_venv() -> Path:
     if not python.exists():
         subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
     pip = [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
-    subprocess.run([*pip, "-r", str(REQUIREMENTS), "-e", f"{REPO}[redis]"], check=True)
+    subprocess.run([*pip, "-r", str(REQUIREMENTS), "-e", f"{REPO}[redis,postgres]"], check=True)
     subprocess.run([*pip, "--no-deps", *NO_DEPS], check=True)
     marker.write_text(wanted)
     return python
@@ -646,6 +647,10 @@ def json_report(
 
 
 def main(argv: list[str]) -> int:
+    if "--group" in argv and argv[argv.index("--group") + 1 :][:1] == ["postgres"]:
+        import peers_pg  # Conveyor on PostgreSQL vs Procrastinate: its own options and table
+
+        return peers_pg.main(argv)
     args = parse_args(argv)
     if not args.no_venv and not in_peers_venv():
         python = ensure_venv()
