@@ -74,6 +74,7 @@ _databases: weakref.WeakSet[Database] = weakref.WeakSet()
 
 
 _SYNCHRONOUS_COMMIT = ("on", "off", "local", "remote_write", "remote_apply")
+DEFAULT_PREPARE_THRESHOLD = 5  # psycopg's own default
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +82,7 @@ class PostgresURL:
     conninfo: str  # the URL minus Conveyor's own options, for libpq
     schema: str
     synchronous_commit: str | None  # None: the server's (or role's, database's) setting
+    prepare_threshold: int | None  # psycopg's: executions before a statement is prepared; None: never
 
 
 def parse_url(url: str) -> PostgresURL:
@@ -95,12 +97,15 @@ def parse_url(url: str) -> PostgresURL:
     options = parse_qsl(parts.query, keep_blank_values=True)
     schema = DEFAULT_SCHEMA
     synchronous_commit: str | None = None
+    prepare_threshold: int | None = DEFAULT_PREPARE_THRESHOLD
     rest = []
     for key, value in options:
         if key == "schema":
             schema = value
         elif key == "synchronous_commit":
             synchronous_commit = value.lower()
+        elif key == "prepare_threshold":
+            prepare_threshold = _threshold(value)
         else:
             rest.append((key, value))
     if synchronous_commit is not None and synchronous_commit not in _SYNCHRONOUS_COMMIT:
@@ -113,7 +118,23 @@ def parse_url(url: str) -> PostgresURL:
             f"postgresql URL option schema={schema!r} is not a plain identifier: use letters, digits and _"
         )
     conninfo = urlunsplit(("postgresql", parts.netloc, parts.path, urlencode(rest), ""))
-    return PostgresURL(conninfo=conninfo, schema=schema.lower(), synchronous_commit=synchronous_commit)
+    return PostgresURL(
+        conninfo=conninfo,
+        schema=schema.lower(),
+        synchronous_commit=synchronous_commit,
+        prepare_threshold=prepare_threshold,
+    )
+
+
+def _threshold(value: str) -> int | None:
+    if value.lower() in ("none", "off"):
+        return None
+    if not value.isdigit():
+        raise ConfigurationError(
+            f"postgresql URL option prepare_threshold={value!r} is not a number or none "
+            "(none: never prepare, for PgBouncer before 1.21 in transaction mode)"
+        )
+    return int(value)
 
 
 def channel(schema: str, kind: str, name: str = "") -> str:
@@ -171,6 +192,7 @@ class Database:
         self.url = url
         self.conninfo = spec.conninfo
         self.schema = spec.schema
+        self.prepare_threshold = spec.prepare_threshold
         self.what = what
         self.options = (
             f"-c statement_timeout={STATEMENT_TIMEOUT_MS} "
@@ -210,13 +232,15 @@ class Database:
     def open(self) -> psycopg.Connection[Any]:
         """A new autocommit connection with the session settings, outside the pool."""
         try:
-            return psycopg.connect(
+            conn = psycopg.connect(
                 self.conninfo, autocommit=True, options=self.options, connect_timeout=CONNECT_TIMEOUT_S
             )
         except psycopg.Error as exc:
             raise BrokerConnectionError(
                 f"cannot connect to {self.where}: {_first_line(exc)}; check the URL and that the server is up"
             ) from None
+        conn.prepare_threshold = self.prepare_threshold
+        return conn
 
     def _take(self) -> psycopg.Connection[Any]:
         pool = self._pool
