@@ -513,6 +513,12 @@ class Listener:
         self._read_fd, self._write_fd = os.pipe()
         os.set_blocking(self._read_fd, False)
         os.set_blocking(self._write_fd, False)
+        # A thread that waited once and ended (a web request waiting on a result) drops
+        # its listener unclosed: its connection and pipe must go with it, not leak.
+        self._held: list[psycopg.Connection[Any]] = []  # the connection, for the finalizer
+        self._release = weakref.finalize(
+            self, _release, self._held, (self._read_fd, self._write_fd), self.pid
+        )
 
     @property
     def listening(self) -> frozenset[str]:
@@ -527,6 +533,7 @@ class Listener:
             return
         if self._conn is None:
             self._conn = self.db.open()
+            self._held[:] = [self._conn]
             self.events += 1  # nothing was heard while there was no connection
         for name in missing:
             try:
@@ -604,9 +611,8 @@ class Listener:
         """In a forked child: the parent's connection, to keep; the pipe is closed."""
         self.closed = True
         conn, self._conn = self._conn, None
-        for fd in (self._read_fd, self._write_fd):
-            with contextlib.suppress(OSError):
-                os.close(fd)
+        self._held.clear()
+        self._release()  # the pipe only
         return conn
 
     def poke(self) -> None:
@@ -618,13 +624,20 @@ class Listener:
             return
         self.closed = True
         self.poke()
-        conn, self._conn = self._conn, None
-        if conn is not None and self.pid == os.getpid():
+        self._conn = None
+        self._release()
+
+
+def _release(held: list[psycopg.Connection[Any]], fds: tuple[int, int], pid: int) -> None:
+    """Close a listener's connection (only in the process that opened it) and pipe."""
+    if pid == os.getpid():
+        for conn in held:
             with contextlib.suppress(Exception):
                 conn.close()
-        for fd in (self._read_fd, self._write_fd):
-            with contextlib.suppress(OSError):
-                os.close(fd)
+    held.clear()
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
 
 
 def _after_fork_in_child() -> None:

@@ -118,3 +118,38 @@ def test_a_result_wait_reads_on_notifications_not_on_an_interval(pg_url: str) ->
     finally:
         waiter.close()
         worker.close()
+
+
+def test_threads_that_waited_once_and_ended_leave_no_descriptor_behind(pg_url: str) -> None:
+    """A web server's thread per request that waits on a result: each gets a LISTEN
+    connection and a wake-up pipe, which must go when the thread does."""
+    import gc
+    import os
+
+    from conveyor.backends.postgres import PostgresBackend
+
+    backend = PostgresBackend(pg_url)
+    task_id = new_id()
+    try:
+        backend.store([ResultRecord(task_id=task_id, state=SUCCESS, result=1)])
+
+        def one_request() -> None:
+            record = backend.wait(task_id, timeout_s=5, interval_s=0.1)
+            assert record is not None and record.state == SUCCESS
+
+        def open_fds() -> int:
+            gc.collect()
+            return len(os.listdir("/proc/self/fd"))
+
+        for _ in range(3):  # the pool's connection and anything else made once
+            thread = threading.Thread(target=one_request)
+            thread.start()
+            thread.join()
+        before = open_fds()
+        for _ in range(20):
+            thread = threading.Thread(target=one_request)
+            thread.start()
+            thread.join()
+        assert open_fds() - before <= 2, "descriptors left by threads that have ended"
+    finally:
+        backend.close()
