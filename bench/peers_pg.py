@@ -47,6 +47,7 @@ from peers import ROW, BenchError, Context, Outcome, Row, Runner
 SYSTEMS = ["conveyor-postgres", "procrastinate", "conveyor-sqlite", "conveyor-redis"]
 PAIR = ("conveyor-postgres", "procrastinate")  # the compared pair: Conveyor first
 DEFAULT_PG_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+IDLE_SETTLE_S = 11.0
 
 
 class SmallRow(Row):
@@ -142,7 +143,9 @@ class PgRunner(Runner):
 
         with self.workers("idle") as workers:
             send_and_wait(1, peers.START_TIMEOUT_S)  # the workers are up
-            time.sleep(2.0)  # start-up writes (heartbeats, registrations) settle
+            # Start-up settles, and PostgreSQL has flushed the statistics of sessions
+            # that went idle (it does within 10 s): the window then counts only itself.
+            time.sleep(IDLE_SETTLE_S)
             pids = [pid for proc in workers.procs for pid in peers.group_pids(proc.pid)]
             cpu0, tx0, t0 = cpu_seconds(pids), self._transactions(), time.monotonic()
             time.sleep(self.args.idle_seconds)
