@@ -207,6 +207,14 @@ class Database:
             # of the server. "off" trades that for a commit that does not wait for
             # the WAL flush (docs/brokers.md, Durability).
             self.options += f" -c synchronous_commit={spec.synchronous_commit}"
+        # Commits whose loss in a server crash only repeats work, never loses a task or
+        # a result: a fetch's lease (the message is fetched again), an ack outside a
+        # settle (the task runs again: at least once), a lease extension. They skip the
+        # wait for the WAL flush; any later durable commit flushes them too. With
+        # synchronous_commit in the URL, the URL's choice holds for every commit.
+        self.relaxed_options = self.options
+        if spec.synchronous_commit is None:
+            self.relaxed_options += " -c synchronous_commit=off"
         self._ddl = tuple(schema)
         self._tables = frozenset(tables)
         self._schema_ready = False
@@ -226,16 +234,18 @@ class Database:
     def where(self) -> str:
         return f"the PostgreSQL {self.what} {mask_url(self.url)}"
 
-    @property
-    def _pool(self) -> _Pool:
-        return _pool((self.conninfo, self.options))
+    def _pool(self, relaxed: bool = False) -> _Pool:
+        return _pool((self.conninfo, self.relaxed_options if relaxed else self.options))
 
     # -- connections ---------------------------------------------------------------
-    def open(self) -> psycopg.Connection[Any]:
+    def open(self, relaxed: bool = False) -> psycopg.Connection[Any]:
         """A new autocommit connection with the session settings, outside the pool."""
         try:
             conn = psycopg.connect(
-                self.conninfo, autocommit=True, options=self.options, connect_timeout=CONNECT_TIMEOUT_S
+                self.conninfo,
+                autocommit=True,
+                options=self.relaxed_options if relaxed else self.options,
+                connect_timeout=CONNECT_TIMEOUT_S,
             )
         except psycopg.Error as exc:
             raise BrokerConnectionError(
@@ -244,8 +254,8 @@ class Database:
         conn.prepare_threshold = self.prepare_threshold
         return conn
 
-    def _take(self) -> psycopg.Connection[Any]:
-        pool = self._pool
+    def _take(self, relaxed: bool = False) -> psycopg.Connection[Any]:
+        pool = self._pool(relaxed)
         conn = None
         with pool.lock:
             while pool.idle and conn is None:
@@ -253,7 +263,7 @@ class Database:
                 if not candidate.closed:
                     conn = candidate
         if conn is None:
-            conn = self.open()
+            conn = self.open(relaxed)
             with pool.lock:
                 pool.all.add(conn)
         return conn
@@ -268,20 +278,20 @@ class Database:
                 _checked_schemas.add(key)
             self._schema_ready = True
 
-    def _take_retrying(self) -> psycopg.Connection[Any]:
+    def _take_retrying(self, relaxed: bool = False) -> psycopg.Connection[Any]:
         for attempt in range(CONNECT_RETRIES):
             try:
-                return self._take()
+                return self._take(relaxed)
             except BrokerConnectionError:
                 time.sleep(min(0.1 * 2**attempt, 1.0))
-        return self._take()
+        return self._take(relaxed)
 
-    def _give_back(self, conn: psycopg.Connection[Any]) -> None:
+    def _give_back(self, conn: psycopg.Connection[Any], relaxed: bool = False) -> None:
         if conn.closed or conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
             with contextlib.suppress(Exception):
                 conn.close()
             return
-        pool = self._pool
+        pool = self._pool(relaxed)
         with pool.lock:
             if len(pool.idle) < POOL_IDLE_MAX:
                 pool.idle.append(conn)
@@ -341,9 +351,10 @@ class Database:
             if version is None:
                 conn.execute(_SQL_SET_VERSION, (SCHEMA_VERSION,))
 
-    def retrying(self, body: Callable[[psycopg.Connection[Any]], T]) -> T:
+    def retrying(self, body: Callable[[psycopg.Connection[Any]], T], *, relaxed: bool = False) -> T:
         """Run ``body`` on a pooled connection (the batch's inside a batch), reconnecting
-        when the connection was lost.
+        when the connection was lost. ``relaxed``: a connection whose commits do not wait
+        for the WAL flush (see ``relaxed_options``; ignored inside a batch).
 
         A body that fails on a dropped connection is run again on a new one: at
         least once, like every broker write. Inside a batch nothing is retried: the
@@ -356,7 +367,7 @@ class Database:
             except psycopg.Error as exc:
                 raise self.translate(exc) from None
         for attempt in range(CONNECT_RETRIES + 1):
-            conn = self._take_retrying()
+            conn = self._take_retrying(relaxed)
             try:
                 # Inside the try: a pooled connection the server dropped (a restart)
                 # fails on its first statement, which may be this one.
@@ -374,22 +385,26 @@ class Database:
             except psycopg.Error as exc:
                 raise self.translate(exc) from None
             finally:
-                self._give_back(conn)
+                self._give_back(conn, relaxed)
         raise AssertionError("unreachable")
 
     # -- statements --------------------------------------------------------------------
-    def query(self, statement: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> list[Any]:
+    def query(
+        self, statement: str, params: Sequence[Any] | Mapping[str, Any] = (), *, relaxed: bool = False
+    ) -> list[Any]:
         """One statement (atomic on its own outside a batch); all its rows."""
 
         def run(conn: psycopg.Connection[Any]) -> list[Any]:
             cur = conn.execute(statement, params)
             return cur.fetchall() if cur.description is not None else []
 
-        return self.retrying(run)
+        return self.retrying(run, relaxed=relaxed)
 
-    def write(self, statement: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> int:
+    def write(
+        self, statement: str, params: Sequence[Any] | Mapping[str, Any] = (), *, relaxed: bool = False
+    ) -> int:
         """One statement; the changed row count."""
-        return self.retrying(lambda conn: conn.execute(statement, params).rowcount)
+        return self.retrying(lambda conn: conn.execute(statement, params).rowcount, relaxed=relaxed)
 
     def transaction(self, body: Callable[[psycopg.Connection[Any]], T]) -> T:
         """Run ``body`` in one transaction (or in the open batch), retried as a whole."""
@@ -488,12 +503,12 @@ class Database:
             self._listeners = weakref.WeakSet()
         for listener in listeners:
             listener.close()
-        pool = self._pool
-        with pool.lock:
-            idle, pool.idle = pool.idle, []
-        for conn in idle:
-            with contextlib.suppress(Exception):
-                conn.close()
+        for pool in {id(p): p for p in (self._pool(), self._pool(relaxed=True))}.values():
+            with pool.lock:
+                idle, pool.idle = pool.idle, []
+            for conn in idle:
+                with contextlib.suppress(Exception):
+                    conn.close()
         self._local = _Local()
 
     def _after_fork(self) -> None:

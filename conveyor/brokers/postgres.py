@@ -312,7 +312,7 @@ class PostgresBroker(PostgresStoreMixin):
             # Wake for the next eta or the next lease to run out, which nobody
             # publishes about; the floor keeps a clock step from spinning us. Read even
             # when the time is up: the next call then waits without looking first.
-            next_due = self._db.query(_SQL_NEXT_VISIBLE, (now, queues))[0][0]
+            next_due = self._db.query(_SQL_NEXT_VISIBLE, (now, queues), relaxed=True)[0][0]
             listener.mark_quiet(quiet_key, events, due_at=next_due, now=now)
             remaining = deadline - time.monotonic()
             if remaining <= 0 or self._db.generation != generation:
@@ -327,7 +327,8 @@ class PostgresBroker(PostgresStoreMixin):
         until = now + lease_s
         out: list[Delivery] = []
         for queue in queues:
-            rows = self._db.query(_SQL_FETCH, (queue, now, limit - len(out), token, until))
+            # Relaxed: a lease lost with a crashed server only leaves the message fetchable.
+            rows = self._db.query(_SQL_FETCH, (queue, now, limit - len(out), token, until), relaxed=True)
             rows.sort(key=lambda row: (-row[1], row[0]))  # RETURNING order is unspecified
             out.extend(
                 Delivery(
@@ -344,10 +345,12 @@ class PostgresBroker(PostgresStoreMixin):
         return out
 
     def ack(self, deliveries: Sequence[Delivery]) -> None:
+        # Relaxed outside a settle's batch (an early ack): an ack lost with a crashed
+        # server brings the message back, and the task runs again (at least once).
         if len(deliveries) == 1:
-            self._db.write(_SQL_ACK, _parse_receipt(deliveries[0].receipt))
+            self._db.write(_SQL_ACK, _parse_receipt(deliveries[0].receipt), relaxed=True)
         elif deliveries:
-            self._db.write(_SQL_ACK_MANY, _receipt_arrays(deliveries))
+            self._db.write(_SQL_ACK_MANY, _receipt_arrays(deliveries), relaxed=True)
 
     def nack(self, delivery: Delivery, *, retry_at: float | None = None, reason: str = "") -> None:
         row_id, token = _parse_receipt(delivery.receipt)
@@ -375,7 +378,7 @@ class PostgresBroker(PostgresStoreMixin):
 
     def extend(self, deliveries: Sequence[Delivery], *, lease_s: float) -> None:
         if deliveries:
-            self._db.write(_SQL_EXTEND, (time.time() + lease_s, *_receipt_arrays(deliveries)))
+            self._db.write(_SQL_EXTEND, (time.time() + lease_s, *_receipt_arrays(deliveries)), relaxed=True)
 
     def wake(self) -> None:
         self._db.wake_local()

@@ -35,9 +35,9 @@ def _count_queries(obj: Any) -> list[int]:
     calls = [0]
     real: Callable[..., Any] = db.retrying
 
-    def counted(body: Callable[..., Any]) -> Any:
+    def counted(body: Callable[..., Any], **options: Any) -> Any:
         calls[0] += 1
-        return real(body)
+        return real(body, **options)
 
     db.retrying = counted
     return calls
