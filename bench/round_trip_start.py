@@ -34,7 +34,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 STARTED_KEY = "bench:started"
-TASKS = '''
+TASKS = """
 import os
 import time
 
@@ -49,9 +49,9 @@ _stamps = redis.Redis.from_url(os.environ["RTS_STAMP_URL"])
 @app.task(name="stamp")
 def stamp(i):
     started = time.monotonic()
-    _stamps.rpush("''' + STARTED_KEY + '''", f"{i} {started!r}")
+    _stamps.rpush("STARTED_KEY", f"{i} {started!r}")
     return i
-'''
+"""
 
 
 def percentile(samples: list[float], q: float) -> float:
@@ -72,9 +72,11 @@ def one_run(tree: str, port: int, n: int, warmup: int, workdir: Path, run: int) 
     prefix = f"rts{os.getpid()}x{run}"
     broker_url = f"redis://127.0.0.1:{port}/0?prefix={prefix}"
     stamp_url = f"redis://127.0.0.1:{port}/1"
-    env = {
-        k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")
-    } | {"RTS_BROKER_URL": broker_url, "RTS_STAMP_URL": stamp_url, "PYTHONPATH": f"{tree}{os.pathsep}{workdir}"}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")} | {
+        "RTS_BROKER_URL": broker_url,
+        "RTS_STAMP_URL": stamp_url,
+        "PYTHONPATH": f"{tree}{os.pathsep}{workdir}",
+    }
     stamps = redis.Redis.from_url(stamp_url)
     stamps.delete(STARTED_KEY)
     app = Conveyor("rts_tasks", broker=broker_url)
@@ -127,7 +129,7 @@ def main() -> int:
     trees = [str(Path(t).resolve()) for t in args.trees]
     with tempfile.TemporaryDirectory(prefix="rts-") as tmp:
         workdir = Path(tmp)
-        (workdir / "rts_tasks.py").write_text(textwrap.dedent(TASKS))
+        (workdir / "rts_tasks.py").write_text(textwrap.dedent(TASKS).replace("STARTED_KEY", STARTED_KEY))
         server = RedisServer(workdir)
         server.start()
         samples: dict[str, list[float]] = {t: [] for t in trees}
