@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import os
 import threading
 import time
@@ -43,6 +44,7 @@ from conveyor.backends.base import Reply
 from conveyor.exceptions import BrokerConnectionError, BrokerError, ConfigurationError
 
 T = TypeVar("T")
+log = logging.getLogger("conveyor.broker")
 
 DEFAULT_PREFIX = "conveyor"
 DEFAULT_PUBLISH_RETRY_S = 10.0
@@ -350,7 +352,7 @@ class RedisLink:
         """
         local = self._local
         conn = getattr(local, "conn", None)
-        if conn is not None and conn.pid == _pid and not getattr(local, "pending", None):
+        if conn is not None and conn.pid == _pid and not conn.owed and not getattr(local, "pending", None):
             # The common case, straight to the connection: the layers below cost a
             # tenth of a loopback round trip (see docs/benchmarks.md, delay()).
             try:
@@ -370,6 +372,8 @@ class RedisLink:
             conn = self._new_connection()
             local.conn = conn
             self._connections.add(conn)
+        elif conn.owed:
+            self._read_owed(conn)  # replies due before this command's, not as its own
         return conn
 
     def _new_connection(self) -> Connection:
@@ -470,11 +474,17 @@ class RedisLink:
     def _pending(self) -> list[tuple[Any, ...]] | None:
         return getattr(self._local, "pending", None)
 
-    def batch(self) -> _Batch:
-        return _Batch(self)
+    def batch(self, *, reply_later: bool = False) -> _Batch:
+        """This thread's writes queued and sent as one MULTI/EXEC at the end.
+
+        ``reply_later``: sent without waiting for the reply, which is read before
+        this thread's next command or by ``read_replies()``; the outermost batch decides.
+        """
+        return _Batch(self, reply_later)
 
     def flush(self) -> None:
-        """Send this thread's queued writes as one MULTI/EXEC (one round trip)."""
+        """Send this thread's queued writes as one MULTI/EXEC (one round trip; with
+        ``batch(reply_later=True)``, sent without waiting for the reply)."""
         pending = self._pending()
         if not pending:
             return
@@ -483,12 +493,15 @@ class RedisLink:
         replies: list[tuple[int, Callable[[Any], None]]] = list(self._local.replies)
         self._local.replies.clear()
         self._local.pending = None
+        later = getattr(self._local, "reply_later", False)
         try:
+            if later:
+                self.call(lambda: self._send_later(_Owed(commands, replies)))
+                return
             results = self.call(lambda: self._transact(commands))
         finally:
             self._local.pending = pending if getattr(self._local, "depth", 0) else None
-        for index, answer in replies:
-            answer(results[index])
+        _answer(replies, results)
 
     def _transact(self, commands: list[tuple[Any, ...]]) -> list[Any]:
         """MULTI/EXEC with scripts by SHA, loaded first on a connection that lacks them.
@@ -499,15 +512,25 @@ class RedisLink:
         connection anyway, the refused commands are sent again with their source.
         """
         conn = self._connection()
+        sent = self._transaction(conn, commands)
+        return self._results(conn, commands, conn.exchange(sent))
+
+    def _transaction(self, conn: Connection, commands: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+        """What goes out for a MULTI/EXEC of ``commands``: the scripts this connection
+        lacks loaded first, in the same write."""
         conn.connect()  # no-op when connected; a reconnect empties conn.loaded
         loaded: set[str] = conn.loaded
         missing = {args[1] for args in commands if args[0] == "EVALSHA" and args[1] not in loaded}
         prelude = [("SCRIPT", "LOAD", self._sources[sha]) for sha in sorted(missing)]
-        replies = conn.exchange([*prelude, ("MULTI",), *commands, ("EXEC",)])
+        loaded |= missing  # a load that failed leaves its EVALSHAs refused: sent again below
+        return [*prelude, ("MULTI",), *commands, ("EXEC",)]
+
+    def _results(self, conn: Connection, commands: list[tuple[Any, ...]], replies: list[Any]) -> list[Any]:
+        """The EXEC's answers, once the replies to ``_transaction`` are read."""
+        loaded = conn.loaded
         for reply in replies[:-1]:
             if is_error(reply):
                 raise translate(reply, self.url)
-        loaded |= missing
         results = replies[-1]
         if is_error(results):  # EXECABORT
             raise translate(results, self.url)
@@ -523,6 +546,70 @@ class RedisLink:
             answers = [next(retried) if is_noscript(a) else a for a in answers]
         return answers
 
+    # -- replies read later ---------------------------------------------------------
+    def _send_later(self, owed: _Owed) -> None:
+        conn = self._connection()
+        sent = self._transaction(conn, owed.commands)
+        owed.count = len(sent)
+        # Owed before the write: were it interrupted midway, the next command reads
+        # (and fails on) what it left, never takes those replies for its own.
+        conn.owed.append(owed)
+        try:
+            conn.send(sent)
+        except ConnectionLost:
+            conn.owed.remove(owed)  # call() sends it again
+            raise
+
+    def _read_owed(self, conn: Connection) -> None:
+        """Read the replies of the batches sent with ``reply_later``, oldest first.
+
+        A batch whose replies say it failed (or whose connection was lost before
+        they came) is logged and kept to be sent again by ``read_replies()``, as the
+        synchronous path's caller would retry it; the command waiting behind them
+        goes on, on a new connection if need be. An interruption (a signal's
+        exception) drops the connection: its replies are unknown.
+        """
+        while conn.owed:
+            owed = conn.owed.pop(0)
+            try:
+                replies = conn.receive(owed.count)
+                results = self._results(conn, owed.commands, replies)
+            except (ConnectionLost, BrokerError) as exc:
+                lost = isinstance(exc, ConnectionLost)
+                failed = [owed, *conn.owed] if lost else [owed]
+                if lost:
+                    conn.owed.clear()  # their replies went with the connection
+                log.error(
+                    "A Redis write sent ahead of its reply failed: %s; sending it again",
+                    translate(exc, self.url) if lost else exc,
+                )
+                conn.failed.extend(failed)
+                continue
+            except BaseException:
+                conn.failed.extend([owed, *conn.owed])
+                conn.owed.clear()
+                conn.disconnect()  # replies may still be on their way: none is read as another's
+                raise
+            _answer(owed.answers, results)
+
+    def read_replies(self) -> None:
+        """Read the replies of this thread's ``batch(reply_later=True)`` batches now,
+        and send again, waiting for the reply, those that failed.
+
+        Raises:
+            BrokerError: sending one again failed; it stays to be sent by the next call.
+        """
+        conn = getattr(self._local, "conn", None)
+        if conn is None or conn.pid != _pid:
+            return  # none sent by this thread (in this process)
+        if conn.owed:
+            self._read_owed(conn)
+        while conn.failed:
+            owed = conn.failed[0]
+            results = self.call(functools.partial(self._transact, owed.commands))
+            conn.failed.pop(0)
+            _answer(owed.answers, results)
+
     def close(self) -> None:
         self._drop_connection()
         for conn in list(self._connections):
@@ -534,11 +621,26 @@ class RedisLink:
                 client.connection_pool.disconnect()
 
 
+@dataclass
+class _Owed:
+    """A batch sent without waiting for its reply."""
+
+    commands: list[tuple[Any, ...]]  # between MULTI and EXEC
+    answers: list[tuple[int, Callable[[Any], None]]]  # (index in commands, what gets its reply)
+    count: int = 0  # replies due: the scripts loaded first, MULTI, commands, EXEC
+
+
+def _answer(answers: Sequence[tuple[int, Callable[[Any], None]]], results: list[Any]) -> None:
+    for index, answer in answers:
+        answer(results[index])
+
+
 class _Batch:
     """Context manager: this thread's writes are queued and sent together at exit."""
 
-    def __init__(self, link: RedisLink) -> None:
+    def __init__(self, link: RedisLink, reply_later: bool = False) -> None:
         self.link = link
+        self.reply_later = reply_later
 
     def __enter__(self) -> None:
         local = self.link._local
@@ -547,6 +649,7 @@ class _Batch:
         if depth == 0:
             local.pending = []
             local.replies = []  # (index in pending, setter of its Reply): run_replied
+            local.reply_later = self.reply_later
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         local = self.link._local
@@ -555,8 +658,10 @@ class _Batch:
             return
         if exc_type is not None:  # the caller failed midway: send nothing of it
             local.pending = None
+            local.reply_later = False
             return
         try:
             self.link.flush()
         finally:
             local.pending = None
+            local.reply_later = False

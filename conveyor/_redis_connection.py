@@ -113,6 +113,10 @@ class Connection:
         self.conn: Any = connection_class(pool.connection_class)(**kwargs)
         self.pid = os.getpid()
         self.loaded: set[str] = set()  # script SHAs this server is known to hold
+        # Kept by RedisLink: batches sent whose replies are still to be read, oldest
+        # first, and batches whose replies said they failed, to be sent again.
+        self.owed: list[Any] = []
+        self.failed: list[Any] = []
         # Known connected: connect() is skipped then (redis-py's runs its retry wrapper).
         self._live = False
         self.conn.register_connect_callback(self._reset)
@@ -134,8 +138,16 @@ class Connection:
 
     def exchange(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
         """Send all commands in one write, then read one reply per command."""
+        self.send(commands)
+        return self.receive(len(commands))
+
+    def send(self, commands: Sequence[tuple[Any, ...]]) -> None:
+        """Send all commands in one write; their replies are left to ``receive``.
+
+        Once this returns the bytes are the kernel's: they reach Redis even if this
+        process is killed before it reads a reply.
+        """
         conn = self.conn
-        replies: list[Any] = []
         try:
             # connect() first, never send_packed_command's own connect: that one skips
             # Sentinel's (it dials conn.host:conn.port, which is localhost:6379 before
@@ -143,7 +155,20 @@ class Connection:
             if not self._live:
                 conn.connect()
             conn.send_packed_command(self._pack(commands), check_health=False)
-            for _ in commands:
+        except self._failures as exc:
+            self.disconnect()
+            raise ConnectionLost(str(exc)) from None
+        except BaseException:
+            # Interrupted mid-write (a signal's exception): part of a command may be out.
+            self.disconnect()
+            raise
+
+    def receive(self, count: int) -> list[Any]:
+        """Read ``count`` replies, an error reply kept in place among them."""
+        conn = self.conn
+        replies: list[Any] = []
+        try:
+            for _ in range(count):
                 try:
                     replies.append(conn.read_response())
                 except self._response_error as exc:  # an error reply: still in step

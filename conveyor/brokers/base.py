@@ -99,13 +99,21 @@ class Broker(Protocol):
     def extend(self, deliveries: Sequence[Delivery], *, lease_s: float) -> None:
         """Renew leases so they run out ``lease_s`` from now."""
 
-    def batch(self) -> AbstractContextManager[None]:
+    def batch(self, *, reply_later: bool = False) -> AbstractContextManager[None]:
         """Group this thread's following writes into one atomic round trip where the
         store can (SQLite: one transaction, results included when they share the file).
 
         The worker settles each batch of outcomes inside one: result, follow-up
         messages and ack commit together or not at all.
+
+        ``reply_later``: the store may send the batch and return before it answers
+        (Redis); a failure then shows in ``read_replies()``, which sends it again.
+        Stores that commit before returning ignore it.
         """
+
+    def read_replies(self) -> None:
+        """Wait for what this thread's ``batch(reply_later=True)`` writes still owe,
+        sending again any that failed (raises ``BrokerError`` if that fails too)."""
 
     def wake(self) -> None:
         """Make a ``fetch`` blocked in another thread of this process return early."""

@@ -280,9 +280,12 @@ class MemoryBroker:
             self._generation += 1
             store.cond.notify_all()
 
-    def batch(self) -> AbstractContextManager[None]:
+    def batch(self, *, reply_later: bool = False) -> AbstractContextManager[None]:
         """Each call is already atomic under the store's lock; nothing to group."""
         return contextlib.nullcontext()
+
+    def read_replies(self) -> None:
+        """Nothing to wait for: every write here is committed before it returns."""
 
     def result_backend(self, *, result_expires_s: float) -> MemoryBackend:
         return MemoryBackend(self.url, result_expires_s=result_expires_s)

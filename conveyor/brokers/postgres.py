@@ -383,10 +383,13 @@ class PostgresBroker(PostgresStoreMixin):
     def wake(self) -> None:
         self._db.wake_local()
 
-    def batch(self) -> AbstractContextManager[None]:
+    def batch(self, *, reply_later: bool = False) -> AbstractContextManager[None]:
         """One transaction for the writes that follow in this thread (results included
         when the result backend shares this broker's connections: see ``result_backend``)."""
         return self._db.batch()
+
+    def read_replies(self) -> None:
+        """Nothing to wait for: every write here is committed before it returns."""
 
     def result_backend(self, *, result_expires_s: float) -> PostgresBackend:
         """The result store in this broker's schema, sharing its connections."""

@@ -392,10 +392,18 @@ class RedisBroker:
         # costs one spare loop, never an early return; the key expires unused.
         self.link.send([("RPUSH", key, generation), ("PEXPIRE", key, 60_000)])
 
-    def batch(self) -> AbstractContextManager[None]:
+    def batch(self, *, reply_later: bool = False) -> AbstractContextManager[None]:
         """Queue this thread's writes and send them as one MULTI/EXEC at the end
-        (results too, when the backend is this broker's: see ``result_backend``)."""
-        return self.link.batch()
+        (results too, when the backend is this broker's: see ``result_backend``).
+
+        ``reply_later``: the MULTI/EXEC is sent without waiting for Redis's reply,
+        which is read before this thread's next command or by ``read_replies()``."""
+        return self.link.batch(reply_later=reply_later)
+
+    def read_replies(self) -> None:
+        """Read what this thread's ``batch(reply_later=True)`` writes still owe, and
+        send again those that failed."""
+        self.link.read_replies()
 
     def result_backend(self, *, result_expires_s: float) -> RedisBackend:
         """Results in this broker's Redis, on the same connections and batches."""

@@ -377,10 +377,13 @@ class SQLiteBroker(SQLiteStoreMixin):
     def wake(self) -> None:
         self._wake.wake_local()
 
-    def batch(self) -> AbstractContextManager[None]:
+    def batch(self, *, reply_later: bool = False) -> AbstractContextManager[None]:
         """One transaction for the writes that follow in this thread (results included
         when the result backend shares this file: see ``result_backend``)."""
         return self._db.batch()
+
+    def read_replies(self) -> None:
+        """Nothing to wait for: every write here is committed before it returns."""
 
     def result_backend(self, *, result_expires_s: float) -> SQLiteBackend:
         """The result store in this broker's file, sharing its connections."""

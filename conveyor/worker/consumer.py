@@ -426,6 +426,11 @@ class Consumer:
         backlog lasts, the acks of the next early-ack messages this process will run
         (``_take_ahead``). Off by default: a process SIGKILLed while holding those
         would lose them, and Conveyor's default is to lose nothing.
+
+        On Redis that write goes out without waiting for its reply: once sent it
+        reaches Redis even if the process is then killed. The reply is read by the
+        task's own first Redis command or once the pool has the jobs (after the task,
+        for a pool that runs it in this thread); a failed write is sent again then.
         """
         for job in jobs:
             if not job.acks_late:
@@ -436,7 +441,7 @@ class Consumer:
             self._take_ahead()
         if self._pending_acks or self._pending_records:
             pending, self._unsettled = self._unsettled, []
-            self._settle(pending)
+            self._settle(pending, reply_later=True)
         for job in jobs:
             self._task_running.set()
             try:
@@ -444,6 +449,7 @@ class Consumer:
             finally:
                 if self.pool.inline:
                     self._task_running.clear()
+        self._retrying(self.broker.read_replies)
 
     def _take_ahead(self) -> None:
         """Ack, with the write that acks the task starting now, the next ``take_ahead``
@@ -646,11 +652,11 @@ class Consumer:
         job = Job(delivery, task_id=outcome.task_id or "", task_name=outcome.task_name or "", acks_late=False)
         self._settle([Completion(job, outcome)])
 
-    def _settle(self, completions: list[Completion]) -> None:
+    def _settle(self, completions: list[Completion], *, reply_later: bool = False) -> None:
         acks, records = self._pending_acks, self._pending_records
         self._pending_acks, self._pending_records = [], []
         self.settler.give_up = self._cold
-        self.settler.settle(completions, acks=acks, records=records)
+        self.settler.settle(completions, acks=acks, records=records, reply_later=reply_later)
         self._release([c.job.delivery for c in completions])
         if self.max_tasks and self.settler.processed >= self.max_tasks and not self._warm:
             self.request_stop()  # recycled by the supervisor (max_tasks_per_child)

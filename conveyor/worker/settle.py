@@ -53,7 +53,10 @@ class Settler:
         *,
         acks: Sequence[Delivery] = (),
         records: Sequence[ResultRecord] = (),
+        reply_later: bool = False,
     ) -> None:
+        """``reply_later``: the batch may go out without waiting for the store's
+        reply (``Broker.batch``); the caller then calls ``broker.read_replies()``."""
         batch = _Settlement(records=list(records), acks=list(acks))
         events = self.events
         finished = []
@@ -79,7 +82,7 @@ class Settler:
         # answer False and the body would never be sent.
         won: set[tuple[str, str]] = set()
         try:
-            completed = self.retrying(lambda: self._write(batch, won))
+            completed = self.retrying(lambda: self._write(batch, won, reply_later=reply_later))
         except BrokerError:
             if events is not None:
                 events.put_back(batch.events)
@@ -90,14 +93,17 @@ class Settler:
     def _complete(self, spec: Mapping[str, Any]) -> None:
         self.retrying(lambda: complete_chord(self.app, spec))
 
-    def _write(self, batch: _Settlement, won: set[tuple[str, str]]) -> list[Mapping[str, Any]]:
+    def _write(
+        self, batch: _Settlement, won: set[tuple[str, str]], *, reply_later: bool = False
+    ) -> list[Mapping[str, Any]]:
         """Write one batch; returns the chords it completed whose body is still to send.
 
         One transaction where the store allows it (SQLite). Where it does not, the
         order still matters: results and follow-up messages are written before the
         ack, so a crash in between repeats a task rather than losing its outcome.
         """
-        with self.broker.batch():
+        # A chord count's answer is needed here: such a batch waits for its reply.
+        with self.broker.batch(reply_later=reply_later and not batch.chords):
             if batch.records:
                 self.backend.store(batch.records)
             counts = self._count_chords(batch.chords, won)

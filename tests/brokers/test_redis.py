@@ -3,6 +3,10 @@ loss, reconnects, and the write batch that carries a worker's settle."""
 
 from __future__ import annotations
 
+import logging
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -13,7 +17,7 @@ from conveyor import states
 from conveyor._redis import parse_url
 from conveyor.backends.base import ResultRecord, backend_from_url
 from conveyor.brokers.base import broker_from_url
-from conveyor.exceptions import BrokerConnectionError, ConfigurationError
+from conveyor.exceptions import BrokerConnectionError, BrokerError, ConfigurationError
 from conveyor.message import Message, new_id
 
 from ..redis_server import RedisServer, free_port, fresh_url, redis_server_or_skip
@@ -453,3 +457,105 @@ def test_rediss_url_speaks_tls(tmp_path: Path) -> None:
     finally:
         server.kill()
         server.wait(10)
+
+
+# -- batches sent without waiting for their reply (the worker's write before a task) --
+def test_a_batch_sent_with_reply_later_is_applied_and_its_replies_never_read_as_anothers(
+    broker: RedisBroker,
+) -> None:
+    broker.publish(msg())
+    [d] = broker.fetch(["default"], limit=1, lease_s=30, timeout_s=0)
+    link = broker.link
+    k = link.key("k")  # under this test's own prefix: tests share the server
+    with broker.batch(reply_later=True):
+        broker.ack([d])
+        link.command("SET", k, "batched")
+    assert len(link._local.conn.owed) == 1  # sent, its replies not read yet
+    # The next command on this thread reads them first, then its own reply.
+    assert link.send([("GET", k), ("ECHO", "mine")]) == [b"batched", b"mine"]
+    assert not link._local.conn.owed
+    assert [s.in_flight for s in broker.queue_stats(["default"])] == [0]
+    with broker.batch(reply_later=True):
+        link.command("SET", k, "again")
+    broker.read_replies()  # or read now, with nothing else to send
+    assert not link._local.conn.owed
+    assert link.send([("GET", k)]) == [b"again"]
+
+
+def test_an_error_in_a_batch_sent_with_reply_later_is_logged_and_the_batch_sent_again(
+    broker: RedisBroker, caplog: pytest.LogCaptureFixture
+) -> None:
+    link = broker.link
+    n, before = link.key("n"), link.key("before")
+    link.send([("RPUSH", n, "a list, not a number")])
+    with broker.batch(reply_later=True):
+        link.command("SET", before, "1")
+        link.command("INCR", n)  # fails inside EXEC: WRONGTYPE
+    with caplog.at_level(logging.ERROR, logger="conveyor.broker"):
+        assert link.send([("ECHO", "mine")]) == [b"mine"]  # not the batch's error
+    assert "WRONGTYPE" in caplog.text and "sending it again" in caplog.text
+    with pytest.raises(BrokerError, match="WRONGTYPE"):
+        broker.read_replies()  # sent again: fails again, kept for the next call
+    link.send([("DEL", n)])
+    broker.read_replies()
+    assert link.send([("GET", n), ("GET", before)]) == [b"1", b"1"]
+    broker.read_replies()  # nothing left: sent once more only
+    assert link.send([("GET", n)]) == [b"1"]
+
+
+def test_an_interruption_while_replies_are_owed_drops_the_connection(broker: RedisBroker) -> None:
+    """A signal's exception raised while the replies of a reply_later batch are being read
+    (the task's own command reads them first): the connection goes, so no later command
+    reads a reply left on it; the batch is sent again by read_replies()."""
+    link = broker.link
+    k = link.key("k")
+    busy = (  # Redis busy for 1 s (far longer than the alarm, even on a loaded machine), once
+        "if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end "
+        "local function now() local t = redis.call('TIME') return t[1] * 1e6 + t[2] end "
+        "local start = now() repeat until now() - start > 1000000 "
+        "redis.call('SET', KEYS[1], 1) return 1"
+    )
+    link.send([("PING",)])
+    first = link._local.conn
+
+    class Interrupted(Exception):
+        pass
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise Interrupted
+
+    old = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        with broker.batch(reply_later=True):
+            link.command("EVAL", busy, 1, link.key("busy-once"))
+            link.command("SET", k, "batched")
+        signal.setitimer(signal.ITIMER_REAL, 0.05)
+        with pytest.raises(Interrupted):
+            link.send([("GET", k)])  # blocked reading the owed replies
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+    assert not first._live, "the interrupted connection was kept"
+    for n in range(20):
+        assert link.send([("ECHO", f"mine {n}")]) == [f"mine {n}".encode()]
+    broker.read_replies()
+    assert link.send([("GET", k)]) == [b"batched"]
+
+
+def test_a_batch_sent_with_reply_later_is_applied_though_its_process_is_killed_at_once(url: str) -> None:
+    code = f"""
+import os, signal
+from conveyor.brokers.redis import RedisBroker
+broker = RedisBroker({url!r})
+broker.link.send([("PING",)])
+with broker.batch(reply_later=True):
+    broker.link.command("SET", "sent-then-killed", "applied")
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+    done = subprocess.run([sys.executable, "-c", code], timeout=60)
+    assert done.returncode == -signal.SIGKILL
+    reader = RedisBroker(url)
+    try:
+        assert reader.link.send([("GET", "sent-then-killed")]) == [b"applied"]
+    finally:
+        reader.close()

@@ -85,7 +85,11 @@ def test_stopping_run_stops_every_queue_worker_warmly(
         proc.send_signal(signal.SIGTERM)
     else:  # the terminal sends SIGINT to the whole process group
         os.killpg(proc.pid, signal.SIGINT)
-    assert proc.wait(timeout=30) == 0, log_path.read_text()
+    try:
+        code = proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"run did not stop: {_children(proc.pid)}\n{log_path.read_text()}") from None
+    assert code == 0, log_path.read_text()
     for pid in children:
         wait_for(lambda pid=pid: _gone(pid), timeout=10, message=f"worker {pid} lives on")
     text = log_path.read_text()
