@@ -60,10 +60,11 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class RedisURL:
-    """A parsed ``redis://``, ``rediss://`` or ``redis+sentinel://`` URL.
+    """A parsed ``redis://``, ``rediss://``, ``redis+sentinel://`` or ``redis+cluster://`` URL.
 
-    ``client_url`` is what redis-py is given (our own options removed);
-    ``sentinels`` is set for Sentinel URLs.
+    ``client_url`` is what redis-py is given (our own options removed; for a cluster,
+    the first node's URL, whose options every node's connections share);
+    ``sentinels`` is set for Sentinel URLs, ``cluster_nodes`` for cluster URLs.
     """
 
     url: str
@@ -79,6 +80,7 @@ class RedisURL:
     host: str = "localhost"
     port: int = DEFAULT_PORT
     tls: bool = False
+    cluster_nodes: tuple[tuple[str, int], ...] = ()
 
     @functools.cached_property
     def socket_timeout(self) -> float | None:
@@ -89,7 +91,7 @@ class RedisURL:
 def mask(url: str) -> str:
     from conveyor.brokers.base import mask_url
 
-    if url.lower().startswith("redis+sentinel://"):
+    if url.lower().startswith(("redis+sentinel://", "redis+cluster://", "rediss+cluster://")):
         # urlsplit cannot read a host list; hide anything between :// and @.
         head, sep, rest = url.partition("://")
         auth, at, hosts = rest.rpartition("@")
@@ -120,6 +122,8 @@ def parse_url(url: str) -> RedisURL:
     except ValueError:
         raise ConfigurationError(f"publish_retry must be a number of seconds in {mask(url)}") from None
     scheme = parts.scheme.lower()
+    if scheme in ("redis+cluster", "rediss+cluster"):
+        return _parse_cluster(url, parts.netloc, parts.path, prefix, publish_retry, theirs)
     if scheme == "redis+sentinel":
         return _parse_sentinel(url, parts.netloc, parts.path, prefix, publish_retry, theirs)
     if scheme not in ("redis", "rediss"):
@@ -188,6 +192,54 @@ def _parse_sentinel(
         password=password,
         username=username,
         options=options,
+    )
+
+
+def _parse_cluster(
+    url: str, netloc: str, path: str, prefix: str, publish_retry: float, options: tuple[tuple[str, str], ...]
+) -> RedisURL:
+    """``redis+cluster://[[user]:password@]host:port[,host:port...][/0]`` (``rediss+cluster`` for TLS).
+
+    Every key of the deployment lives in one slot: the prefix becomes the hash tag
+    ``{prefix}``, the first braces of every key, so scripts and MULTI/EXEC batches
+    work unchanged on the one master serving that slot (docs/brokers.md, Cluster).
+    """
+    auth, at, hosts = netloc.rpartition("@")
+    nodes = []
+    for item in hosts.split(","):
+        host, _, port = item.strip().rpartition(":")
+        if not host:
+            host, port = port, str(DEFAULT_PORT)
+        if not port.isdigit():
+            raise ConfigurationError(f"bad cluster node {item!r} in {mask(url)}: use host:port")
+        nodes.append((host.strip("[]"), int(port)))
+    db = dict(options).get("db") or path.strip("/") or "0"
+    if db != "0":
+        raise ConfigurationError(f"a Redis Cluster has only database 0, not {db!r}: {mask(url)}")
+    try:
+        float(dict(options).get("socket_timeout", "5") or 5)
+    except ValueError:
+        raise ConfigurationError(f"socket_timeout must be a number of seconds in {mask(url)}") from None
+    tls = url.lower().startswith("rediss")
+    first_host, first_port = nodes[0]
+    host_text = f"[{first_host}]" if ":" in first_host else first_host
+    userinfo = f"{auth}@" if at else ""
+    client_url = urlunsplit(
+        ("rediss" if tls else "redis", f"{userinfo}{host_text}:{first_port}", "/0", urlencode(options), "")
+    )
+    user, colon, secret = auth.partition(":")
+    return RedisURL(
+        url,
+        client_url,
+        "{" + prefix + "}",
+        publish_retry,
+        password=unquote(secret) if at and colon else None,
+        username=unquote(user) if at and user else None,
+        options=options,
+        host=first_host,
+        port=first_port,
+        tls=tls,
+        cluster_nodes=tuple(nodes),
     )
 
 
@@ -295,6 +347,12 @@ class RedisLink:
         self._local = threading.local()
         self._sources: dict[str, str] = {}  # sha -> Lua source, for NOSCRIPT
         self._connections: weakref.WeakSet[Any] = weakref.WeakSet()  # every thread's own
+        # Cluster URLs: the master serving the prefix's slot, found on first use and
+        # again after a lost connection or a redirect (failover, resharding).
+        self._master: tuple[str, int] | None = None
+        self._discovery: Any = None  # redis-py's RedisCluster, for its slot map
+        self._discovery_pid = 0
+        self._node_clients: dict[tuple[str, int], redis.Redis] = {}
 
     @property
     def client(self) -> redis.Redis:
@@ -333,6 +391,7 @@ class RedisLink:
             try:
                 return operation()
             except ConnectionLost as exc:
+                self._lost()
                 attempt += 1
                 if attempt == 1:
                     deadline = time.monotonic() + retry_s
@@ -358,6 +417,7 @@ class RedisLink:
                 # under it: the same as a failed first try in call().
                 return self._checked(commands, conn.exchange(commands))
             except ConnectionLost:
+                self._lost()
                 return self.call(lambda: self._exchange(commands), retry_s=retry_s, failed=True)
         return self.call(lambda: self._exchange(commands), retry_s=retry_s)
 
@@ -373,7 +433,71 @@ class RedisLink:
         return conn
 
     def _new_connection(self) -> Connection:
+        if self.parsed.cluster_nodes:
+            return Connection(self._master_client(), client_name())
         return Connection(self.client, client_name())
+
+    # -- cluster ------------------------------------------------------------------
+    def _master_client(self) -> redis.Redis:
+        """A client for the master serving this prefix's slot (the URL's options,
+        that node's address); connects nothing itself."""
+        import redis
+
+        template = self.client.connection_pool
+        with self._lock:
+            if self._master is None:
+                self._master = self._discover()
+            address = self._master
+            client = self._node_clients.get(address)
+            if client is None:
+                options = {**template.connection_kwargs, "host": address[0], "port": address[1]}
+                pool = redis.ConnectionPool(connection_class=template.connection_class, **options)
+                client = self._node_clients[address] = redis.Redis(connection_pool=pool)
+            return client
+
+    def _discover(self) -> tuple[str, int]:
+        """Ask the cluster which master serves the prefix's slot (under ``_lock``)."""
+        from redis.cluster import ClusterNode, RedisCluster
+        from redis.exceptions import RedisClusterException, RedisError
+
+        try:
+            if self._discovery is None or self._discovery_pid != _pid:
+                others = [ClusterNode(host, port) for host, port in self.parsed.cluster_nodes[1:]]
+                self._discovery = RedisCluster.from_url(
+                    self.parsed.client_url,
+                    startup_nodes=others,
+                    socket_timeout=self.parsed.socket_timeout,
+                    socket_connect_timeout=self.parsed.socket_timeout,
+                    protocol=2,
+                )
+                self._discovery_pid = _pid
+            else:
+                # Asks the nodes it knows (the URL's and every one found since) for
+                # the current slot map: the URL's own node may be the one that died.
+                self._discovery.nodes_manager.initialize()
+            node = self._discovery.get_node_from_key(self.key("slot"))
+        except (RedisError, RedisClusterException, OSError) as exc:
+            raise ConnectionLost(f"no cluster master found for slot of {self.prefix}: {exc}") from None
+        return str(node.host), int(node.port)
+
+    def _lost(self) -> None:
+        """A cluster connection failed or was redirected: the next one asks the
+        cluster again where the slot lives (a failover may have moved it)."""
+        if not self.parsed.cluster_nodes:
+            return
+        with self._lock:
+            self._master = None
+        self._drop_connection()
+
+    def _redirected(self, reply: Any) -> bool:
+        """MOVED, ASK, CLUSTERDOWN, TRYAGAIN: the command did not run on this node."""
+        if not self.parsed.cluster_nodes or not isinstance(reply, Exception):
+            return False
+        from redis.exceptions import AskError, ClusterDownError, TryAgainError
+
+        return isinstance(reply, (AskError, ClusterDownError, TryAgainError)) or str(reply).startswith(
+            ("MOVED ", "ASK ", "CLUSTERDOWN", "TRYAGAIN", "EXECABORT Transaction discarded because of: MOVED")
+        )
 
     def _drop_connection(self) -> None:
         conn = getattr(self._local, "conn", None)
@@ -387,6 +511,8 @@ class RedisLink:
     def _checked(self, commands: Sequence[tuple[Any, ...]], replies: list[Any]) -> list[Any]:
         for reply in replies:
             if isinstance(reply, Exception):  # an error reply, rare
+                if self._redirected(reply):
+                    raise ConnectionLost(str(reply))
                 if is_noscript(reply) and len(commands) == 1:
                     return self._reload_scripts(commands)
                 raise translate(reply, self.url)
@@ -504,6 +630,9 @@ class RedisLink:
         missing = {args[1] for args in commands if args[0] == "EVALSHA" and args[1] not in loaded}
         prelude = [("SCRIPT", "LOAD", self._sources[sha]) for sha in sorted(missing)]
         replies = conn.exchange([*prelude, ("MULTI",), *commands, ("EXEC",)])
+        for reply in replies:
+            if self._redirected(reply):  # refused when queued: EXEC applied nothing
+                raise ConnectionLost(str(reply))
         for reply in replies[:-1]:
             if is_error(reply):
                 raise translate(reply, self.url)
@@ -532,6 +661,10 @@ class RedisLink:
         if client is not None:
             with contextlib.suppress(Exception):
                 client.connection_pool.disconnect()
+        discovery, self._discovery = self._discovery, None
+        if discovery is not None and self._discovery_pid == _pid:
+            with contextlib.suppress(Exception):
+                discovery.close()
 
 
 class _Batch:
