@@ -457,11 +457,13 @@ class RedisLink:
 
     def _discover(self) -> tuple[str, int]:
         """Ask the cluster which master serves the prefix's slot (under ``_lock``)."""
-        from redis.cluster import ClusterNode, RedisCluster
+        from redis import cluster as cluster_module
+        from redis.cluster import RedisCluster
         from redis.exceptions import RedisClusterException, RedisError
 
         try:
             if self._discovery is None or self._discovery_pid != _pid:
+                ClusterNode: Any = cluster_module.ClusterNode  # noqa: N806 - untyped in redis-py
                 others = [ClusterNode(host, port) for host, port in self.parsed.cluster_nodes[1:]]
                 self._discovery = RedisCluster.from_url(
                     self.parsed.client_url,
