@@ -44,12 +44,27 @@ def free_cluster_port() -> int:
             return port
 
 
-class RedisCluster:
-    """Three cluster-enabled redis-server processes on 127.0.0.1, no replicas."""
+def _covers(slots: str, slot: int) -> bool:
+    """Does a CLUSTER NODES slot field (``5461-10922`` or ``42``) hold ``slot``?"""
+    if slots.startswith("["):  # a slot being migrated or imported
+        return False
+    low, _, high = slots.partition("-")
+    return int(low) <= slot <= int(high or low)
 
-    def __init__(self, directory: Path, masters: int = 3) -> None:
+
+class RedisCluster:
+    """Cluster-enabled redis-server processes on 127.0.0.1: three masters, and
+    ``replicas`` replicas of each (failover tests)."""
+
+    def __init__(
+        self, directory: Path, masters: int = 3, replicas: int = 0, node_timeout_ms: int = 15_000
+    ) -> None:
         self.directory = directory
-        self.ports = [free_cluster_port() for _ in range(masters)]
+        self.replicas = replicas
+        # How long a silent node takes to be declared failed (and its replica promoted);
+        # Redis's default keeps a loaded test machine from failing healthy nodes.
+        self.node_timeout_ms = node_timeout_ms
+        self.ports = [free_cluster_port() for _ in range(masters * (1 + replicas))]
         self.processes: list[subprocess.Popen[bytes]] = []
 
     @property
@@ -75,12 +90,15 @@ class RedisCluster:
                         "",
                         "--appendonly",
                         "no",
+                        # A replica syncs at once (the default waits 5 s for more replicas).
+                        "--repl-diskless-sync-delay",
+                        "0",
                         "--cluster-enabled",
                         "yes",
                         "--cluster-config-file",
                         f"nodes-{port}.conf",
                         "--cluster-node-timeout",
-                        "2000",
+                        str(self.node_timeout_ms),
                     ],
                     stdout=log,
                     stderr=subprocess.STDOUT,
@@ -96,7 +114,15 @@ class RedisCluster:
                 time.sleep(0.02)
         nodes = [f"127.0.0.1:{port}" for port in self.ports]
         created = subprocess.run(
-            [REDIS_CLI, "--cluster", "create", *nodes, "--cluster-replicas", "0", "--cluster-yes"],
+            [
+                REDIS_CLI,
+                "--cluster",
+                "create",
+                *nodes,
+                "--cluster-replicas",
+                str(self.replicas),
+                "--cluster-yes",
+            ],
             capture_output=True,
             timeout=timeout,
         )
@@ -112,6 +138,22 @@ class RedisCluster:
                     self.stop()
                     raise RuntimeError(f"cluster on {nodes} not ok: {self.cli(port, 'CLUSTER', 'INFO')!r}")
                 time.sleep(0.05)
+
+    def serving(self, key: str) -> tuple[int, list[int]]:
+        """The port of the master serving ``key``'s slot, and the ports of its replicas."""
+        slot = int(self.cli(self.ports[0], "CLUSTER", "KEYSLOT", key))
+        nodes = [line.split() for line in self.cli(self.ports[0], "CLUSTER", "NODES").decode().splitlines()]
+        port_of = {fields[0]: int(fields[1].split("@")[0].rsplit(":", 1)[1]) for fields in nodes}
+        for fields in nodes:
+            if "master" in fields[2] and any(_covers(r, slot) for r in fields[8:]):
+                replicas = [port_of[f[0]] for f in nodes if f[3] == fields[0]]
+                return port_of[fields[0]], replicas
+        raise LookupError(f"no master serves slot {slot}")
+
+    def kill(self, port: int) -> None:
+        process = self.processes[self.ports.index(port)]
+        process.kill()
+        process.wait(10)
 
     def cli(self, port: int, *args: str) -> bytes:
         return subprocess.run(
