@@ -310,9 +310,10 @@ _tag = ""  # random, made on first use in each process (see process_tag)
 
 
 def _after_fork_in_child() -> None:
-    global _pid, _tag
+    global _pid, _tag, _slot_maps_lock
     _pid = os.getpid()
     _tag = ""
+    _slot_maps_lock = threading.Lock()  # another thread may have held it at fork()
 
 
 def process_tag() -> str:
@@ -324,6 +325,11 @@ def process_tag() -> str:
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
+
+# Cluster URLs: redis-py's slot map per (first node's URL, nodes), with the pid that
+# made it (a forked child makes its own). See RedisLink._discover.
+_slot_maps: dict[tuple[str, tuple[tuple[str, int], ...]], tuple[int, Any]] = {}
+_slot_maps_lock = threading.Lock()
 
 
 class RedisLink:
@@ -350,8 +356,7 @@ class RedisLink:
         # Cluster URLs: the master serving the prefix's slot, found on first use and
         # again after a lost connection or a redirect (failover, resharding).
         self._master: tuple[str, int] | None = None
-        self._discovery: Any = None  # redis-py's RedisCluster, for its slot map
-        self._discovery_pid = 0
+        self._stale = False  # the process's slot map may be out of date: read it again
         self._node_clients: dict[tuple[str, int], redis.Redis] = {}
 
     @property
@@ -456,28 +461,38 @@ class RedisLink:
             return client
 
     def _discover(self) -> tuple[str, int]:
-        """Ask the cluster which master serves the prefix's slot (under ``_lock``)."""
+        """Ask the cluster which master serves the prefix's slot (under ``_lock``).
+
+        The slot map is redis-py's ``RedisCluster``, one per cluster URL per process:
+        a link made later (another app, a broker and its backend) looks the slot up
+        without asking the cluster again; a link that lost its master reads the map
+        again, from every node the map knows (the URL's own node may have died).
+        """
         from redis import cluster as cluster_module
         from redis.cluster import RedisCluster
         from redis.exceptions import RedisClusterException, RedisError
 
+        key = (self.parsed.client_url, self.parsed.cluster_nodes)
         try:
-            if self._discovery is None or self._discovery_pid != _pid:
-                ClusterNode: Any = cluster_module.ClusterNode  # noqa: N806 - untyped in redis-py
-                others = [ClusterNode(host, port) for host, port in self.parsed.cluster_nodes[1:]]
-                self._discovery = RedisCluster.from_url(
-                    self.parsed.client_url,
-                    startup_nodes=others,
-                    socket_timeout=self.parsed.socket_timeout,
-                    socket_connect_timeout=self.parsed.socket_timeout,
-                    protocol=2,
-                )
-                self._discovery_pid = _pid
-            else:
-                # Asks the nodes it knows (the URL's and every one found since) for
-                # the current slot map: the URL's own node may be the one that died.
-                self._discovery.nodes_manager.initialize()
-            node = self._discovery.get_node_from_key(self.key("slot"))
+            with _slot_maps_lock:
+                pid, slot_map = _slot_maps.get(key, (0, None))
+                if slot_map is None or pid != _pid:
+                    ClusterNode: Any = cluster_module.ClusterNode  # noqa: N806 - untyped in redis-py
+                    others = [ClusterNode(host, port) for host, port in self.parsed.cluster_nodes[1:]]
+                    slot_map = RedisCluster.from_url(
+                        self.parsed.client_url,
+                        startup_nodes=others,
+                        socket_timeout=self.parsed.socket_timeout,
+                        socket_connect_timeout=self.parsed.socket_timeout,
+                        protocol=2,
+                    )
+                    _slot_maps[key] = (_pid, slot_map)
+                elif self._stale:
+                    slot_map.nodes_manager.initialize()
+                self._stale = False
+                node = slot_map.get_node_from_key(self.key("slot"))
+                # The map is read again only after a failure: hold no idle sockets.
+                slot_map.disconnect_connection_pools()
         except (RedisError, RedisClusterException, OSError) as exc:
             raise ConnectionLost(f"no cluster master found for slot of {self.prefix}: {exc}") from None
         return str(node.host), int(node.port)
@@ -489,6 +504,7 @@ class RedisLink:
             return
         with self._lock:
             self._master = None
+            self._stale = True
         self._drop_connection()
 
     def _redirected(self, reply: Any) -> bool:
@@ -663,10 +679,6 @@ class RedisLink:
         if client is not None:
             with contextlib.suppress(Exception):
                 client.connection_pool.disconnect()
-        discovery, self._discovery = self._discovery, None
-        if discovery is not None and self._discovery_pid == _pid:
-            with contextlib.suppress(Exception):
-                discovery.close()
 
 
 class _Batch:
