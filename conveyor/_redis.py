@@ -202,7 +202,7 @@ def _parse_cluster(
 
     Every key of the deployment lives in one slot: the prefix becomes the hash tag
     ``{prefix}``, the first braces of every key, so scripts and MULTI/EXEC batches
-    work unchanged on the one master serving that slot (docs/brokers.md, Cluster).
+    work unchanged on the one master serving that slot (docs/brokers.md, Redis Cluster).
     """
     auth, at, hosts = netloc.rpartition("@")
     nodes = []
@@ -210,7 +210,7 @@ def _parse_cluster(
         host, _, port = item.strip().rpartition(":")
         if not host:
             host, port = port, str(DEFAULT_PORT)
-        if not port.isdigit():
+        if not host or not port.isdigit():
             raise ConfigurationError(f"bad cluster node {item!r} in {mask(url)}: use host:port")
         nodes.append((host.strip("[]"), int(port)))
     db = dict(options).get("db") or path.strip("/") or "0"

@@ -57,8 +57,9 @@ def test_cluster_url_forms() -> None:
     assert parse_url("rediss+cluster://n1:7000").client_url.startswith("rediss://n1:7000/0")
     with pytest.raises(ConfigurationError, match="only database 0"):
         parse_url("redis+cluster://n1:7000/2")
-    with pytest.raises(ConfigurationError, match="bad cluster node"):
-        parse_url("redis+cluster://n1:x")
+    for bad in ("redis+cluster://n1:x", "redis+cluster://", "redis+cluster://n1:7000,/0"):
+        with pytest.raises(ConfigurationError, match="bad cluster node"):
+            parse_url(bad)
     with pytest.raises(ConfigurationError, match="bad prefix"):
         parse_url("redis+cluster://n1:7000?prefix={a}")
 
