@@ -36,12 +36,20 @@ def _free(port: int) -> bool:
     return True
 
 
-def free_cluster_port() -> int:
-    """A free port whose cluster bus port (10,000 higher, so at most 55,535) is free too."""
-    while True:
-        port = random.randint(20_000, 45_000)
-        if _free(port) and _free(port + 10_000):
-            return port
+def free_cluster_ports(count: int) -> list[int]:
+    """Free ports whose cluster bus ports (10,000 higher) are free too: ports from
+    10,000 to 19,999, so no port is another's bus port and none is in the kernel's
+    ephemeral range, where other tests' ports come from."""
+    ports: list[int] = []
+    while len(ports) < count:
+        port = random.randint(10_000, 19_999)
+        if port not in ports and _free(port) and _free(port + 10_000):
+            ports.append(port)
+    return ports
+
+
+class PortTaken(RuntimeError):
+    """Another process bound a chosen port (or its bus port) before the node did."""
 
 
 def _covers(slots: str, slot: int) -> bool:
@@ -64,7 +72,7 @@ class RedisCluster:
         # How long a silent node takes to be declared failed (and its replica promoted);
         # Redis's default keeps a loaded test machine from failing healthy nodes.
         self.node_timeout_ms = node_timeout_ms
-        self.ports = [free_cluster_port() for _ in range(masters * (1 + replicas))]
+        self.ports = free_cluster_ports(masters * (1 + replicas))
         self.processes: list[subprocess.Popen[bytes]] = []
 
     @property
@@ -72,6 +80,17 @@ class RedisCluster:
         return "redis+cluster://" + ",".join(f"127.0.0.1:{port}" for port in self.ports) + "/0"
 
     def start(self, timeout: float = 20.0) -> None:
+        """Start and join the nodes; on a port taken meanwhile, again on new ports."""
+        for attempt in range(3):
+            try:
+                self._start(timeout)
+                return
+            except PortTaken:
+                if attempt == 2:
+                    raise
+                self.ports = free_cluster_ports(len(self.ports))
+
+    def _start(self, timeout: float) -> None:
         for port in self.ports:
             log = open(self.directory / f"redis-{port}.log", "ab")  # noqa: SIM115 - lives as long as the node
             self.processes.append(
@@ -110,7 +129,10 @@ class RedisCluster:
             while not _ping(port):
                 if process.poll() is not None or time.monotonic() > deadline:
                     self.stop()
-                    raise RuntimeError(f"cluster node did not start on port {port}: {self._log(port)}")
+                    log = self._log(port)
+                    if "Address already in use" in log:
+                        raise PortTaken(log)
+                    raise RuntimeError(f"cluster node did not start on port {port}: {log}")
                 time.sleep(0.02)
         nodes = [f"127.0.0.1:{port}" for port in self.ports]
         created = subprocess.run(
