@@ -107,7 +107,9 @@ def main() -> None:
             f"longest pause between runs {pause:.2f} s, from {at:+.2f} s after the kill; "
             f"longest delay() {waited:.2f} s; worker still up: {worker.poll() is None}"
         )
-        print(f"killed {master}; the slot's master now: {cluster.serving('{fo}')[0]} (replicas were {replicas})")
+        print(
+            f"killed {master}; the slot's master now: {cluster.serving('{fo}')[0]} (replicas were {replicas})"
+        )
     finally:
         if worker is not None:
             worker.terminate()
