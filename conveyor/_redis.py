@@ -513,9 +513,8 @@ class RedisLink:
             return False
         from redis.exceptions import AskError, ClusterDownError, TryAgainError
 
-        return isinstance(reply, (AskError, ClusterDownError, TryAgainError)) or str(reply).startswith(
-            ("MOVED ", "ASK ", "CLUSTERDOWN", "TRYAGAIN", "EXECABORT Transaction discarded because of: MOVED")
-        )
+        # MovedError is an AskError; redis-py's parser makes these from the error code.
+        return isinstance(reply, (AskError, ClusterDownError, TryAgainError))
 
     def _drop_connection(self) -> None:
         conn = getattr(self._local, "conn", None)
