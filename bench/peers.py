@@ -52,7 +52,7 @@ its module and in docs/benchmarks.md (defaults, except RQ's SimpleWorker, Huey's
 
 The peers live in their own venv, never in the package's dependencies: on first use this
 script creates ``bench/.venv-peers`` (``python3 -m venv``, then ``pip install -r
-bench/peers-requirements.txt -e '.[redis]'`` and arq with ``--no-deps``) and re-runs itself
+bench/peers-requirements.txt -e '.[redis,postgres]'`` and arq with ``--no-deps``) and re-runs itself
 with that venv's Python, so one interpreter drives every framework and Conveyor (installed
 editable from this checkout).
 
@@ -60,10 +60,9 @@ editable from this checkout).
     python3 bench/peers.py --quick         # N=2,000, 1 repeat
     python3 bench/peers.py --systems conveyor-redis,huey --json out.json
     python3 bench/peers.py --repeat 1 --conveyor-before main   # this checkout beside main
+    python3 bench/peers.py --group postgres  # Conveyor on PostgreSQL vs Procrastinate: peers_pg.py
 
-More systems: a module bench/<name>.py listed in EXTENSIONS exposes ``SYSTEMS``, a dict of
-name -> ``System(make, conveyor=...)`` merged into this script's registry; name them in
---systems to run them.
+More systems on Redis: add a ``System(make, conveyor=...)`` to SYSTEMS below.
 
 Exit status 0 when the table printed (even with failed systems), 2 for bad arguments.
 """
@@ -127,8 +126,7 @@ def _conveyor(broker: str) -> Callable[[str, Path], Any]:
     return make
 
 
-# The systems, in table order. Another module adds its own by exposing a dict of the same
-# shape named SYSTEMS (see EXTENSIONS): e.g. {"conveyor-postgres": System(make, conveyor=True)}.
+# The systems, in table order.
 SYSTEMS: dict[str, System] = {
     "conveyor-sqlite": System(_conveyor("sqlite"), conveyor=True),
     "conveyor-redis": System(_conveyor("redis"), conveyor=True),
@@ -138,9 +136,6 @@ SYSTEMS: dict[str, System] = {
     "huey": System(_peer_class("huey_peer", "HueyPeer")),
     "arq": System(_peer_class("arq_peer", "ArqPeer")),
 }
-# Modules beside this script (bench/<name>.py) whose SYSTEMS are added to the registry
-# when they exist; not in the default --systems list, so name them to run them.
-EXTENSIONS = ["peers_pg"]
 DEFAULT_SYSTEMS = list(SYSTEMS)
 BEFORE = "@"  # "conveyor-redis@main": that system with Conveyor at another revision
 
@@ -167,7 +162,7 @@ def ensure_venv() -> Path:
     if not python.exists():
         subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
     pip = [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
-    subprocess.run([*pip, "-r", str(REQUIREMENTS), "-e", f"{REPO}[redis]"], check=True)
+    subprocess.run([*pip, "-r", str(REQUIREMENTS), "-e", f"{REPO}[redis,postgres]"], check=True)
     subprocess.run([*pip, "--no-deps", *NO_DEPS], check=True)
     marker.write_text(wanted)
     return python
@@ -595,15 +590,6 @@ def make_peer(system: str, redis_url: str, workdir: Path) -> Any:
     return SYSTEMS[system].make(redis_url, workdir)
 
 
-def load_extensions() -> None:
-    """Add the systems of the extension modules present beside this script."""
-    if str(HERE) not in sys.path:
-        sys.path.insert(0, str(HERE))
-    for name in EXTENSIONS:
-        if (HERE / f"{name}.py").exists():
-            SYSTEMS.update(importlib.import_module(name).SYSTEMS)
-
-
 def is_conveyor(system: str) -> bool:
     return BEFORE in system or (system in SYSTEMS and SYSTEMS[system].conveyor)
 
@@ -785,7 +771,6 @@ def serve(config_text: str) -> int:
 
     replies = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)
-    load_extensions()
     config = json.loads(config_text)
     system, label = config.pop("system"), config.pop("label")
     config["workdir"] = Path(config["workdir"])
@@ -949,7 +934,10 @@ def json_report(
 def main(argv: list[str]) -> int:
     if argv[:1] == ["--serve"]:  # a RemoteRunner's child: already in the right interpreter
         return serve(argv[1])
-    load_extensions()
+    if "--group" in argv and argv[argv.index("--group") + 1 :][:1] == ["postgres"]:
+        import peers_pg  # Conveyor on PostgreSQL vs Procrastinate: its own options and table
+
+        return peers_pg.main(argv)
     args = parse_args(argv)
     if not args.no_venv and not in_peers_venv():
         python = ensure_venv()

@@ -15,7 +15,9 @@
   transaction is delivered by PostgreSQL at COMMIT and dropped on ROLLBACK, so a
   consumer is never woken to read rows that are not there yet.
 - ``Listener``: a second connection per thread that LISTENs; a blocked fetch waits in
-  ``select()`` on its socket and on a pipe that ``wake_local()`` writes to.
+  ``select()`` on its socket and on a pipe that ``wake_local()`` writes to. It also
+  remembers checks that found nothing, so a waiting caller asks again only after a
+  notification, a poke, a reconnect, a known due time or ``QUIET_MAX_S``.
 - the schema: created at first use, under an advisory lock, with its version in
   ``schema_version``; a newer version than this code knows is refused.
 """
@@ -29,7 +31,7 @@ import select
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -49,7 +51,12 @@ IDLE_IN_TRANSACTION_TIMEOUT_MS = 60_000
 CONNECT_TIMEOUT_S = 10
 CONNECT_RETRIES = 3
 POOL_IDLE_MAX = 8  # idle connections kept per process and URL
-SAFETY_POLL_S = 5.0  # a lost notification (a restarted server) costs at most this
+SAFETY_POLL_S = 5.0  # a wait's longest stretch: a LISTEN connection lost in it is reopened after
+# An empty check is trusted this long without a notification. What becomes visible
+# unannounced (a lease taken by another consumer just after our look, whose owner
+# then dies; a row inserted by hand) is seen this late at worst. Lost notifications
+# are not its job: a dropped LISTEN connection wakes the wait and ends the spell.
+QUIET_MAX_S = 30.0
 _CHANNEL_MAX = 63  # NAMEDATALEN - 1: longer channel names are refused by pg_notify
 _DDL_LOCK = 0x636F6E76  # advisory lock id ("conv") serialising schema creation
 
@@ -61,19 +68,24 @@ _SQL_DDL_LOCK = "SELECT pg_advisory_xact_lock(%s)"
 _SQL_SCHEMA_EXISTS = "SELECT 1 FROM pg_namespace WHERE nspname = %s"
 _SQL_TABLES = "SELECT tablename FROM pg_tables WHERE schemaname = %s"
 _SQL_NOTIFY = "SELECT pg_notify(%s, '')"
+_SQL_RELAX_COMMIT = "SET LOCAL synchronous_commit TO off"
 
 _abandoned: list[Any] = []  # connections inherited through fork: referenced forever, never closed
+_checked_schemas: set[tuple[str, str, frozenset[str]]] = set()  # (conninfo, schema, tables) found ready
+_inherited_schemas: frozenset[tuple[str, str, frozenset[str]]] = frozenset()  # the parent's, at fork
 _databases: weakref.WeakSet[Database] = weakref.WeakSet()
 
 
 _SYNCHRONOUS_COMMIT = ("on", "off", "local", "remote_write", "remote_apply")
+DEFAULT_PREPARE_THRESHOLD = 5  # psycopg's own default
 
 
 @dataclass(frozen=True, slots=True)
 class PostgresURL:
     conninfo: str  # the URL minus Conveyor's own options, for libpq
     schema: str
-    synchronous_commit: str
+    synchronous_commit: str | None  # None: the server's (or role's, database's) setting
+    prepare_threshold: int | None  # psycopg's: executions before a statement is prepared; None: never
 
 
 def parse_url(url: str) -> PostgresURL:
@@ -87,16 +99,19 @@ def parse_url(url: str) -> PostgresURL:
         raise ConfigurationError(f"not a postgresql URL: {mask_url(url)}")
     options = parse_qsl(parts.query, keep_blank_values=True)
     schema = DEFAULT_SCHEMA
-    synchronous_commit = "off"
+    synchronous_commit: str | None = None
+    prepare_threshold: int | None = DEFAULT_PREPARE_THRESHOLD
     rest = []
     for key, value in options:
         if key == "schema":
             schema = value
         elif key == "synchronous_commit":
             synchronous_commit = value.lower()
+        elif key == "prepare_threshold":
+            prepare_threshold = _threshold(value)
         else:
             rest.append((key, value))
-    if synchronous_commit not in _SYNCHRONOUS_COMMIT:
+    if synchronous_commit is not None and synchronous_commit not in _SYNCHRONOUS_COMMIT:
         raise ConfigurationError(
             f"postgresql URL option synchronous_commit={synchronous_commit!r} is not one of "
             + ", ".join(_SYNCHRONOUS_COMMIT)
@@ -106,7 +121,23 @@ def parse_url(url: str) -> PostgresURL:
             f"postgresql URL option schema={schema!r} is not a plain identifier: use letters, digits and _"
         )
     conninfo = urlunsplit(("postgresql", parts.netloc, parts.path, urlencode(rest), ""))
-    return PostgresURL(conninfo=conninfo, schema=schema.lower(), synchronous_commit=synchronous_commit)
+    return PostgresURL(
+        conninfo=conninfo,
+        schema=schema.lower(),
+        synchronous_commit=synchronous_commit,
+        prepare_threshold=prepare_threshold,
+    )
+
+
+def _threshold(value: str) -> int | None:
+    if value.lower() in ("none", "off"):
+        return None
+    if not value.isdigit():
+        raise ConfigurationError(
+            f"postgresql URL option prepare_threshold={value!r} is not a number or none "
+            "(none: never prepare, for PgBouncer before 1.21 in transaction mode)"
+        )
+    return int(value)
 
 
 def channel(schema: str, kind: str, name: str = "") -> str:
@@ -120,6 +151,7 @@ def channel(schema: str, kind: str, name: str = "") -> str:
 class _Local(threading.local):
     conn: psycopg.Connection[Any] | None = None  # held by an open batch
     batch: list[Callable[[], None]] | None = None
+    durable: bool = False  # the open batch wrote something a task or a result depends on
     listener: Listener | None = None
 
 
@@ -164,16 +196,27 @@ class Database:
         self.url = url
         self.conninfo = spec.conninfo
         self.schema = spec.schema
+        self.prepare_threshold = spec.prepare_threshold
         self.what = what
         self.options = (
             f"-c statement_timeout={STATEMENT_TIMEOUT_MS} "
             f"-c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_TIMEOUT_MS} "
-            f"-c search_path={self.schema} "
-            # Off by default, like the SQLite broker's synchronous=normal: a crash of the
-            # server's machine may lose the last commits, never corrupts them, and a
-            # commit does not wait for an fsync.
-            f"-c synchronous_commit={spec.synchronous_commit}"
+            f"-c search_path={self.schema}"
         )
+        if spec.synchronous_commit is not None:
+            # Only when the URL asks: the server's own setting (on, unless its operator
+            # chose otherwise) is what makes a publish that returned survive a crash
+            # of the server. "off" trades that for a commit that does not wait for
+            # the WAL flush (docs/brokers.md, Durability).
+            self.options += f" -c synchronous_commit={spec.synchronous_commit}"
+        # Commits whose loss in a server crash only repeats work, never loses a task or
+        # a result: a fetch's lease (the message is fetched again), an ack outside a
+        # settle (the task runs again: at least once), a lease extension. They skip the
+        # wait for the WAL flush; any later durable commit flushes them too. With
+        # synchronous_commit in the URL, the URL's choice holds for every commit.
+        self.relaxed_options = self.options
+        if spec.synchronous_commit is None:
+            self.relaxed_options += " -c synchronous_commit=off"
         self._ddl = tuple(schema)
         self._tables = frozenset(tables)
         self._schema_ready = False
@@ -193,24 +236,28 @@ class Database:
     def where(self) -> str:
         return f"the PostgreSQL {self.what} {mask_url(self.url)}"
 
-    @property
-    def _pool(self) -> _Pool:
-        return _pool((self.conninfo, self.options))
+    def _pool(self, relaxed: bool = False) -> _Pool:
+        return _pool((self.conninfo, self.relaxed_options if relaxed else self.options))
 
     # -- connections ---------------------------------------------------------------
-    def open(self) -> psycopg.Connection[Any]:
+    def open(self, relaxed: bool = False) -> psycopg.Connection[Any]:
         """A new autocommit connection with the session settings, outside the pool."""
         try:
-            return psycopg.connect(
-                self.conninfo, autocommit=True, options=self.options, connect_timeout=CONNECT_TIMEOUT_S
+            conn = psycopg.connect(
+                self.conninfo,
+                autocommit=True,
+                options=self.relaxed_options if relaxed else self.options,
+                connect_timeout=CONNECT_TIMEOUT_S,
             )
         except psycopg.Error as exc:
             raise BrokerConnectionError(
                 f"cannot connect to {self.where}: {_first_line(exc)}; check the URL and that the server is up"
             ) from None
+        conn.prepare_threshold = self.prepare_threshold
+        return conn
 
-    def _take(self) -> psycopg.Connection[Any]:
-        pool = self._pool
+    def _take(self, relaxed: bool = False) -> psycopg.Connection[Any]:
+        pool = self._pool(relaxed)
         conn = None
         with pool.lock:
             while pool.idle and conn is None:
@@ -218,30 +265,35 @@ class Database:
                 if not candidate.closed:
                     conn = candidate
         if conn is None:
-            conn = self.open()
+            conn = self.open(relaxed)
             with pool.lock:
                 pool.all.add(conn)
         return conn
 
     def _prepare(self, conn: psycopg.Connection[Any]) -> None:
         if not self._schema_ready:
-            self._ensure_schema(conn)
+            key = (self.conninfo, self.schema, self._tables)
+            # A forked child (a prefork pool process) trusts its parent's check: two
+            # fewer round trips before each child's first task.
+            if key not in _inherited_schemas:
+                self._ensure_schema(conn)
+                _checked_schemas.add(key)
             self._schema_ready = True
 
-    def _take_retrying(self) -> psycopg.Connection[Any]:
+    def _take_retrying(self, relaxed: bool = False) -> psycopg.Connection[Any]:
         for attempt in range(CONNECT_RETRIES):
             try:
-                return self._take()
+                return self._take(relaxed)
             except BrokerConnectionError:
                 time.sleep(min(0.1 * 2**attempt, 1.0))
-        return self._take()
+        return self._take(relaxed)
 
-    def _give_back(self, conn: psycopg.Connection[Any]) -> None:
+    def _give_back(self, conn: psycopg.Connection[Any], relaxed: bool = False) -> None:
         if conn.closed or conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
             with contextlib.suppress(Exception):
                 conn.close()
             return
-        pool = self._pool
+        pool = self._pool(relaxed)
         with pool.lock:
             if len(pool.idle) < POOL_IDLE_MAX:
                 pool.idle.append(conn)
@@ -271,7 +323,7 @@ class Database:
     def migrate(self) -> None:
         """Create or upgrade the tables now (what first use does anyway)."""
         self._schema_ready = False
-        self.retrying(lambda conn: None)
+        self.retrying(self._ensure_schema)  # even where a parent's check is inherited
 
     def _ensure_schema(self, conn: psycopg.Connection[Any]) -> None:
         # Tables all there at this version: no DDL. CREATE INDEX takes a SHARE lock on
@@ -301,9 +353,10 @@ class Database:
             if version is None:
                 conn.execute(_SQL_SET_VERSION, (SCHEMA_VERSION,))
 
-    def retrying(self, body: Callable[[psycopg.Connection[Any]], T]) -> T:
+    def retrying(self, body: Callable[[psycopg.Connection[Any]], T], *, relaxed: bool = False) -> T:
         """Run ``body`` on a pooled connection (the batch's inside a batch), reconnecting
-        when the connection was lost.
+        when the connection was lost. ``relaxed``: a connection whose commits do not wait
+        for the WAL flush (see ``relaxed_options``; ignored inside a batch).
 
         A body that fails on a dropped connection is run again on a new one: at
         least once, like every broker write. Inside a batch nothing is retried: the
@@ -311,12 +364,14 @@ class Database:
         """
         held = self._local.conn
         if held is not None:
+            if not relaxed:
+                self._local.durable = True
             try:
                 return body(held)
             except psycopg.Error as exc:
                 raise self.translate(exc) from None
         for attempt in range(CONNECT_RETRIES + 1):
-            conn = self._take_retrying()
+            conn = self._take_retrying(relaxed)
             try:
                 # Inside the try: a pooled connection the server dropped (a restart)
                 # fails on its first statement, which may be this one.
@@ -334,22 +389,26 @@ class Database:
             except psycopg.Error as exc:
                 raise self.translate(exc) from None
             finally:
-                self._give_back(conn)
+                self._give_back(conn, relaxed)
         raise AssertionError("unreachable")
 
     # -- statements --------------------------------------------------------------------
-    def query(self, statement: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> list[Any]:
+    def query(
+        self, statement: str, params: Sequence[Any] | Mapping[str, Any] = (), *, relaxed: bool = False
+    ) -> list[Any]:
         """One statement (atomic on its own outside a batch); all its rows."""
 
         def run(conn: psycopg.Connection[Any]) -> list[Any]:
             cur = conn.execute(statement, params)
             return cur.fetchall() if cur.description is not None else []
 
-        return self.retrying(run)
+        return self.retrying(run, relaxed=relaxed)
 
-    def write(self, statement: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> int:
+    def write(
+        self, statement: str, params: Sequence[Any] | Mapping[str, Any] = (), *, relaxed: bool = False
+    ) -> int:
         """One statement; the changed row count."""
-        return self.retrying(lambda conn: conn.execute(statement, params).rowcount)
+        return self.retrying(lambda conn: conn.execute(statement, params).rowcount, relaxed=relaxed)
 
     def transaction(self, body: Callable[[psycopg.Connection[Any]], T]) -> T:
         """Run ``body`` in one transaction (or in the open batch), retried as a whole."""
@@ -380,9 +439,13 @@ class Database:
             # count_chord_member took every repeat for a new member and sent the body
             # before all results were stored (the chord test in test_postgres_faults.py).
             with conn.transaction():
-                local.conn, local.batch = conn, after
+                local.conn, local.batch, local.durable = conn, after, False
                 try:
                     yield
+                    if not local.durable and self.relaxed_options != self.options:
+                        # Only relaxed writes (an early ack alone): their commit need not
+                        # wait for the WAL flush either.
+                        conn.execute(_SQL_RELAX_COMMIT)
                 finally:
                     local.conn = local.batch = None
         except psycopg.Error as exc:
@@ -448,12 +511,12 @@ class Database:
             self._listeners = weakref.WeakSet()
         for listener in listeners:
             listener.close()
-        pool = self._pool
-        with pool.lock:
-            idle, pool.idle = pool.idle, []
-        for conn in idle:
-            with contextlib.suppress(Exception):
-                conn.close()
+        for pool in {id(p): p for p in (self._pool(), self._pool(relaxed=True))}.values():
+            with pool.lock:
+                idle, pool.idle = pool.idle, []
+            for conn in idle:
+                with contextlib.suppress(Exception):
+                    conn.close()
         self._local = _Local()
 
     def _after_fork(self) -> None:
@@ -471,12 +534,25 @@ class Listener:
     def __init__(self, db: Database) -> None:
         self.db = db
         self.pid = os.getpid()
+        self.thread = threading.get_ident()
         self.closed = False
         self._channels: set[str] = set()
         self._conn: psycopg.Connection[Any] | None = None
+        self.events = 0  # notifications, pokes and reconnects seen: each ends every quiet spell
+        self._quiet: dict[Hashable, tuple[int, float]] = {}  # check -> (events, monotonic end)
         self._read_fd, self._write_fd = os.pipe()
         os.set_blocking(self._read_fd, False)
         os.set_blocking(self._write_fd, False)
+        # A thread that waited once and ended (a web request waiting on a result) drops
+        # its listener unclosed: its connection and pipe must go with it, not leak.
+        self._held: list[psycopg.Connection[Any]] = []  # the connection, for the finalizer
+        self._release = weakref.finalize(
+            self, _release, self._held, (self._read_fd, self._write_fd), self.pid
+        )
+
+    @property
+    def listening(self) -> frozenset[str]:
+        return frozenset(self._channels) if self._conn is not None and not self._conn.closed else frozenset()
 
     def listen(self, channels: Sequence[str]) -> None:
         """LISTEN on any of ``channels`` not listened to yet; before the check it guards."""
@@ -487,6 +563,8 @@ class Listener:
             return
         if self._conn is None:
             self._conn = self.db.open()
+            self._held[:] = [self._conn]
+            self.events += 1  # nothing was heard while there was no connection
         for name in missing:
             try:
                 self._conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(name)))
@@ -497,21 +575,55 @@ class Listener:
                 raise self.db.translate(exc) from None
             self._channels.add(name)
 
-    def drain(self) -> None:
-        """Forget notifications and pokes that arrived before the check about to run."""
+    def drain(self) -> int:
+        """Forget notifications and pokes that arrived before the check about to run.
+
+        Returns:
+            ``events`` after counting them: pass it to ``mark_quiet`` once the check
+            found nothing.
+        """
+        seen = False
         with contextlib.suppress(OSError):
             while os.read(self._read_fd, 512):
-                pass
+                seen = True
         conn = self._conn
         if conn is None or conn.closed:
-            return
+            return self.events
         try:
             conn.pgconn.consume_input()
             while conn.pgconn.notifies() is not None:
-                pass
+                seen = True
         except psycopg.Error:
+            seen = True  # gone: notifications may have been missed
             with contextlib.suppress(Exception):
                 conn.close()
+        if seen:
+            self.events += 1
+        return self.events
+
+    def mark_quiet(self, key: Hashable, events: int, *, due_at: float | None, now: float) -> None:
+        """The check ``key`` (drained at ``events``) found nothing, and nothing it looks
+        for becomes due before ``due_at`` (wall clock, as ``now``) without a notification.
+
+        Until a notification, a poke, a reconnect, ``due_at`` or ``QUIET_MAX_S``, the
+        same check would find nothing again: ``quiet_for`` lets the caller skip it, so an
+        idle worker's repeated fetches send no query at all.
+        """
+        until = time.monotonic() + QUIET_MAX_S
+        if due_at is not None:
+            until = min(until, time.monotonic() + max(due_at - now, 0.0))
+        self._quiet[key] = (events, until)
+
+    def quiet_for(self, key: Hashable) -> float:
+        """Seconds the check ``key`` stays quiet (see ``mark_quiet``); 0: run it."""
+        found = self._quiet.pop(key, None)
+        conn = self._conn
+        if found is None or found[0] != self.events or conn is None or conn.closed:
+            return 0.0
+        left = found[1] - time.monotonic()
+        if left > 0:
+            self._quiet[key] = found
+        return max(left, 0.0)
 
     def wait(self, timeout_s: float) -> None:
         if self.closed:
@@ -529,9 +641,8 @@ class Listener:
         """In a forked child: the parent's connection, to keep; the pipe is closed."""
         self.closed = True
         conn, self._conn = self._conn, None
-        for fd in (self._read_fd, self._write_fd):
-            with contextlib.suppress(OSError):
-                os.close(fd)
+        self._held.clear()
+        self._release()  # the pipe only
         return conn
 
     def poke(self) -> None:
@@ -543,17 +654,25 @@ class Listener:
             return
         self.closed = True
         self.poke()
-        conn, self._conn = self._conn, None
-        if conn is not None and self.pid == os.getpid():
+        self._conn = None
+        self._release()
+
+
+def _release(held: list[psycopg.Connection[Any]], fds: tuple[int, int], pid: int) -> None:
+    """Close a listener's connection (only in the process that opened it) and pipe."""
+    if pid == os.getpid():
+        for conn in held:
             with contextlib.suppress(Exception):
                 conn.close()
-        for fd in (self._read_fd, self._write_fd):
-            with contextlib.suppress(OSError):
-                os.close(fd)
+    held.clear()
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
 
 
 def _after_fork_in_child() -> None:
-    global _pools_lock
+    global _pools_lock, _inherited_schemas
+    _inherited_schemas = _inherited_schemas | _checked_schemas
     # The pools hold the parent's connections: referenced forever, never used here.
     for pool in _pools.values():
         _abandoned.extend(pool.all)

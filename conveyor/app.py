@@ -470,8 +470,14 @@ class Conveyor:
         sent. Returns the id of the task that stands for it (its own or the holder's)."""
         if not message.headers.get("unique"):
             self.publish(message)
-            return message.id
-        return send_unique(self.broker, self._checked(message))
+            sent = message.id
+        else:
+            sent = send_unique(self.broker, self._checked(message))
+        if message.parent_id is not None and sent == message.id:
+            from conveyor.relations import record_sent
+
+            record_sent(self, [message])  # sent from a running task: one of its children
+        return sent
 
     def publish(self, message: Message) -> None:
         observed = bool(signals.before_task_publish.receivers or signals.after_task_publish.receivers)

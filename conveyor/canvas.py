@@ -60,7 +60,17 @@ class Canvas:
         freeze(node)
         if app.conf.task_always_eager:
             return run_eagerly(app, node, tuple(args), dict(kwargs or {}))
-        app.publish_many(messages_for(app, node, args, kwargs))
+        messages = messages_for(app, node, args, kwargs)
+        relations = canvas_records(app, node)
+        if not relations:
+            app.publish_many(messages)
+            return result_of(app, node)
+        backend = app.backend  # made outside the batch: making it may create tables
+        # One batch: where the results share the broker's store (the default), the
+        # relations commit with the messages, in the same round trip.
+        with app.broker.batch():
+            app.publish_many(messages)
+            backend.store(relations)
         return result_of(app, node)
 
     def delay(self, *args: Any, **kwargs: Any) -> Any:
@@ -313,6 +323,7 @@ def callback_nodes(value: Any) -> list[Node]:
     return [item.to_dict() if isinstance(item, Canvas) else dict(item) for item in items]
 
 
+from conveyor.relations import canvas_records  # noqa: E402
 from conveyor.workflow import (  # noqa: E402 - the runtime half works on the data forms above
     complete_chord,
     count_chord_member,

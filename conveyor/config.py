@@ -169,6 +169,13 @@ SETTINGS: tuple[Setting, ...] = (
         "events_max_age", 7 * 86400.0, _to_opt_float, "seconds task events are kept; None = no age limit"
     ),
     Setting("result_expires", 86400.0, _to_opt_float, "seconds results are kept"),
+    Setting(
+        "result_relations",
+        True,
+        _to_bool,
+        "store tasks' parents and children with the results (AsyncResult.children anywhere); "
+        "one more write per chain sent and per task sent from a task",
+    ),
     Setting("beat_schedule", None, _to_json, "periodic tasks from config"),
     Setting("timezone", "UTC", str, "time zone for crontab schedules"),
     Setting(
@@ -283,6 +290,7 @@ class Settings:
     events_max_count: int
     events_max_age: float | None
     result_expires: float | None
+    result_relations: bool
     beat_schedule: Any
     timezone: str
     beat_lease_seconds: float

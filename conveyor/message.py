@@ -24,6 +24,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from conveyor.exceptions import SerializationError
+from conveyor.serialization import loads
 from conveyor.serializers import decode_body, encode_body
 
 JSON_ONLY = frozenset({"json"})
@@ -179,6 +180,22 @@ def _unpack(packed: list[Any] | tuple[Any, ...]) -> dict[str, Any]:
             raise SerializationError("the 6th element of a version 2 message must be an object")
         # The packed fields win: an extra must not replace the id the broker filed it under.
         data = {**extra, **data}
+    return data
+
+
+def readable(body: bytes) -> Any:
+    """A JSON body as people should read it (dead letters in the CLI and the dashboard):
+    a message's fields as one object whichever version wrote it, other JSON as it is.
+
+    Raises:
+        SerializationError: the body is not JSON.
+    """
+    data = loads(body)
+    if isinstance(data, list) and data and data[0] == FORMAT_VERSION:
+        try:
+            return _unpack(data)
+        except SerializationError:
+            return data
     return data
 
 

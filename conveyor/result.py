@@ -39,9 +39,16 @@ class AsyncResult(Generic[R]):
 
     @property
     def children(self) -> list[Any]:
-        """Results this task's canvas sent after it (a chain's next step), as far as
-        this process built them."""
-        return list(self._children)
+        """Results of the tasks sent after this one: a chain's next step (or group), and
+        the tasks it sent while it ran. Built in this process when the handle came from
+        a canvas sent here; otherwise read from the result backend (conveyor/relations.py),
+        where any process finds them."""
+        if self._children:
+            return list(self._children)
+        from conveyor.relations import stored
+
+        _, children = stored(self.app, self.id)
+        return [self.app.AsyncResult(child) for child in children]
 
     def collect(self, timeout: float | None = None) -> Iterator[tuple[Any, Any]]:
         """``(result, value)`` for this result and its children, depth first (Celery's)."""
@@ -127,6 +134,24 @@ class AsyncResult(Generic[R]):
                 message when it failed, or ``Revoked`` when it was revoked or expired.
         """
         record = self.app.backend.wait(self.id, timeout_s=timeout, interval_s=interval)
+        return self._outcome(record, timeout, propagate)
+
+    async def aget(self, timeout: float | None = None, propagate: bool = True, interval: float = 0.1) -> R:
+        """``get()`` from a coroutine: awaits the result on the event loop's own
+        connection (conveyor/aio), raising what ``get()`` raises."""
+        from conveyor.aio.client import wait
+
+        record = await wait(self.app, self.id, timeout_s=timeout, interval_s=interval)
+        return self._outcome(record, timeout, propagate)
+
+    async def astate(self) -> str:
+        """``state`` from a coroutine."""
+        from conveyor.aio.client import get
+
+        record = await get(self.app, self.id)
+        return record.state if record else states.PENDING
+
+    def _outcome(self, record: ResultRecord | None, timeout: float | None, propagate: bool) -> R:
         if record is None or not record.ready:
             state = record.state if record else states.PENDING
             raise TimeoutError(
@@ -198,6 +223,10 @@ class EagerResult(AsyncResult[R]):
         return f"<EagerResult {self.id} {self._state}>"
 
     @property
+    def children(self) -> list[Any]:
+        return list(self._children)
+
+    @property
     def state(self) -> str:
         return self._state
 
@@ -231,6 +260,12 @@ class EagerResult(AsyncResult[R]):
         return self._value  # type: ignore[no-any-return]
 
     wait = get
+
+    async def aget(self, timeout: float | None = None, propagate: bool = True, interval: float = 0.1) -> R:
+        return self.get(timeout, propagate, interval)
+
+    async def astate(self) -> str:
+        return self._state
 
     def forget(self) -> None:
         return None

@@ -51,6 +51,10 @@ class Request:
     # Set by Task.retry() when max_retries is exhausted, so the worker can tell an
     # exhausted task (dead-lettered) from a plain failure.
     retries_exhausted: bool = False
+    # Tasks this run sent (Celery's name), stored as its children (conveyor/relations.py),
+    # and the task's relations record as stored before this run's first send.
+    children: list[str] = field(default_factory=list)
+    stored_relations: dict[str, Any] | None = None
 
     @classmethod
     def from_message(
@@ -320,6 +324,22 @@ class Task(Generic[P, R]):
         )
         return app.AsyncResult(app.send(message), task_name=self.name)
 
+    async def adelay(self, *args: P.args, **kwargs: P.kwargs) -> AsyncResult[R]:
+        """``delay()`` from a coroutine, on the event loop's own broker client (conveyor/aio)."""
+        return await self.aapply_async(args, kwargs)
+
+    async def aapply_async(
+        self,
+        args: Sequence[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> AsyncResult[R]:
+        """``apply_async()`` from a coroutine: the same options, checks and signals,
+        sent without blocking the loop (with ``task_always_eager``, run here and now)."""
+        from conveyor.aio.client import apply_async
+
+        return await apply_async(self, args, kwargs, options)
+
     def build_message(
         self,
         args: Sequence[Any] | None = None,
@@ -378,6 +398,10 @@ class Task(Generic[P, R]):
         if app.conf.task_always_eager:
             return [self.apply(m.args, m.kwargs, task_id=m.id) for m in messages]
         app.publish_many(messages)
+        if current_request() is not None:
+            from conveyor.relations import record_sent
+
+            record_sent(app, messages)
         return [app.AsyncResult(m.id, task_name=self.name) for m in messages]
 
     def apply(

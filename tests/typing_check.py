@@ -40,3 +40,12 @@ bound.delay(1)
 
 add.delay_on_commit(1, 2)
 add.delay_on_commit(1, "x")  # type: ignore[arg-type]
+
+
+async def from_a_coroutine() -> int:
+    sent: AsyncResult[int] = await add.adelay(1, 2)
+    await add.adelay(1, "x")  # type: ignore[arg-type]
+    got: int = await sent.aget(timeout=1)
+    wrong: str = await sent.aget(timeout=1)  # type: ignore[assignment]
+    state: str = await sent.astate()
+    return got + len(wrong) + len(state)

@@ -7,9 +7,10 @@ worker thread and the test that waits on ``AsyncResult.get()`` see the same resu
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from conveyor.backends.base import Reply, ResultRecord
 
@@ -19,6 +20,7 @@ class _Store:
         self.cond = threading.Condition()
         self.records: dict[str, tuple[ResultRecord, float | None]] = {}  # task id -> (record, expires_at)
         self.chords: dict[str, set[str]] = {}  # chord id -> ids of the members counted
+        self.watchers: set[Callable[[], None]] = set()  # called after every store (async waits)
 
 
 _stores: dict[str, _Store] = {}
@@ -69,6 +71,8 @@ class MemoryBackend:
             for record in records:
                 store.records[record.task_id] = (record, expires_at)
             store.cond.notify_all()
+            for watcher in list(store.watchers):
+                watcher()
 
     def get(self, task_id: str) -> ResultRecord | None:
         store = self._store
@@ -95,6 +99,19 @@ class MemoryBackend:
                 if remaining is not None and remaining <= 0:
                     return record
                 store.cond.wait(remaining)
+
+    @contextlib.contextmanager
+    def watch(self, callback: Callable[[], None]) -> Iterator[None]:
+        """Call ``callback`` (from the storing thread) after each store while the block runs:
+        how an event loop learns of a result without a thread blocked in ``wait()``."""
+        store = self._store
+        with store.cond:
+            store.watchers.add(callback)
+        try:
+            yield
+        finally:
+            with store.cond:
+                store.watchers.discard(callback)
 
     def forget(self, task_id: str) -> None:
         store = self._store

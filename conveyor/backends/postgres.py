@@ -17,7 +17,7 @@ from typing import Any
 
 import psycopg
 
-from conveyor._postgres import SAFETY_POLL_S, Database, channel
+from conveyor._postgres import QUIET_MAX_S, Database, channel
 from conveyor.backends.base import Reply, ResultRecord
 from conveyor.serialization import dumps, loads
 from conveyor.states import READY_STATES
@@ -159,21 +159,31 @@ class PostgresBackend:
         """Block on this thread's LISTEN connection until a ready result is stored.
 
         LISTEN comes before the first check, so a result stored between the check and
-        the wait still wakes it; each wake-up re-reads the state (it may be another
-        task's result). ``interval_s`` caps each wait, as the safety poll.
+        the wait still wakes it; each notification re-reads the record (it may be
+        another task's result). Between notifications nothing is read: ``interval_s``
+        is not a poll here (as with Celery's Redis backend), only the listener's
+        ``QUIET_MAX_S`` re-check is.
         """
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         listener = self._db.listener()
-        listener.listen([self._channel])
-        cap = max(min(interval_s, SAFETY_POLL_S), 0.001)
+        channels = [self._channel]
+        quiet_key = ("result", task_id)
+        record = None
         while True:
-            listener.drain()
-            record = self.get(task_id)
-            if record is not None and record.state in READY_STATES:
-                return record
+            listener.listen(channels)  # no query unless the connection was lost
+            events = listener.drain()
+            quiet_s = listener.quiet_for(quiet_key)
+            if not quiet_s:
+                record = self.get(task_id)
+                if record is not None and record.state in READY_STATES:
+                    return record
+                listener.mark_quiet(quiet_key, events, due_at=None, now=0.0)
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
-                return record
+                # The latest record: a state that is not ready (STARTED, progress) is
+                # stored without a notification.
+                return self.get(task_id) if quiet_s else record
+            cap = quiet_s or QUIET_MAX_S
             listener.wait(cap if remaining is None else min(cap, remaining))
 
     def forget(self, task_id: str) -> None:

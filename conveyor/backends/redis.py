@@ -43,6 +43,27 @@ _READY = tuple(sorted(READY_STATES))
 _READY_PREFIXES = tuple(f'["{state}"' for state in _READY)
 
 
+def store_call(
+    prefix: str, expires_s: float, records: Sequence[ResultRecord]
+) -> tuple[list[str], list[Any]]:
+    """KEYS and ARGV of store.lua for ``records`` (the async client's too). Encodes
+    every record first: a bad value stores nothing."""
+    ttl_ms = int(expires_s * 1000) if expires_s > 0 else 0
+    keys: list[str] = []
+    args: list[Any] = [ttl_ms]
+    for record in records:
+        task_id = record.task_id
+        # The names task_keys() gives, spelled out: this runs for every task.
+        keys += (f"{prefix}:r:{task_id}", f"{prefix}:rw:{task_id}", f"{prefix}:rn:{task_id}")
+        args += ("1" if record.state in READY_STATES else "0", _encode(record))
+    return keys, args
+
+
+def task_keys(link: RedisLink, task_id: str) -> tuple[str, str, str]:
+    """A task's record, waiter count and notify list (the async client's too)."""
+    return link.key("r", task_id), link.key("rw", task_id), link.key("rn", task_id)
+
+
 class RedisBackend:
     """ResultBackend on Redis.
 
@@ -76,16 +97,7 @@ class RedisBackend:
     def store(self, records: Sequence[ResultRecord]) -> None:
         if not records:
             return
-        ttl_ms = int(self.result_expires_s * 1000) if self.result_expires_s > 0 else 0
-        prefix = self.prefix
-        keys: list[str] = []
-        args: list[Any] = [ttl_ms]
-        for record in records:  # encode before any I/O: a bad value stores nothing
-            task_id = record.task_id
-            # The names _key() and wait() use, spelled out: this runs for every task.
-            keys += (f"{prefix}:r:{task_id}", f"{prefix}:rw:{task_id}", f"{prefix}:rn:{task_id}")
-            args += ("1" if record.state in READY_STATES else "0", _encode(record))
-        self.link.run(_STORE, keys, args)
+        self.link.run(_STORE, *store_call(self.prefix, self.result_expires_s, records))
 
     def get(self, task_id: str) -> ResultRecord | None:
         key = self._key(task_id)
@@ -110,7 +122,7 @@ class RedisBackend:
         to a couple of seconds only so a dead server is noticed).
         """
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        key, waiters, notify = self._key(task_id), self.link.key("rw", task_id), self.link.key("rn", task_id)
+        key, waiters, notify = task_keys(self.link, task_id)
         max_block = self.link.max_block_s
         registered = False
         try:

@@ -93,6 +93,21 @@ WITH inserted AS (
 )
 SELECT pg_notify(%s, '') FROM inserted
 """
+# A bulk publish (map(), a group): one statement, so one round trip and atomic on its
+# own; the rows are inserted in the order given (FIFO: ids grow along the array), and
+# each queue's channel is notified once, at the commit.
+_SQL_PUBLISH_MANY = f"""
+WITH inserted AS (
+    INSERT INTO {MESSAGES} (queue, priority, visible_at, attempts, task_id, body)
+    SELECT m.queue, m.priority, m.visible_at, 0, m.task_id, m.body
+    FROM unnest(%(queues)b::text[], %(priorities)b::smallint[], %(visible_at)b::float8[],
+                %(task_ids)b::text[], %(bodies)b::bytea[])
+         WITH ORDINALITY AS m(queue, priority, visible_at, task_id, body, n)
+    ORDER BY m.n
+    RETURNING 1
+)
+SELECT pg_notify(ch, '') FROM unnest(%(channels)s::text[]) AS ch WHERE EXISTS (SELECT 1 FROM inserted)
+"""
 # SKIP LOCKED: rows another consumer is leasing right now are passed over, not waited for.
 _SQL_FETCH = f"""
 WITH picked AS (
@@ -237,17 +252,21 @@ class PostgresBroker(PostgresStoreMixin):
             eta = message.eta if etas is None else etas[i]
             visible_at = eta if eta is not None and eta > now else 0.0
             rows.append((message.queue, _priority(message), visible_at, 0, message.id, message.encode()))
-        channels = [self._channel(m.queue) for m in messages]
         if len(rows) == 1:
-            self._db.query(_SQL_PUBLISH_ONE, (*rows[0], channels[0]))
+            self._db.query(_SQL_PUBLISH_ONE, (*rows[0], self._channel(messages[0].queue)))
             return
+        # Inside a batch this joins its transaction, and the NOTIFY waits for its commit.
+        self._db.query(_SQL_PUBLISH_MANY, self._many(rows))
 
-        def insert(conn: psycopg.Connection[Any]) -> None:
-            with conn.cursor() as cur:
-                cur.executemany(_SQL_INSERT, rows)
-            self._db.notify(conn, channels)
-
-        self._db.transaction(insert)
+    def _many(self, rows: list[tuple[Any, ...]]) -> dict[str, Any]:
+        return {
+            "queues": [row[0] for row in rows],
+            "priorities": [row[1] for row in rows],
+            "visible_at": [row[2] for row in rows],
+            "task_ids": [row[4] for row in rows],
+            "bodies": [row[5] for row in rows],
+            "channels": list(dict.fromkeys(self._channel(row[0]) for row in rows)),
+        }
 
     # -- consuming -------------------------------------------------------------------
     def fetch(self, queues: Sequence[str], *, limit: int, lease_s: float, timeout_s: float) -> list[Delivery]:
@@ -257,25 +276,48 @@ class PostgresBroker(PostgresStoreMixin):
         deadline = time.monotonic() + max(timeout_s, 0.0)
         generation = self._db.generation  # before connecting: a wake() meanwhile still counts
         listener = None
+        channels = [self._channel(q) for q in queues]
         if timeout_s > 0:
-            # LISTEN before the first attempt: a publish committed between an empty
-            # attempt and the wait then leaves a notification instead of being missed.
             listener = self._db.listener()
-            listener.listen([self._channel(q) for q in queues])
+            if not listener.listening >= set(channels):
+                # The first wait on these queues: a backlog is served before a LISTEN
+                # connection is opened (a worker's start to first task).
+                deliveries = self._lease(queues, limit, lease_s, time.time())
+                if deliveries:
+                    return deliveries
+        quiet_key = ("fetch", *queues)
         while True:
+            events = 0
             if listener is not None:
-                listener.drain()
+                # LISTEN before the attempt: a publish committed between an empty attempt
+                # and the wait then leaves a notification instead of being missed. No
+                # query unless the connection was lost.
+                listener.listen(channels)
+                events = listener.drain()
+                # Nothing published, released or due since an empty look: look again
+                # only when that changes (a repeated idle fetch sends no query).
+                quiet_s = listener.quiet_for(quiet_key)
+                if quiet_s > 0:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0 or self._db.generation != generation:
+                        return []
+                    listener.wait(min(remaining, quiet_s))
+                    continue
             now = time.time()
             deliveries = self._lease(queues, limit, lease_s, now)
             if deliveries:
                 return deliveries
+            if listener is None:
+                return []
+            # Wake for the next eta or the next lease to run out, which nobody
+            # publishes about; the floor keeps a clock step from spinning us. Read even
+            # when the time is up: the next call then waits without looking first.
+            next_due = self._db.query(_SQL_NEXT_VISIBLE, (now, queues), relaxed=True)[0][0]
+            listener.mark_quiet(quiet_key, events, due_at=next_due, now=now)
             remaining = deadline - time.monotonic()
-            if listener is None or remaining <= 0 or self._db.generation != generation:
+            if remaining <= 0 or self._db.generation != generation:
                 return []
             pause = min(remaining, SAFETY_POLL_S)
-            # Wake for the next eta or the next lease to run out, which nobody
-            # publishes about; the floor keeps a clock step from spinning us.
-            next_due = self._db.query(_SQL_NEXT_VISIBLE, (now, queues))[0][0]
             if next_due is not None:
                 pause = min(pause, max(next_due - time.time(), 0.001))
             listener.wait(pause)
@@ -285,7 +327,8 @@ class PostgresBroker(PostgresStoreMixin):
         until = now + lease_s
         out: list[Delivery] = []
         for queue in queues:
-            rows = self._db.query(_SQL_FETCH, (queue, now, limit - len(out), token, until))
+            # Relaxed: a lease lost with a crashed server only leaves the message fetchable.
+            rows = self._db.query(_SQL_FETCH, (queue, now, limit - len(out), token, until), relaxed=True)
             rows.sort(key=lambda row: (-row[1], row[0]))  # RETURNING order is unspecified
             out.extend(
                 Delivery(
@@ -302,10 +345,12 @@ class PostgresBroker(PostgresStoreMixin):
         return out
 
     def ack(self, deliveries: Sequence[Delivery]) -> None:
+        # Relaxed outside a settle's batch (an early ack): an ack lost with a crashed
+        # server brings the message back, and the task runs again (at least once).
         if len(deliveries) == 1:
-            self._db.write(_SQL_ACK, _parse_receipt(deliveries[0].receipt))
+            self._db.write(_SQL_ACK, _parse_receipt(deliveries[0].receipt), relaxed=True)
         elif deliveries:
-            self._db.write(_SQL_ACK_MANY, _receipt_arrays(deliveries))
+            self._db.write(_SQL_ACK_MANY, _receipt_arrays(deliveries), relaxed=True)
 
     def nack(self, delivery: Delivery, *, retry_at: float | None = None, reason: str = "") -> None:
         row_id, token = _parse_receipt(delivery.receipt)
@@ -333,7 +378,7 @@ class PostgresBroker(PostgresStoreMixin):
 
     def extend(self, deliveries: Sequence[Delivery], *, lease_s: float) -> None:
         if deliveries:
-            self._db.write(_SQL_EXTEND, (time.time() + lease_s, *_receipt_arrays(deliveries)))
+            self._db.write(_SQL_EXTEND, (time.time() + lease_s, *_receipt_arrays(deliveries)), relaxed=True)
 
     def wake(self) -> None:
         self._db.wake_local()

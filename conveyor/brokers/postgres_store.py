@@ -7,7 +7,9 @@
   other order than they drew their ids, and a reader that already read "after 41"
   would never see the entry 40 that became visible later.
 - A blocked ``log_read`` LISTENs on the stream's own channel: task events arriving
-  hundreds of times a second must not wake every worker's control listener.
+  hundreds of times a second must not wake every worker's control listener. An empty
+  read is not repeated until a notification (or the safety poll): an idle worker's
+  control loop sends no query.
 """
 
 from __future__ import annotations
@@ -134,20 +136,26 @@ class PostgresStoreMixin:
         self, stream: str, *, after: str = "0", limit: int = 1000, timeout_s: float = 0.0
     ) -> list[tuple[str, bytes]]:
         last = parse_log_id(after)
-        rows = self._read_log(stream, last, limit)
-        if rows or timeout_s <= 0:
-            return rows
+        if timeout_s <= 0:
+            return self._read_log(stream, last, limit)
         generation = self._db.generation
         listener = self._db.listener()
-        listener.listen([channel(self.schema, "log", stream)])
+        channels = [channel(self.schema, "log", stream)]
+        quiet_key = ("log", stream, last)
         deadline = time.monotonic() + timeout_s
         while True:
-            listener.drain()
-            rows = self._read_log(stream, last, limit)  # after LISTEN: no missed append
+            listener.listen(channels)  # no query unless the connection was lost
+            events = listener.drain()
+            quiet_s = listener.quiet_for(quiet_key)  # no append since an empty read: no query
+            if not quiet_s:
+                rows = self._read_log(stream, last, limit)  # after LISTEN: no missed append
+                if rows:
+                    return rows
+                listener.mark_quiet(quiet_key, events, due_at=None, now=0.0)
             remaining = deadline - time.monotonic()
-            if rows or remaining <= 0 or self._db.generation != generation:
-                return rows
-            listener.wait(min(remaining, SAFETY_POLL_S))
+            if remaining <= 0 or self._db.generation != generation:
+                return []
+            listener.wait(min(remaining, quiet_s or SAFETY_POLL_S))
 
     def _read_log(self, stream: str, last: int, limit: int) -> list[tuple[str, bytes]]:
         rows: list[Any] = self._db.query(_SQL_LOG_READ, (stream, last, limit))

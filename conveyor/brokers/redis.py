@@ -174,6 +174,31 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+def lease_key(link: RedisLink, name: str) -> str:
+    """A named lease's key (the async client's too)."""
+    return link.key("lease", name)
+
+
+def publish_call(
+    prefix: str, message: Message, eta: float | None
+) -> tuple[tuple[str, ...], tuple[Any, ...]] | list[tuple[Any, ...]]:
+    """What publishing ``message`` sends (the async client's too): KEYS and ARGV of
+    send.lua for a ready message, or the commands of one MULTI/EXEC for a delayed one."""
+    priority = _priority(message)
+    entry = _entry(message.encode(), priority, message.id)
+    queue = message.queue
+    if eta is None or eta <= time.time():
+        return (f"{prefix}:queues", *queue_keys(prefix, queue)), (prefix, queue, priority, entry)
+    # A unique member: two identical messages must not collapse into one.
+    signal = queue_key(prefix, queue, "s")
+    return [
+        ("ZADD", queue_key(prefix, queue, "d"), repr(eta), _unique() + entry),
+        ("SADD", f"{prefix}:queues", queue),
+        ("LPUSH", signal, 1),
+        ("LTRIM", signal, 0, 0),
+    ]
+
+
 class RedisBroker:
     """Broker and BrokerAdmin on Redis.
 
@@ -214,28 +239,12 @@ class RedisBroker:
         straight to a consumer blocked on its queue when nothing else is ready there
         (the consumer's BLPOP returns it: no wake-up and second fetch), or queues it.
         A delayed one is plain commands: the delay set, the queue name, the token."""
-        if eta is None:
-            eta = message.eta
-        priority = _priority(message)
-        entry = _entry(message.encode(), priority, message.id)
-        queue = message.queue
-        prefix = self.prefix
         retry_s = self.link.parsed.publish_retry_s
-        if eta is None or eta <= time.time():
-            keys = (f"{prefix}:queues", *queue_keys(prefix, queue))
-            self.link.run(_SEND, keys, (prefix, queue, priority, entry), retry_s=retry_s)
-            return
-        # A unique member: two identical messages must not collapse into one.
-        signal = queue_key(prefix, queue, "s")
-        self.link.write(
-            [
-                ("ZADD", queue_key(prefix, queue, "d"), repr(eta), _unique() + entry),
-                ("SADD", f"{prefix}:queues", queue),
-                ("LPUSH", signal, 1),
-                ("LTRIM", signal, 0, 0),
-            ],
-            retry_s=retry_s,
-        )
+        call = publish_call(self.prefix, message, message.eta if eta is None else eta)
+        if isinstance(call, list):
+            self.link.write(call, retry_s=retry_s)
+        else:
+            self.link.run(_SEND, *call, retry_s=retry_s)
 
     def publish_many(self, messages: Sequence[Message]) -> None:
         """One MULTI/EXEC of plain commands: one RPUSH per (queue, priority) list and
@@ -489,15 +498,15 @@ class RedisBroker:
 
     def acquire_lease(self, name: str, owner: str, ttl_s: float) -> bool:
         args = (owner, max(1, int(ttl_s * 1000)))
-        return bool(self.link.read(_LEASE, (self.link.key("lease", name),), args))
+        return bool(self.link.read(_LEASE, (lease_key(self.link, name),), args))
 
     def claim_lease(self, name: str, owner: str, ttl_s: float) -> str:
         ttl_ms = max(1, int(ttl_s * 1000))
-        holder = self.link.read(_CLAIM, (self.link.key("lease", name),), (owner, ttl_ms))
+        holder = self.link.read(_CLAIM, (lease_key(self.link, name),), (owner, ttl_ms))
         return holder.decode() if isinstance(holder, bytes) else str(holder)
 
     def release_lease(self, name: str, owner: str) -> None:
-        self.link.run(_RELEASE, (self.link.key("lease", name),), (owner,))
+        self.link.run(_RELEASE, (lease_key(self.link, name),), (owner,))
 
     # -- upgrade -----------------------------------------------------------------------
     def _old_layout(self) -> list[tuple[str, str]]:

@@ -21,7 +21,7 @@ from conveyor.brokers.base import AdminBroker, DeadLetter, mask_url
 from conveyor.cli.context import CliState, pass_state, shared_options
 from conveyor.cli.output import confirm, echo_json, format_table, format_time, iso_time, shorten
 from conveyor.exceptions import SerializationError
-from conveyor.serialization import loads
+from conveyor.message import readable
 
 HEADERS = ("ID", "TASK ID", "TASK", "QUEUE", "FAILED AT", "REASON")
 REASON_WIDTH = 60  # the table's reason column; `dlq show` prints it whole
@@ -178,7 +178,7 @@ def _pretty_body(body: bytes) -> str:
     An undecodable body is a common reason for dead-lettering, so it must still print.
     """
     try:
-        return _indent(_dump(loads(body)))
+        return _indent(_dump(readable(body)))
     except SerializationError:
         pass
     try:
@@ -189,7 +189,7 @@ def _pretty_body(body: bytes) -> str:
 
 def _decoded_body(body: bytes) -> Any:
     try:
-        return loads(body)
+        return readable(body)
     except SerializationError:
         return body.decode("utf-8", errors="replace")
 

@@ -19,8 +19,8 @@ import orjson
 
 from conveyor import states
 from conveyor.exceptions import BrokerError, SerializationError
+from conveyor.message import readable
 from conveyor.monitor.records import TaskSummary
-from conveyor.serialization import loads
 
 if TYPE_CHECKING:
     from conveyor.app import Conveyor
@@ -183,6 +183,7 @@ class DashboardData:
             out[key] = jsonable(field(detail, key))
         out["result"] = from_json_text(out["result"])
         out["children"] = list(field(detail, "children") or [])
+        self._add_relations(task_id, out)
         out["stored_result"] = None
         if record is not None:
             out["stored_result"] = {
@@ -225,6 +226,18 @@ class DashboardData:
         for key in ("exception", "traceback", "result", "parent_id", "root_id", "eta"):
             out[key] = None
         return out
+
+    def _add_relations(self, task_id: str, out: dict[str, Any]) -> None:
+        """Parent and children kept in the result backend (conveyor/relations.py): known
+        with task events off too, and for tasks whose events were trimmed."""
+        from conveyor.relations import stored
+
+        try:
+            parent, children = stored(self.app, task_id)
+        except Exception:  # the result store is unreachable: the page shows what the index knows
+            return
+        out["parent_id"] = out.get("parent_id") or parent
+        out["children"] += [child for child in children if child not in out["children"]]
 
     def _result_record(self, task_id: str) -> Any:
         try:
@@ -468,7 +481,7 @@ def from_json_text(text: Any) -> Any:
 
 def dead_letter_dict(entry: Any) -> dict[str, Any]:
     try:
-        body: Any = loads(entry.body)
+        body: Any = readable(entry.body)
     except SerializationError:
         body = entry.body.decode("utf-8", errors="replace")
     args = kwargs = None

@@ -1,6 +1,6 @@
 """Model-based test of the broker contract: random interleavings of what producers,
 consumers and admins do, checked after every step against a plain-Python model
-(``broker_model.py``), for the memory, SQLite and Redis brokers.
+(``broker_model.py``), for the memory, SQLite, Redis and PostgreSQL brokers.
 
 Steps: publish (now, with an eta, delayed, any priority; one or in bulk), fetch by
 three consumers with their own limits and queue lists, a consumer blocked in fetch
@@ -12,10 +12,11 @@ dead-letter list must agree with the model; at the end every lease and delay run
 out and everything the model holds must come back, once.
 
 Time: a lease or delay is short (ends at the next ``jump`` step) or long (outlives
-the run), so no step waits. Memory and SQLite read the time through a shifted clock
-(their module's ``time`` is replaced); Redis reads its own clock (``TIME``) inside
-scripts, so a jump moves the stored lease ends and due times back instead, which is
-the same for everything stored.
+the run), so no step waits. Memory, SQLite and PostgreSQL read the time through a
+shifted clock (their broker module's ``time`` is replaced: the PostgreSQL broker
+stamps leases and etas with the client's clock, not the server's); Redis reads its
+own clock (``TIME``) inside scripts, so a jump moves the stored lease ends and due
+times back instead, which is the same for everything stored.
 
 Reproducing a failure: the test prints the Hypothesis seed it ran with (captured
 output of the failing test); run it again with that seed:
@@ -56,7 +57,7 @@ from conveyor.brokers.base import AdminBroker, Delivery
 from conveyor.message import Message, new_id
 
 from .broker_model import BrokerModel, State
-from .conftest import _BROKER_CASES, BrokerCase
+from .conftest import _BROKER_CASES, BrokerCase, _drop_postgres_schemas
 
 QUEUES = ("a", "b")
 QUEUE_CHOICES = (("a",), ("b",), ("a", "b"), ("b", "a"))
@@ -130,7 +131,7 @@ def _shifted_harness(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     def jump(broker: AdminBroker, seconds: float) -> None:
         clock.offset += seconds
 
-    waiting = _memory_waiting if name == "memory" else _sqlite_waiting
+    waiting = {"memory": _memory_waiting, "sqlite": _sqlite_waiting, "postgres": _postgres_waiting}[name]
     return Harness(name, new_case, clock.time, jump, waiting=waiting)
 
 
@@ -143,6 +144,15 @@ def _sqlite_waiting(pairs: Sequence[tuple[AdminBroker, threading.Thread]]) -> bo
     # A blocking fetch binds its wake socket before it first looks, so from then on a
     # publish reaches it whether or not it is inside select() yet.
     return all(len(b._wake._listeners) for b, _ in pairs)  # type: ignore[attr-defined]
+
+
+def _postgres_waiting(pairs: Sequence[tuple[AdminBroker, threading.Thread]]) -> bool:
+    # A blocking fetch LISTENs before it first looks, so from then on a publish's
+    # NOTIFY reaches it whether or not it is inside select() yet.
+    def listening(broker: Any, thread: threading.Thread) -> bool:
+        return any(lsn.thread == thread.ident and lsn.listening for lsn in list(broker._db._listeners))
+
+    return all(listening(b, t) for b, t in pairs)
 
 
 def _redis_harness(tmp_path: Path) -> Harness:
@@ -547,13 +557,17 @@ def _poll(predicate: Callable[[], Any], what: str, timeout: float = 20.0) -> Non
 
 
 # -- the test --------------------------------------------------------------------------------
-# PostgreSQL is not driven yet: its clock and wake-ups need a harness of their own.
-@pytest.fixture(params=["memory", "redis", "sqlite"])
+@pytest.fixture(params=["memory", "postgres", "redis", "sqlite"])
 def harness(
     request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[Harness]:
     if request.param == "redis":
         yield _redis_harness(tmp_path)
+    elif request.param == "postgres":
+        from conveyor.brokers import postgres as postgres_broker
+
+        yield _shifted_harness("postgres", tmp_path, monkeypatch, postgres_broker)
+        _drop_postgres_schemas()
     else:
         module = memory_broker if request.param == "memory" else sqlite_broker
         yield _shifted_harness(request.param, tmp_path, monkeypatch, module)

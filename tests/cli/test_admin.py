@@ -6,6 +6,7 @@ import json
 import time
 
 from conveyor.backends.base import ResultRecord
+from conveyor.message import decode
 from tests.cli.conftest import Project
 
 
@@ -50,7 +51,8 @@ def test_call_prints_the_id_and_queues_shows_the_backlog(project: Project) -> No
     }
     # The message is what the API would have sent: arguments, queue, priority.
     deliveries = project.app().broker.fetch(["default"], limit=1, lease_s=30, timeout_s=1)
-    assert b'"args":[1,2]' in deliveries[0].body and task_id.encode() in deliveries[0].body
+    sent = decode(deliveries[0].body)
+    assert (sent.id, sent.task, sent.args) == (task_id, "proj.add", [1, 2])
 
 
 def test_admin_commands_work_with_only_a_broker_url(project: Project) -> None:

@@ -162,3 +162,20 @@ def test_long_offline_workers_fold_away_and_can_be_forgotten(app: Conveyor) -> N
     assert c.post("/api/workers/w-old0@host/forget", headers=admin).status_code == 404
     # An online worker is not forgotten: its next heartbeat would bring it back anyway.
     assert c.post("/api/workers/w-now@host/forget", headers=admin).status_code == 400
+
+
+def test_a_dead_letter_shows_its_arguments_whichever_format_wrote_it() -> None:
+    from types import SimpleNamespace
+
+    from conveyor.dashboard.data import dead_letter_dict
+    from conveyor.message import Message
+
+    packed = Message(id="m2", task="proj.add", args=[1, "x"], kwargs={"k": 2}).encode()
+    object_form = b'{"v":1,"id":"m1","task":"proj.add","args":[1,"x"],"kwargs":{"k":2}}'
+    for body in (packed, object_form):
+        entry = SimpleNamespace(
+            id="1", queue="default", task_name="proj.add", task_id="m", reason="r", failed_at=0.0, body=body
+        )
+        shown = dead_letter_dict(entry)
+        assert (shown["args"], shown["kwargs"]) == ([1, "x"], {"k": 2}), body
+        assert shown["body"]["task"] == "proj.add"

@@ -165,6 +165,23 @@ def on_err(request, exc, traceback, tag=None):
     record("on_err", request.id, request.task, type(exc).__name__, str(exc).replace(" ", "_"),
            traceback.startswith("Traceback"), tag)
     return request.id
+
+
+@app.task(name="proj.spawn")
+def spawn(n):
+    # Sends its own tasks while it runs: they become its children.
+    return [add.delay(i, i).id for i in range(n)]
+
+
+@app.task(name="proj.spawn_async")
+def spawn_async(n):
+    # The same from a coroutine: adelay on the async client, its store included.
+    import asyncio
+
+    async def send():
+        return [(await add.adelay(i, i)).id for i in range(n)]
+
+    return asyncio.run(send())
 """
 
 

@@ -127,6 +127,13 @@ async def flaky(self, fail_times):
     return self.request.retries
 
 
+@app.task(name="proj.fan_out")
+async def fan_out(n):
+    # The async client inside a coroutine task: sends and waits on the worker's loop.
+    sent = [await add.adelay(i, 100) for i in range(n)]
+    return [(await r.aget(timeout=15))[0] for r in sent]
+
+
 @app.task(name="proj.limited", rate_limit="5/s")
 async def limited(n):
     record("limited", n, "%.4f" % time.time())
@@ -182,6 +189,18 @@ def test_sync_and_async_tasks_share_one_prefork_child(project: Any) -> None:
     wait_for(lambda: p.count("meet") == 120 and p.count("add") == 10)
     assert sorted(int(r[1]) for r in p.runs if r[0] == "meet") == list(range(120))  # each once
     assert sorted(int(r[1]) for r in p.runs if r[0] == "add") == list(range(10))
+
+
+@pytest.mark.usefixtures("broker")
+def test_a_coroutine_task_sends_and_awaits_with_the_async_client(project: Any) -> None:
+    p, proj = project
+    p.start_worker("-c", "2")
+    parent = proj.fan_out.delay(5)
+    assert parent.get(timeout=20) == [100, 101, 102, 103, 104]
+    assert sorted(int(r[1]) for r in p.runs if r[0] == "add") == [0, 1, 2, 3, 4]  # each once
+    # The children it sent are stored against it: this process reads them by id.
+    children = type(parent)(parent.id, app=proj.app).children
+    assert sorted(c.get(timeout=5)[0] for c in children) == [100, 101, 102, 103, 104]
 
 
 @pytest.mark.parametrize("pool", ["threads", "solo"])

@@ -28,6 +28,7 @@ from conveyor.beat import Beat
 from conveyor.message import Message, decode
 from conveyor.periodic import STATE_NS, PeriodicError, RunState, UnknownTaskWarning
 from conveyor.testing import wait_for
+from tests.postgres_server import drop_schema, fresh_schema, postgres_url_or_skip, with_schema
 from tests.redis_server import fresh_url, redis_server_or_skip
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -130,14 +131,24 @@ def _redis_url() -> str:
     return fresh_url(redis_server_or_skip())
 
 
-@pytest.fixture(params=["sqlite", "redis"])
+@pytest.fixture(params=["postgres", "redis", "sqlite"])
 def beat_project(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[BeatProject]:
-    url = f"sqlite:///{tmp_path / 'broker.sqlite3'}" if request.param == "sqlite" else _redis_url()
+    dropped: list[tuple[str, str]] = []
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'broker.sqlite3'}"
+    elif request.param == "redis":
+        url = _redis_url()
+    else:
+        base, schema = postgres_url_or_skip(), fresh_schema()  # a schema of its own, dropped after
+        url = with_schema(base, schema)
+        dropped.append((base, schema))
     project = BeatProject(tmp_path, url)
     try:
         yield project
     finally:
         project.stop_all()
+        for base, schema in dropped:
+            drop_schema(base, schema)
 
 
 TICK = {"tick": {"task": "proj.tick", "schedule": 1.0, "options": {"queue": "beat"}, "catch_up": True}}
