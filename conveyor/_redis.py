@@ -62,10 +62,11 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class RedisURL:
-    """A parsed ``redis://``, ``rediss://`` or ``redis+sentinel://`` URL.
+    """A parsed ``redis://``, ``rediss://``, ``redis+sentinel://`` or ``redis+cluster://`` URL.
 
-    ``client_url`` is what redis-py is given (our own options removed);
-    ``sentinels`` is set for Sentinel URLs.
+    ``client_url`` is what redis-py is given (our own options removed; for a cluster,
+    the first node's URL, whose options every node's connections share);
+    ``sentinels`` is set for Sentinel URLs, ``cluster_nodes`` for cluster URLs.
     """
 
     url: str
@@ -81,6 +82,7 @@ class RedisURL:
     host: str = "localhost"
     port: int = DEFAULT_PORT
     tls: bool = False
+    cluster_nodes: tuple[tuple[str, int], ...] = ()
 
     @functools.cached_property
     def socket_timeout(self) -> float | None:
@@ -91,7 +93,7 @@ class RedisURL:
 def mask(url: str) -> str:
     from conveyor.brokers.base import mask_url
 
-    if url.lower().startswith("redis+sentinel://"):
+    if url.lower().startswith(("redis+sentinel://", "redis+cluster://", "rediss+cluster://")):
         # urlsplit cannot read a host list; hide anything between :// and @.
         head, sep, rest = url.partition("://")
         auth, at, hosts = rest.rpartition("@")
@@ -122,6 +124,8 @@ def parse_url(url: str) -> RedisURL:
     except ValueError:
         raise ConfigurationError(f"publish_retry must be a number of seconds in {mask(url)}") from None
     scheme = parts.scheme.lower()
+    if scheme in ("redis+cluster", "rediss+cluster"):
+        return _parse_cluster(url, parts.netloc, parts.path, prefix, publish_retry, theirs)
     if scheme == "redis+sentinel":
         return _parse_sentinel(url, parts.netloc, parts.path, prefix, publish_retry, theirs)
     if scheme not in ("redis", "rediss"):
@@ -193,6 +197,54 @@ def _parse_sentinel(
     )
 
 
+def _parse_cluster(
+    url: str, netloc: str, path: str, prefix: str, publish_retry: float, options: tuple[tuple[str, str], ...]
+) -> RedisURL:
+    """``redis+cluster://[[user]:password@]host:port[,host:port...][/0]`` (``rediss+cluster`` for TLS).
+
+    Every key of the deployment lives in one slot: the prefix becomes the hash tag
+    ``{prefix}``, the first braces of every key, so scripts and MULTI/EXEC batches
+    work unchanged on the one master serving that slot (docs/brokers.md, Redis Cluster).
+    """
+    auth, at, hosts = netloc.rpartition("@")
+    nodes = []
+    for item in hosts.split(","):
+        host, _, port = item.strip().rpartition(":")
+        if not host:
+            host, port = port, str(DEFAULT_PORT)
+        if not host or not port.isdigit():
+            raise ConfigurationError(f"bad cluster node {item!r} in {mask(url)}: use host:port")
+        nodes.append((host.strip("[]"), int(port)))
+    db = dict(options).get("db") or path.strip("/") or "0"
+    if db != "0":
+        raise ConfigurationError(f"a Redis Cluster has only database 0, not {db!r}: {mask(url)}")
+    try:
+        float(dict(options).get("socket_timeout", "5") or 5)
+    except ValueError:
+        raise ConfigurationError(f"socket_timeout must be a number of seconds in {mask(url)}") from None
+    tls = url.lower().startswith("rediss")
+    first_host, first_port = nodes[0]
+    host_text = f"[{first_host}]" if ":" in first_host else first_host
+    userinfo = f"{auth}@" if at else ""
+    client_url = urlunsplit(
+        ("rediss" if tls else "redis", f"{userinfo}{host_text}:{first_port}", "/0", urlencode(options), "")
+    )
+    user, colon, secret = auth.partition(":")
+    return RedisURL(
+        url,
+        client_url,
+        "{" + prefix + "}",
+        publish_retry,
+        password=unquote(secret) if at and colon else None,
+        username=unquote(user) if at and user else None,
+        options=options,
+        host=first_host,
+        port=first_port,
+        tls=tls,
+        cluster_nodes=tuple(nodes),
+    )
+
+
 def _client_kwargs(parsed: RedisURL) -> dict[str, Any]:
     from redis.backoff import NoBackoff
     from redis.retry import Retry
@@ -260,9 +312,10 @@ _tag = ""  # random, made on first use in each process (see process_tag)
 
 
 def _after_fork_in_child() -> None:
-    global _pid, _tag
+    global _pid, _tag, _slot_maps_lock
     _pid = os.getpid()
     _tag = ""
+    _slot_maps_lock = threading.Lock()  # another thread may have held it at fork()
 
 
 def process_tag() -> str:
@@ -274,6 +327,11 @@ def process_tag() -> str:
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
+
+# Cluster URLs: redis-py's slot map per (first node's URL, nodes), with the pid that
+# made it (a forked child makes its own). See RedisLink._discover.
+_slot_maps: dict[tuple[str, tuple[tuple[str, int], ...]], tuple[int, Any]] = {}
+_slot_maps_lock = threading.Lock()
 
 
 class RedisLink:
@@ -297,6 +355,11 @@ class RedisLink:
         self._local = threading.local()
         self._sources: dict[str, str] = {}  # sha -> Lua source, for NOSCRIPT
         self._connections: weakref.WeakSet[Any] = weakref.WeakSet()  # every thread's own
+        # Cluster URLs: the master serving the prefix's slot, found on first use and
+        # again after a lost connection or a redirect (failover, resharding).
+        self._master: tuple[str, int] | None = None
+        self._stale = False  # the process's slot map may be out of date: read it again
+        self._node_clients: dict[tuple[str, int], redis.Redis] = {}
 
     @property
     def client(self) -> redis.Redis:
@@ -335,6 +398,7 @@ class RedisLink:
             try:
                 return operation()
             except ConnectionLost as exc:
+                self._lost()
                 attempt += 1
                 if attempt == 1:
                     deadline = time.monotonic() + retry_s
@@ -360,6 +424,7 @@ class RedisLink:
                 # under it: the same as a failed first try in call().
                 return self._checked(commands, conn.exchange(commands))
             except ConnectionLost:
+                self._lost()
                 return self.call(lambda: self._exchange(commands), retry_s=retry_s, failed=True)
         return self.call(lambda: self._exchange(commands), retry_s=retry_s)
 
@@ -374,10 +439,88 @@ class RedisLink:
             self._connections.add(conn)
         elif conn.owed:
             self._read_owed(conn)  # replies due before this command's, not as its own
+            if getattr(local, "conn", None) is not conn:  # dropped: a cluster redirect
+                return self._connection()
         return conn
 
     def _new_connection(self) -> Connection:
+        if self.parsed.cluster_nodes:
+            return Connection(self._master_client(), client_name())
         return Connection(self.client, client_name())
+
+    # -- cluster ------------------------------------------------------------------
+    def _master_client(self) -> redis.Redis:
+        """A client for the master serving this prefix's slot (the URL's options,
+        that node's address); connects nothing itself."""
+        import redis
+
+        template = self.client.connection_pool
+        with self._lock:
+            if self._master is None:
+                self._master = self._discover()
+            address = self._master
+            client = self._node_clients.get(address)
+            if client is None:
+                options = {**template.connection_kwargs, "host": address[0], "port": address[1]}
+                pool = redis.ConnectionPool(connection_class=template.connection_class, **options)
+                client = self._node_clients[address] = redis.Redis(connection_pool=pool)
+            return client
+
+    def _discover(self) -> tuple[str, int]:
+        """Ask the cluster which master serves the prefix's slot (under ``_lock``).
+
+        The slot map is redis-py's ``RedisCluster``, one per cluster URL per process:
+        a link made later (another app, a broker and its backend) looks the slot up
+        without asking the cluster again; a link that lost its master reads the map
+        again, from every node the map knows (the URL's own node may have died).
+        """
+        from redis import cluster as cluster_module
+        from redis.cluster import RedisCluster
+        from redis.exceptions import RedisClusterException, RedisError
+
+        key = (self.parsed.client_url, self.parsed.cluster_nodes)
+        try:
+            with _slot_maps_lock:
+                pid, slot_map = _slot_maps.get(key, (0, None))
+                if slot_map is None or pid != _pid:
+                    ClusterNode: Any = cluster_module.ClusterNode  # noqa: N806 - untyped in redis-py
+                    others = [ClusterNode(host, port) for host, port in self.parsed.cluster_nodes[1:]]
+                    slot_map = RedisCluster.from_url(
+                        self.parsed.client_url,
+                        startup_nodes=others,
+                        socket_timeout=self.parsed.socket_timeout,
+                        socket_connect_timeout=self.parsed.socket_timeout,
+                        protocol=2,
+                    )
+                    _slot_maps[key] = (_pid, slot_map)
+                elif self._stale:
+                    slot_map.nodes_manager.initialize()
+                self._stale = False
+                node = slot_map.get_node_from_key(self.key("slot"))
+                # The map is read again only after a failure: hold no idle sockets.
+                slot_map.disconnect_connection_pools()
+        except (RedisError, RedisClusterException, OSError) as exc:
+            raise ConnectionLost(f"no cluster master found for slot of {self.prefix}: {exc}") from None
+        return str(node.host), int(node.port)
+
+    def _lost(self) -> None:
+        """A cluster connection failed or was redirected: the next one asks the
+        cluster again where the slot lives (a failover may have moved it)."""
+        if not self.parsed.cluster_nodes:
+            return
+        with self._lock:
+            self._master = None
+            self._stale = True
+        self._drop_connection()
+
+    def _redirected(self, reply: Any) -> bool:
+        """MOVED, ASK, CLUSTERDOWN, TRYAGAIN: the command did not run on this node."""
+        if not self.parsed.cluster_nodes or not isinstance(reply, Exception):
+            return False
+        from redis.exceptions import AskError, ClusterDownError, TryAgainError
+
+        # MovedError is an AskError; redis-py's parser makes these from the error code.
+        return isinstance(reply, (AskError, ClusterDownError, TryAgainError))
 
     def _drop_connection(self) -> None:
         conn = getattr(self._local, "conn", None)
@@ -391,6 +534,8 @@ class RedisLink:
     def _checked(self, commands: Sequence[tuple[Any, ...]], replies: list[Any]) -> list[Any]:
         for reply in replies:
             if isinstance(reply, Exception):  # an error reply, rare
+                if self._redirected(reply):
+                    raise ConnectionLost(str(reply))
                 if is_noscript(reply) and len(commands) == 1:
                     return self._reload_scripts(commands)
                 raise translate(reply, self.url)
@@ -528,6 +673,9 @@ class RedisLink:
     def _results(self, conn: Connection, commands: list[tuple[Any, ...]], replies: list[Any]) -> list[Any]:
         """The EXEC's answers, once the replies to ``_transaction`` are read."""
         loaded = conn.loaded
+        for reply in replies:
+            if self._redirected(reply):  # refused when queued: EXEC applied nothing
+                raise ConnectionLost(str(reply))
         for reply in replies[:-1]:
             if is_error(reply):
                 raise translate(reply, self.url)
@@ -578,7 +726,11 @@ class RedisLink:
                 lost = isinstance(exc, ConnectionLost)
                 failed = [owed, *conn.owed] if lost else [owed]
                 if lost:
-                    conn.owed.clear()  # their replies went with the connection
+                    # Their replies went with the connection, or (a cluster redirect)
+                    # are still on their way from the wrong node: drop it either way.
+                    conn.owed.clear()
+                    conn.disconnect()
+                    self._lost()
                 log.error(
                     "A Redis write sent ahead of its reply failed: %s; sending it again",
                     translate(exc, self.url) if lost else exc,

@@ -57,7 +57,7 @@ def async_broker(url: str) -> AsyncBroker:
         from conveyor.aio.sqlite import SQLiteAsyncBroker
 
         return SQLiteAsyncBroker(url)
-    if scheme in ("redis", "rediss", "redis+sentinel"):
+    if scheme in ("redis", "rediss", "redis+sentinel", "redis+cluster", "rediss+cluster"):
         from conveyor.aio.redis import RedisAsyncBroker
 
         return RedisAsyncBroker(url)
@@ -82,7 +82,7 @@ def async_backend(url: str, *, result_expires_s: float) -> AsyncBackend:
         from conveyor.aio.sqlite import SQLiteAsyncBackend
 
         return SQLiteAsyncBackend(url, result_expires_s=result_expires_s)
-    if scheme in ("redis", "rediss", "redis+sentinel"):
+    if scheme in ("redis", "rediss", "redis+sentinel", "redis+cluster", "rediss+cluster"):
         from conveyor.aio.redis import RedisAsyncBackend
 
         return RedisAsyncBackend(url, result_expires_s=result_expires_s)

@@ -79,6 +79,12 @@ class _Redis:
 
     def __init__(self, url: str) -> None:
         self.link = RedisLink(url)  # parsing and key names only: it opens nothing until used
+        if self.link.parsed.cluster_nodes:
+            # Its client would reach the URL's first node, not the slot's master.
+            raise ConfigurationError(
+                f"the async client does not support Redis Cluster yet ({mask(url)}): "
+                "send with delay() and read with get(), or from a thread"
+            )
         self.url = url
         self._client: aioredis.Redis | None = None
 

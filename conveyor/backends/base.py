@@ -160,7 +160,7 @@ def backend_from_url(url: str, *, result_expires_s: float) -> ResultBackend:
         return MemoryBackend(url, result_expires_s=result_expires_s)
     if scheme == "disabled":
         return DisabledBackend()
-    if scheme in ("redis", "rediss", "redis+sentinel"):
+    if scheme in ("redis", "rediss", "redis+sentinel", "redis+cluster", "rediss+cluster"):
         from conveyor.backends.redis import RedisBackend
 
         return RedisBackend(url, result_expires_s=result_expires_s)

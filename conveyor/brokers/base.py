@@ -253,7 +253,7 @@ def broker_from_url(url: str) -> AdminBroker:
         from conveyor.brokers.memory import MemoryBroker
 
         return MemoryBroker(url)
-    if scheme in ("redis", "rediss", "redis+sentinel"):
+    if scheme in ("redis", "rediss", "redis+sentinel", "redis+cluster", "rediss+cluster"):
         from conveyor.brokers.redis import RedisBroker
 
         return RedisBroker(url)

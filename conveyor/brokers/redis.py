@@ -3,7 +3,9 @@
 Layout (``P`` is the key prefix, ``conveyor`` unless the URL says ``?prefix=``):
 
 Every key of one queue carries the queue's name as its hash tag, ``P:{<queue>}:...``,
-so a queue's keys share one Redis Cluster slot:
+so a queue's keys share one Redis Cluster slot. On a ``redis+cluster://`` URL ``P``
+is itself a tag, ``{<prefix>}``, which Redis hashes first: every key of the
+deployment then shares one slot (docs/brokers.md, Redis Cluster).
 
 - ``P:{<queue>}:q:<0-9>`` list per priority: ready entries, FIFO (RPUSH, LPOP)
 - ``P:{<queue>}:lz``      sorted set: receipt -> lease end (epoch s, Redis clock)
@@ -206,7 +208,8 @@ class RedisBroker:
     Args:
         url: ``redis://[[user]:password@]host[:port][/db]``, ``rediss://...`` (TLS),
             or
-            ``redis+sentinel://[[user]:password@]host:port[,host:port...]/service_name[/db]``;
+            ``redis+sentinel://[[user]:password@]host:port[,host:port...]/service_name[/db]``,
+            or ``redis+cluster://[[user]:password@]host:port[,host:port...]``;
             options ``?prefix=NAME`` (key prefix, default ``conveyor``) and
             ``?publish_retry=SECONDS`` (how long a publish keeps retrying while Redis
             cannot be reached before it raises, default 10), plus any redis-py

@@ -53,7 +53,13 @@ def migrate(state: CliState, check: bool) -> None:
     """Create or upgrade Conveyor's tables in the PostgreSQL schema, or move a Redis broker's queues
     into the current key layout (nothing to do on other brokers)."""
     broker_url = state.get_app().conf.broker_url
-    on_redis = broker_url.split(":", 1)[0].lower() in ("redis", "rediss", "redis+sentinel")
+    on_redis = broker_url.split(":", 1)[0].lower() in (
+        "redis",
+        "rediss",
+        "redis+sentinel",
+        "redis+cluster",
+        "rediss+cluster",
+    )
     behind = on_redis and _redis_migrate(broker_url, check)
     urls = _postgres_urls(state)
     if not urls and on_redis:

@@ -2,8 +2,9 @@
 
 Adding a broker means adding one param here and one ``_*_case`` function; every
 test in ``test_contract.py`` then runs against it unchanged. Redis cases use one
-private redis-server per session (``tests/redis_server.py``) and a fresh key prefix
-per test; without ``redis-server`` they skip, or fail when ``CI=true``.
+private redis-server per session (``tests/redis_server.py``), Redis Cluster cases one
+private three-master cluster per session (``tests/redis_cluster.py``), and a fresh
+key prefix per test; without ``redis-server`` they skip, or fail when ``CI=true``.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from conveyor.brokers.memory import MemoryBroker
 from conveyor.brokers.sqlite import MESSAGES, SQLiteBroker
 
 from ..postgres_server import drop_schema, fresh_schema, postgres_url_or_skip, with_schema
+from ..redis_cluster import fresh_cluster_url, redis_cluster_or_skip
 from ..redis_server import fresh_url, redis_server_or_skip
 
 
@@ -81,6 +83,19 @@ def _redis_case(tmp_path: Path) -> BrokerCase:
     return BrokerCase("redis", url, lambda: RedisBroker(url), cross_process=True, inject_raw=inject)
 
 
+def _redis_cluster_case(tmp_path: Path) -> BrokerCase:
+    from conveyor.brokers.redis import RedisBroker
+
+    url = fresh_cluster_url(redis_cluster_or_skip())  # a fresh prefix, so a fresh slot tag
+
+    def inject(queue: str, body: bytes) -> None:
+        creator = RedisBroker(url)
+        creator.publish_raw(queue, body)
+        creator.close()
+
+    return BrokerCase("redis-cluster", url, lambda: RedisBroker(url), cross_process=True, inject_raw=inject)
+
+
 def _postgres_case(tmp_path: Path) -> BrokerCase:
     from conveyor.brokers.postgres import MESSAGES as PG_MESSAGES
     from conveyor.brokers.postgres import PostgresBroker
@@ -122,6 +137,7 @@ _BROKER_CASES = {
     "memory": _memory_case,
     "sqlite": _sqlite_case,
     "redis": _redis_case,
+    "redis-cluster": _redis_cluster_case,
     "postgres": _postgres_case,
 }
 
@@ -164,6 +180,13 @@ def _redis_backend_case(tmp_path: Path) -> BackendCase:
     return BackendCase("redis", url, lambda expires: RedisBackend(url, result_expires_s=expires))
 
 
+def _redis_cluster_backend_case(tmp_path: Path) -> BackendCase:
+    from conveyor.backends.redis import RedisBackend
+
+    url = fresh_cluster_url(redis_cluster_or_skip())
+    return BackendCase("redis-cluster", url, lambda expires: RedisBackend(url, result_expires_s=expires))
+
+
 def _postgres_backend_case(tmp_path: Path) -> BackendCase:
     from conveyor.backends.postgres import PostgresBackend
 
@@ -181,6 +204,7 @@ _BACKEND_CASES = {
     "memory": _memory_backend_case,
     "sqlite": _sqlite_backend_case,
     "redis": _redis_backend_case,
+    "redis-cluster": _redis_cluster_backend_case,
     "postgres": _postgres_backend_case,
 }
 

@@ -15,6 +15,7 @@ from conveyor import Conveyor, signals, states
 from conveyor.aio import client as aio
 from conveyor.backends import memory as memory_results
 from conveyor.brokers import memory
+from conveyor.exceptions import ConfigurationError
 from conveyor.exceptions import TimeoutError as ResultTimeout
 from conveyor.message import decode
 from conveyor.result import EagerResult
@@ -213,4 +214,11 @@ def test_an_unreachable_redis_is_one_clear_error(app: Conveyor) -> None:
     pytest.importorskip("redis")
     app.conf.broker_url = f"redis://127.0.0.1:{free_port()}/0?publish_retry=0.2"
     with pytest.raises(BrokerConnectionError, match="cannot reach Redis at redis://127.0.0.1"):
+        asyncio.run(app.tasks["a.add"].adelay(1, 2))
+
+
+def test_a_redis_cluster_url_is_one_clear_error(app: Conveyor) -> None:
+    pytest.importorskip("redis")
+    app.conf.broker_url = "redis+cluster://127.0.0.1:7000,127.0.0.1:7001/0"
+    with pytest.raises(ConfigurationError, match="async client does not support Redis Cluster yet"):
         asyncio.run(app.tasks["a.add"].adelay(1, 2))
