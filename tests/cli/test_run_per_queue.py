@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -39,7 +40,8 @@ def run(project: Project) -> Iterator[tuple[subprocess.Popen[bytes], Path]]:
                 "--worker-per-queue", "-P", "threads", "-c", "1",
             ),
             cwd=project.root,
-            env=project.env,
+            # A stop that hangs dumps every thread of every process (SIGABRT below).
+            env={**project.env, "PYTHONFAULTHANDLER": "1"},
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -88,6 +90,8 @@ def test_stopping_run_stops_every_queue_worker_warmly(
     try:
         code = proc.wait(timeout=30)
     except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGABRT)
+        time.sleep(1)
         raise AssertionError(f"run did not stop: {_children(proc.pid)}\n{log_path.read_text()}") from None
     assert code == 0, log_path.read_text()
     for pid in children:
