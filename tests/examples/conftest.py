@@ -77,3 +77,20 @@ def run_django_example(name: str, timeout: float = 180) -> list[str]:
     ran = re.findall(r"^(test_\w+) \(", output, flags=re.M)
     assert f"Ran {len(ran)} test" in output and re.search(r"^OK$", output, flags=re.M), output
     return ran
+
+
+def run_pytest_example(name: str, timeout: float = 180) -> list[str]:
+    """Run the example's own pytest suite from its folder; returns the names of the
+    tests that passed (the run passed, or this fails with its output)."""
+    example = EXAMPLES / name
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-v", "-p", "no:cacheprovider"],
+        cwd=example,
+        env=example_env(example),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output
+    return re.findall(r"::(test_\w+) PASSED", output)

@@ -3,13 +3,9 @@ tests run from its folder against a real worker."""
 
 from __future__ import annotations
 
-import re
-import subprocess
-import sys
-
 import pytest
 
-from tests.examples.conftest import EXAMPLES, example_env
+from tests.examples.conftest import run_pytest_example
 
 pytest.importorskip("fastapi")
 pytestmark = pytest.mark.integration
@@ -21,15 +17,4 @@ EXPECTED = [
 
 
 def test_fastapi_example_tests_pass() -> None:
-    example = EXAMPLES / "fastapi"
-    done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-v", "-p", "no:cacheprovider"],
-        cwd=example,
-        env=example_env(example),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    output = done.stdout + done.stderr
-    assert done.returncode == 0, output
-    assert sorted(re.findall(r"::(test_\w+) PASSED", output)) == sorted(EXPECTED), output
+    assert sorted(run_pytest_example("fastapi", timeout=120)) == sorted(EXPECTED)

@@ -3,13 +3,9 @@ each from one `conveyor run`, a chord of enrichments, rate-limited alerts, a nig
 
 from __future__ import annotations
 
-import re
-import subprocess
-import sys
-
 import pytest
 
-from tests.examples.conftest import EXAMPLES, example_env
+from tests.examples.conftest import run_pytest_example
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
@@ -23,16 +19,4 @@ EXPECTED = [
 
 
 def test_intel_example_tests_pass() -> None:
-    example = EXAMPLES / "intel"
-    done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-v", "-p", "no:cacheprovider"],
-        cwd=example,
-        env=example_env(example),
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    output = done.stdout + done.stderr
-    assert done.returncode == 0, output
-    passed = re.findall(r"::(test_\w+) PASSED", output)
-    assert sorted(passed) == sorted(EXPECTED), output
+    assert sorted(run_pytest_example("intel", timeout=180)) == sorted(EXPECTED)
