@@ -106,7 +106,9 @@ class Consumer:
         self._pending_records: list[ResultRecord] = []
         self._unsettled: list[Completion] = []  # finished, not yet written (adaptive batching)
         self._settle_by = 0.0  # monotonic deadline for the oldest unsettled outcome
-        self._fetching = threading.Event()
+        # A plain flag, not an Event: request_stop() runs in signal handlers, and an
+        # Event's lock taken there deadlocks if the main thread held it when the signal came.
+        self._fetching = False
         self._stopped = threading.Event()
         self._task_running = threading.Event()  # wakes the stall guard (inline pools)
         self._warm = False
@@ -127,7 +129,7 @@ class Consumer:
         else:
             self._warm = True
             self._warm_deadline = time.monotonic() + self.shutdown_timeout_s
-        self._fetching.clear()
+        self._fetching = False
         self.pool.wakeup()
 
     def abandon(self, reason: str, *, grace_s: float) -> bool:
@@ -159,7 +161,7 @@ class Consumer:
 
     def _serve(self) -> None:
         """Fetch in a thread; dispatch, wait for completions and settle in this one."""
-        self._fetching.set()
+        self._fetching = True
         self._start_thread(self._fetch_loop, "fetcher")
         self._start_thread(self._lease_loop, "lease-keeper")
         if self.pool.inline:
@@ -315,12 +317,12 @@ class Consumer:
 
     def _fetch_loop(self) -> None:
         backoff = 0.1
-        while self._fetching.is_set():
+        while self._fetching:
             with self._cond:
-                while self._fetching.is_set() and not self._wants_more():
+                while self._fetching and not self._wants_more():
                     self._cond.wait(1.0)
                 room = self._room()
-            if not self._fetching.is_set():
+            if not self._fetching:
                 return
             try:
                 deliveries = self.broker.fetch(self.queues, limit=room, lease_s=self.lease_s, timeout_s=1.0)
@@ -733,7 +735,7 @@ class Consumer:
         self._release(waiting)
 
     def _shutdown(self) -> None:
-        self._fetching.clear()
+        self._fetching = False
         with self._cond:
             self._cond.notify_all()
         self.broker.wake()
