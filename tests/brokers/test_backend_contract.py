@@ -92,7 +92,7 @@ def test_wait_wakes_when_stored(backend_case: BackendCase, backend: ResultBacken
 def test_wait_timeout_returns_latest_or_none(backend: ResultBackend) -> None:
     start = time.monotonic()
     assert backend.wait("never-stored", timeout_s=0.2, interval_s=0.05) is None
-    assert 0.18 <= time.monotonic() - start < 0.6
+    assert 0.18 <= time.monotonic() - start < 2.0
     running = record(states.STARTED)
     backend.store([running])
     assert backend.wait(running.task_id, timeout_s=0.1, interval_s=0.05) == running
