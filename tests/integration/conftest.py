@@ -8,6 +8,7 @@ many times each task really ran, whether or not its result was stored.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -15,6 +16,7 @@ import sys
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -255,9 +257,13 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 _FAILED = pytest.StashKey[bool]()
 
 
-@pytest.fixture
-def project(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[Project, object]]:
-    (tmp_path / "proj.py").write_text(textwrap.dedent(PROJECT))
+@contextlib.contextmanager
+def project_from(
+    source: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[tuple[Project, Any]]:
+    """A project whose ``proj`` module is ``source``, imported here as the client side;
+    its workers are stopped afterwards (and their logs printed when the test failed)."""
+    (tmp_path / "proj.py").write_text(textwrap.dedent(source))
     sys.modules.pop("proj", None)
     sys.path.insert(0, str(tmp_path))
     import proj  # type: ignore[import-not-found]
@@ -275,3 +281,9 @@ def project(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[Pr
         proj.app.close()
         sys.path.remove(str(tmp_path))
         sys.modules.pop("proj", None)
+
+
+@pytest.fixture
+def project(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[Project, Any]]:
+    with project_from(PROJECT, tmp_path, request) as made:
+        yield made

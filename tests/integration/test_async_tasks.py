@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import os
 import signal
-import sys
-import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,7 +21,7 @@ from conveyor.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from conveyor.testing import wait_for
 
 from ..redis_server import fresh_url, redis_server_or_skip
-from .conftest import _FAILED, Project
+from .conftest import Project, project_from
 
 pytestmark = pytest.mark.integration
 
@@ -152,23 +150,8 @@ def broker(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> s
 def project(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[Project, Any]]:
     """The integration fixture's shape with this module's tasks (the shared project has
     no coroutine task, so every other test keeps its workers as they were)."""
-    (tmp_path / "proj.py").write_text(textwrap.dedent(ASYNC_PROJECT))
-    sys.modules.pop("proj", None)
-    sys.path.insert(0, str(tmp_path))
-    import proj  # type: ignore[import-not-found]
-
-    proj.app.set_current()
-    p = Project(tmp_path)
-    try:
-        yield p, proj
-    finally:
-        p.stop_all()
-        if request.node.stash.get(_FAILED, False):
-            for index in range(len(p.workers)):
-                print(f"----- worker{index}.log -----\n{p.log(index)[-20000:]}")
-        proj.app.close()
-        sys.path.remove(str(tmp_path))
-        sys.modules.pop("proj", None)
+    with project_from(ASYNC_PROJECT, tmp_path, request) as made:
+        yield made
 
 
 def _one_child(pool: str) -> list[str]:
