@@ -441,7 +441,8 @@ class Consumer:
                     self._pending_acks.append(job.delivery)
         if self._pending_acks and self._burst and self.take_ahead:
             self._take_ahead()
-        if self._pending_acks or self._pending_records:
+        written = bool(self._pending_acks or self._pending_records)
+        if written:
             pending, self._unsettled = self._unsettled, []
             self._settle(pending, reply_later=True)
         for job in jobs:
@@ -451,7 +452,8 @@ class Consumer:
             finally:
                 if self.pool.inline:
                     self._task_running.clear()
-        self._retrying(self.broker.read_replies)
+        if written:  # acks_late jobs alone wrote nothing ahead of their start
+            self._retrying(self.broker.read_replies)
 
     def _take_ahead(self) -> None:
         """Ack, with the write that acks the task starting now, the next ``take_ahead``
