@@ -36,7 +36,8 @@ of every system, then round 2, ...) so that load from elsewhere on the machine i
    divided by that number (n/a for a system that keeps nothing in Redis).
 
 Conveyor runs with its defaults, task events included: no ``CONVEYOR_*`` variable of the
-caller's reaches its workers but the broker URL. ``--conveyor-before REV`` adds, beside each
+caller's reaches its workers but the broker URL. Its sources are byte-compiled first, as
+pip compiles every peer it installs (``compile_sources``). ``--conveyor-before REV`` adds, beside each
 Conveyor column, the same system with Conveyor at git revision REV (``conveyor/`` from
 ``git archive``, first on the PYTHONPATH of a child driver process and of its workers;
 the bench/peers modules are this checkout's), measured in the same rounds.
@@ -70,6 +71,7 @@ Exit status 0 when the table printed (even with failed systems), 2 for bad argum
 from __future__ import annotations
 
 import argparse
+import compileall
 import contextlib
 import importlib
 import importlib.metadata
@@ -713,6 +715,17 @@ def checkout_before(rev: str, workdir: Path) -> tuple[str, Path]:
     return commit, target
 
 
+def compile_sources(*dirs: Path) -> None:
+    """Byte-compile Conveyor's sources (this checkout, the ``--conveyor-before`` archive) and
+    the peer modules, as pip does for every package it installs from a wheel: the peers
+    import precompiled code, and with ``PYTHONDONTWRITEBYTECODE`` set (or a read-only
+    checkout) each Conveyor process would otherwise compile its modules from source at
+    every start, which the "start to first task" row would count against Conveyor."""
+    for d in dirs:
+        if not compileall.compile_dir(str(d), quiet=1):
+            raise SystemExit(f"peers: could not byte-compile {d}")
+
+
 class RemoteRunner:
     """A Runner in a child process that imports Conveyor from another checkout (one
     interpreter cannot hold two versions of the package). The driver asks it for one phase
@@ -946,6 +959,7 @@ def main(argv: list[str]) -> int:
     started = time.time()
     revision = conveyor_revision()
     before = checkout_before(args.conveyor_before, workdir) if args.conveyor_before else None
+    compile_sources(REPO / "conveyor", PEERS_DIR, *([before[1]] if before else []))
     with private_redis(workdir) as (url, client):
         if not args.quiet:
             print(f"peers: N={args.n:,} repeat={args.repeat} round trips={args.round_trips}, "

@@ -327,6 +327,7 @@ def main(argv: list[str]) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="conveyor-peers-pg-"))
     started = time.time()
     revision = peers.conveyor_revision()
+    peers.compile_sources(peers.REPO / "conveyor", peers.PEERS_DIR)
     with peers.private_redis(workdir) as (url, client):
         if not args.quiet:
             print(f"peers (postgres): N={args.n:,} repeat={args.repeat}, private Redis {url}, "
