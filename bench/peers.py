@@ -36,8 +36,9 @@ of every system, then round 2, ...) so that load from elsewhere on the machine i
    divided by that number (n/a for a system that keeps nothing in Redis).
 
 Conveyor runs with its defaults, task events included: no ``CONVEYOR_*`` variable of the
-caller's reaches its workers but the broker URL. Its sources are byte-compiled first, as
-pip compiles every peer it installs (``compile_sources``). ``--conveyor-before REV`` adds, beside each
+caller's reaches its workers but the broker URL. Its sources, the peer modules and the venv's
+packages are byte-compiled first, as an installation from wheels has them
+(``compile_sources``). ``--conveyor-before REV`` adds, beside each
 Conveyor column, the same system with Conveyor at git revision REV (``conveyor/`` from
 ``git archive``, first on the PYTHONPATH of a child driver process and of its workers;
 the bench/peers modules are this checkout's), measured in the same rounds.
@@ -84,6 +85,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -716,12 +718,14 @@ def checkout_before(rev: str, workdir: Path) -> tuple[str, Path]:
 
 
 def compile_sources(*dirs: Path) -> None:
-    """Byte-compile Conveyor's sources (this checkout, the ``--conveyor-before`` archive) and
-    the peer modules, as pip does for every package it installs from a wheel: the peers
-    import precompiled code, and with ``PYTHONDONTWRITEBYTECODE`` set (or a read-only
-    checkout) each Conveyor process would otherwise compile its modules from source at
-    every start, which the "start to first task" row would count against Conveyor."""
-    for d in dirs:
+    """Byte-compile what every worker imports, as a user's installation has it: the venv's
+    packages (pip compiles what it installs, unless ``PYTHONDONTWRITEBYTECODE`` is set
+    while it runs, as on some CI machines), Conveyor's sources (this checkout, the
+    ``--conveyor-before`` archive) and the peer modules. Otherwise each worker process
+    compiles its modules from source at every start, which the "start to first task" and
+    memory rows would count against whichever system was not compiled."""
+    site_packages = Path(sysconfig.get_paths()["purelib"])
+    for d in (site_packages, *dirs):
         if not compileall.compile_dir(str(d), quiet=1):
             raise SystemExit(f"peers: could not byte-compile {d}")
 
