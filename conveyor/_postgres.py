@@ -86,13 +86,18 @@ class PostgresURL:
     schema: str
     synchronous_commit: str | None  # None: the server's (or role's, database's) setting
     prepare_threshold: int | None  # psycopg's: executions before a statement is prepared; None: never
+    options: str  # the URL's own libpq ``options`` (``-c name=value ...``), sent after Conveyor's
+    connect_timeout: int  # seconds, the URL's or CONNECT_TIMEOUT_S
 
 
 def parse_url(url: str) -> PostgresURL:
-    """Split off ``schema=``; the rest is a libpq connection URI.
+    """Split off Conveyor's options (``schema``, ``synchronous_commit``,
+    ``prepare_threshold``) and the two it merges with its own (``options``, sent after
+    its session settings; ``connect_timeout``); the rest is a libpq connection URI.
 
     Raises:
-        ConfigurationError: not a postgres URL, or a schema name that is not a plain identifier.
+        ConfigurationError: not a postgres URL, a schema name that is not a plain
+            identifier, or an option value that cannot be used.
     """
     parts = urlsplit(url)
     if parts.scheme.lower() not in ("postgresql", "postgres"):
@@ -101,10 +106,16 @@ def parse_url(url: str) -> PostgresURL:
     schema = DEFAULT_SCHEMA
     synchronous_commit: str | None = None
     prepare_threshold: int | None = DEFAULT_PREPARE_THRESHOLD
+    libpq_options: list[str] = []
+    connect_timeout = CONNECT_TIMEOUT_S
     rest = []
     for key, value in options:
         if key == "schema":
             schema = value
+        elif key == "options":  # merged with Conveyor's session settings, not replaced by them
+            libpq_options.append(value.strip())
+        elif key == "connect_timeout":
+            connect_timeout = _seconds(value)
         elif key == "synchronous_commit":
             synchronous_commit = value.lower()
         elif key == "prepare_threshold":
@@ -126,7 +137,22 @@ def parse_url(url: str) -> PostgresURL:
         schema=schema.lower(),
         synchronous_commit=synchronous_commit,
         prepare_threshold=prepare_threshold,
+        options=" ".join(o for o in libpq_options if o),
+        connect_timeout=connect_timeout,
     )
+
+
+def _seconds(value: str) -> int:
+    try:
+        seconds = int(value)
+    except ValueError:
+        seconds = -1
+    if seconds < 0:
+        raise ConfigurationError(
+            f"postgresql URL option connect_timeout={value!r} is not a whole number of seconds: "
+            "use connect_timeout=10, or 0 to wait indefinitely"
+        )
+    return seconds
 
 
 def _threshold(value: str) -> int | None:
@@ -217,6 +243,11 @@ class Database:
         self.relaxed_options = self.options
         if spec.synchronous_commit is None:
             self.relaxed_options += " -c synchronous_commit=off"
+        if spec.options:
+            # Last, so that the URL's own settings win (a shorter statement_timeout, say).
+            self.options += " " + spec.options
+            self.relaxed_options += " " + spec.options
+        self.connect_timeout = spec.connect_timeout
         self._ddl = tuple(schema)
         self._tables = frozenset(tables)
         self._schema_ready = False
@@ -247,7 +278,7 @@ class Database:
                 self.conninfo,
                 autocommit=True,
                 options=self.relaxed_options if relaxed else self.options,
-                connect_timeout=CONNECT_TIMEOUT_S,
+                connect_timeout=self.connect_timeout,
             )
         except psycopg.Error as exc:
             raise BrokerConnectionError(

@@ -49,7 +49,7 @@ class _Pool:
         db = self.db
         try:
             return await psycopg.AsyncConnection.connect(
-                db.conninfo, autocommit=True, options=db.options, connect_timeout=pg.CONNECT_TIMEOUT_S
+                db.conninfo, autocommit=True, options=db.options, connect_timeout=db.connect_timeout
             )
         except psycopg.Error as exc:
             raise BrokerConnectionError(

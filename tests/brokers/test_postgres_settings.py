@@ -65,3 +65,37 @@ def test_prepare_threshold_none_sends_no_prepared_statement(pg_base: tuple[str, 
         broker.close()
     with pytest.raises(ConfigurationError, match="prepare_threshold='sometimes'"):
         PostgresBroker(with_schema(base, schema) + "&prepare_threshold=sometimes")
+
+
+def test_libpq_options_and_connect_timeout_in_the_url_reach_the_server(pg_base: tuple[str, str]) -> None:
+    """The URL's own ``options`` (libpq's ``-c name=value`` settings) and
+    ``connect_timeout`` go to libpq as the docs say of every other option, beside
+    Conveyor's session settings, and win over them: a user can shorten the timeouts."""
+    from urllib.parse import quote
+
+    from conveyor.brokers.postgres import PostgresBroker
+    from conveyor.exceptions import ConfigurationError
+
+    base, schema = pg_base
+    options = quote("-c lock_timeout=1234 -c statement_timeout=4321")
+    broker = PostgresBroker(with_schema(base, schema) + f"&options={options}&connect_timeout=7")
+    try:
+        assert _show(broker, "lock_timeout") == "1234ms"
+        assert _show(broker, "statement_timeout") == "4321ms"
+        # Conveyor's own settings stay where the URL says nothing.
+        assert _show(broker, "idle_in_transaction_session_timeout") == "1min"
+        assert _show(broker, "search_path") == schema
+        assert _show(broker, "lock_timeout", relaxed=True) == "1234ms"
+        conn = broker._db.open()
+        try:
+            assert conn.info.get_parameters().get("connect_timeout") == "7"
+        finally:
+            conn.close()
+    finally:
+        broker.close()
+    with pytest.raises(ConfigurationError, match="connect_timeout='soon' is not a whole number of seconds"):
+        PostgresBroker(with_schema(base, schema) + "&connect_timeout=soon")
+
+
+def _show(broker: object, name: str, *, relaxed: bool = False) -> str:
+    return str(broker._db.query(f"SHOW {name}", relaxed=relaxed)[0][0])  # type: ignore[attr-defined]
