@@ -160,6 +160,42 @@ def test_a_chord_of_100_runs_its_body_once_on_a_prefork_worker(pg_url: str, proj
     assert (stats.ready, stats.in_flight, stats.delayed) == (0, 0, 0)
 
 
+def test_tables_stay_bounded_after_thousands_of_tasks(pg_url: str, project: Any) -> None:
+    """Vacuum-friendly: acked messages are deleted (no row kept per finished task), and
+    the event log is trimmed to its limit even though each recycled child writes under
+    a tenth of it; the results stay, one row per task, until ``result_expires``."""
+    import psycopg
+    from psycopg import sql
+
+    from conveyor._postgres import parse_url
+
+    p, proj = project
+    max_count = 2000
+    p.env["CONVEYOR_EVENTS_MAX_COUNT"] = str(max_count)
+    p.start_worker("-P", "prefork", "-c", "2", "--max-tasks-per-child", "100")
+    results = proj.add.map([(i, 1) for i in range(3000)])
+    ids = [r.id for r in results]
+    wait_for(lambda: _all_done(proj.app, ids), timeout=120, interval=0.2, message="the tasks did not all run")
+    assert results[-1].get(timeout=10) == 3000
+
+    spec = parse_url(pg_url)
+
+    def count(table: str, where: str = "TRUE") -> int:
+        with psycopg.connect(spec.conninfo, autocommit=True) as conn:
+            query = sql.SQL("SELECT COUNT(*) FROM {}.{} WHERE " + where).format(
+                sql.Identifier(spec.schema), sql.Identifier(table)
+            )
+            row = conn.execute(query).fetchone()
+            assert row is not None
+            return int(row[0])
+
+    # The last settle batch is deleted in the same transaction that stores its results.
+    assert count("messages") == 0
+    assert count("results") == 3000
+    events = count("logs", "stream = 'events'")
+    assert 0.9 * max_count <= events <= max_count * 1.05, events
+
+
 def test_unreachable_server_is_one_clear_line() -> None:
     from conveyor.brokers.postgres import PostgresBroker
     from conveyor.exceptions import BrokerConnectionError
