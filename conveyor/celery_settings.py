@@ -68,7 +68,10 @@ CELERY_SETTINGS: dict[str, tuple[str, str]] = {
     "task_create_missing_queue_exchange_type": (IGNORED, "no exchanges"),
     "task_send_sent_event": (IGNORED, "the event log starts at task-received"),
     # -- results
-    "result_backend": (HONOURED, "same (None: the broker's store)"),
+    "result_backend": (
+        HONOURED,
+        "same (None, `django-db`, `rpc://`: the broker's store; `db+postgresql://...`, `db+sqlite:///...`: Conveyor's tables there)",
+    ),
     "result_backend_always_retry": (HONOURED, "storing a result is retried until written"),
     "result_backend_max_sleep_between_retries_ms": (IGNORED, "retries back off up to 30 s"),
     "result_backend_base_sleep_between_retries_ms": (IGNORED, "retries back off from 1 s"),

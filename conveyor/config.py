@@ -51,7 +51,30 @@ def _to_backend(raw: str) -> str | bool | None:
     lowered = raw.strip().lower()
     if lowered in ("false", "0", "off", "disabled"):
         return False
-    return _to_opt_str(raw)
+    value = _to_opt_str(raw)
+    return celery_backend_url(value) if value else value
+
+
+# Celery's backends that keep results for the project to read back, without naming a
+# store: Conveyor's answer to each is the broker's own store (which the Django admin,
+# the CLI and the dashboard read).
+_BROKER_STORE_SPELLINGS = frozenset({"django-db", "rpc", "rpc://"})
+
+
+def celery_backend_url(url: str) -> str | None:
+    """A result backend URL as Celery projects spell it, as Conveyor names the store:
+    None for the broker's own store (``django-db``, ``rpc://``); ``db+`` SQLAlchemy
+    URLs without their prefix and driver (``db+postgresql+psycopg2://...`` is
+    ``postgresql://...``, ``db+sqlite:///x`` is ``sqlite:///x``); others unchanged."""
+    if url.strip().lower() in _BROKER_STORE_SPELLINGS:
+        return None
+    if url[:3].lower() != "db+":
+        return url
+    scheme, sep, rest = url[3:].partition(":")
+    dialect = scheme.split("+", 1)[0].lower()
+    if dialect in ("postgresql", "postgres", "sqlite") and sep:
+        return f"{'sqlite' if dialect == 'sqlite' else 'postgresql'}:{rest}"
+    return url
 
 
 def _to_json(raw: str) -> Any:
@@ -327,6 +350,8 @@ class Settings:
     def __setattr__(self, name: str, value: Any) -> None:
         if name != "extra" and name not in _BY_NAME:
             raise ConfigurationError(f"unknown setting {name!r}: see conveyor.config.SETTINGS for the names")
+        if name == "result_backend" and isinstance(value, str) and value:
+            value = celery_backend_url(value)  # one spelling, whoever reads it
         object.__setattr__(self, name, value)
 
     def update(self, values: Mapping[str, Any] | None = None, /, **kwargs: Any) -> None:
@@ -334,7 +359,7 @@ class Settings:
         for key, value in merged.items():
             name = _ALIASES.get(key.lower(), key.lower())
             if name in _BY_NAME:
-                object.__setattr__(self, name, value)
+                setattr(self, name, value)
                 continue
             if name == "broker_transport_options" and isinstance(value, Mapping):
                 if value.get("visibility_timeout") is not None:

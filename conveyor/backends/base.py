@@ -170,7 +170,12 @@ def backend_from_url(url: str, *, result_expires_s: float) -> ResultBackend:
         return PostgresBackend(url, result_expires_s=result_expires_s)
     from conveyor.brokers.base import mask_url
 
+    if scheme.startswith("db+"):
+        scheme = scheme[3:].split("+", 1)[0]
+        what = f"Conveyor cannot keep results in {scheme} ({mask_url(url)})"
+    else:
+        what = f"unknown result backend URL scheme {scheme!r} in {mask_url(url)}"
     raise ConfigurationError(
-        f"unknown result backend URL scheme {scheme!r} in {mask_url(url)}: use sqlite:///path.sqlite3, "
-        "redis://host:6379/1, postgresql://user@host:5432/db, memory:// or backend=False"
+        f"{what}: use sqlite:///path.sqlite3, redis://host:6379/1, postgresql://user@host:5432/db, "
+        "memory://, nothing (the broker's own store) or backend=False"
     )
