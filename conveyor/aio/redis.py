@@ -75,24 +75,78 @@ def _client(parsed: RedisURL) -> aioredis.Redis:
 
 class _Redis:
     """One event loop's redis-py asyncio client (a pool: concurrent waits each get a
-    connection), with the sync side's error translation and publish retries."""
+    connection), with the sync side's error translation and publish retries.
+
+    On Redis Cluster every key of a deployment shares one hash slot (the prefix's
+    tag), so the client talks to the master serving that slot, found with ``CLUSTER
+    SLOTS`` from the URL's nodes, as the sync side does; a redirect or a lost
+    connection (a failover) makes the next try ask the cluster again.
+    """
 
     def __init__(self, url: str) -> None:
         self.link = RedisLink(url)  # parsing and key names only: it opens nothing until used
-        if self.link.parsed.cluster_nodes:
-            # Its client would reach the URL's first node, not the slot's master.
-            raise ConfigurationError(
-                f"the async client does not support Redis Cluster yet ({mask(url)}): "
-                "send with delay() and read with get(), or from a thread"
-            )
         self.url = url
         self._client: aioredis.Redis | None = None
 
-    @property
-    def client(self) -> aioredis.Redis:
+    async def connected(self) -> aioredis.Redis:
         if self._client is None:
-            self._client = _client(self.link.parsed)
+            if self.link.parsed.cluster_nodes:
+                self._client = await self._master_client()
+            else:
+                self._client = _client(self.link.parsed)
         return self._client
+
+    async def _master_client(self) -> aioredis.Redis:
+        import redis.asyncio as aioredis
+        from redis.crc import key_slot
+        from redis.exceptions import ConnectionError, RedisError
+
+        template = _client(self.link.parsed)  # the URL's options (TLS, AUTH...), its first node
+        pool = template.connection_pool
+
+        def on(host: str, port: int) -> aioredis.Redis:
+            options = {**pool.connection_kwargs, "host": host, "port": port}
+            return aioredis.Redis(
+                connection_pool=aioredis.ConnectionPool(connection_class=pool.connection_class, **options)
+            )
+
+        slot = key_slot(self.link.key("slot").encode())
+        failures = []
+        try:
+            for host, port in self.link.parsed.cluster_nodes:
+                node = on(host, port)
+                try:
+                    ranges = await node.execute_command("CLUSTER SLOTS")  # type: ignore[no-untyped-call]
+                except (RedisError, OSError) as exc:
+                    failures.append(f"{host}:{port}: {exc}")
+                    continue
+                finally:
+                    await node.aclose()
+                for first, last, master, *_replicas in ranges:
+                    if int(first) <= slot <= int(last):
+                        address = master[0].decode() if isinstance(master[0], bytes) else str(master[0])
+                        return on(address or host, int(master[1]))
+                failures.append(f"{host}:{port}: no master serves slot {slot}")
+        finally:
+            await template.aclose()
+        # A ConnectionError: retried like any lost connection while publish_retry lasts.
+        raise ConnectionError(
+            f"no cluster master found for slot of {self.link.prefix} ({'; '.join(failures)})"
+        )
+
+    async def forget(self, exc: BaseException) -> bool:
+        """After a failure on a cluster: drop the client when the slot may have moved
+        (redirect, lost connection), so the next try finds its master again."""
+        from redis.exceptions import AskError, ClusterDownError, ConnectionError, TimeoutError, TryAgainError
+
+        if not self.link.parsed.cluster_nodes:
+            return False
+        if not isinstance(
+            exc, (AskError, ClusterDownError, TryAgainError, ConnectionError, TimeoutError, OSError)
+        ):
+            return False
+        await self.aclose()
+        return True
 
     def translate(self, exc: Exception) -> BrokerError:
         from redis.exceptions import ConnectionError, TimeoutError
@@ -102,35 +156,41 @@ class _Redis:
             return BrokerConnectionError(f"cannot reach Redis at {mask(self.url)}: {text}")
         return BrokerError(f"Redis at {mask(self.url)} failed: {text}")
 
-    async def script(
-        self, script: Script, *args: Any, keys: Sequence[str] = (), retry_s: float = 0.0
-    ) -> Any:
+    async def script(self, script: Script, *args: Any, keys: Sequence[str] = (), retry_s: float = 0.0) -> Any:
         """EVALSHA, EVAL when Redis lost the script."""
         from redis.exceptions import NoScriptError
 
         async def run() -> Any:
+            client = await self.connected()
             try:
-                return await self.client.evalsha(script.sha, len(keys), *keys, *args)
+                return await client.evalsha(script.sha, len(keys), *keys, *args)
             except NoScriptError:
-                return await self.client.eval(script.source, len(keys), *keys, *args)
+                return await client.eval(script.source, len(keys), *keys, *args)
 
-        return await self._retrying(run, retry_s)
+        return await self.retrying(run, retry_s)
 
     async def transaction(self, commands: Sequence[tuple[Any, ...]], *, retry_s: float = 0.0) -> list[Any]:
         """``commands`` in one MULTI/EXEC."""
 
         async def run() -> list[Any]:
-            pipe = self.client.pipeline(transaction=True)
+            pipe = (await self.connected()).pipeline(transaction=True)
             for command in commands:
                 pipe.execute_command(*command)
             return list(await pipe.execute())
 
-        return await self._retrying(run, retry_s)
+        return await self.retrying(run, retry_s)
 
-    async def _retrying(self, operation: Callable[[], Awaitable[T]], retry_s: float) -> T:
+    async def retrying(self, operation: Callable[[], Awaitable[T]], retry_s: float) -> T:
         """Connection failures retried for ``retry_s`` with capped backoff (the
         publish_retry a sync publish has); any failure leaves as a BrokerError."""
-        from redis.exceptions import ConnectionError, RedisError, TimeoutError
+        from redis.exceptions import (
+            AskError,
+            ClusterDownError,
+            ConnectionError,
+            RedisError,
+            TimeoutError,
+            TryAgainError,
+        )
 
         deadline = time.monotonic() + retry_s
         pause = 0.05
@@ -138,7 +198,11 @@ class _Redis:
         while True:
             try:
                 return await operation()
-            except (ConnectionError, TimeoutError) as exc:
+            except (ConnectionError, TimeoutError, AskError, ClusterDownError, TryAgainError) as exc:
+                # Redirects reach here on a cluster only (MOVED is an AskError): the slot's
+                # master changed, so the command did not run; find it and try again.
+                if not await self.forget(exc) and not isinstance(exc, (ConnectionError, TimeoutError)):
+                    raise self.translate(exc) from None
                 # One immediate retry on a fresh connection hides a Redis restart.
                 if not first and time.monotonic() + pause > deadline:
                     raise self.translate(exc) from None
@@ -194,12 +258,12 @@ class RedisAsyncBackend:
         await self._redis.script(_STORE, *args, keys=tuple(keys))
 
     async def get(self, task_id: str) -> ResultRecord | None:
-        from redis.exceptions import RedisError
+        key = task_keys(self._redis.link, task_id)[0]
 
-        try:
-            data = await self._redis.client.get(task_keys(self._redis.link, task_id)[0])
-        except RedisError as exc:
-            raise self._redis.translate(exc) from None
+        async def read() -> Any:
+            return await (await self._redis.connected()).get(key)
+
+        data = await self._redis.retrying(read, 0.0)
         if data is None:
             return None
         return _decode(task_id, data if isinstance(data, bytes) else str(data).encode())
@@ -221,7 +285,7 @@ class RedisAsyncBackend:
                     return await self.get(task_id)
                 expire_ms = int(((remaining or max_block) + max_block) * 1000) + NOTIFY_TTL_MS
                 block = max_block if remaining is None else min(remaining, max_block)
-                pipe = self._redis.client.pipeline(transaction=False)
+                pipe = (await self._redis.connected()).pipeline(transaction=False)
                 pipe.execute_command(
                     "EVAL", _AWAIT.source, 3, key, waiters, notify, expire_ms,
                     int(not registered), *_READY_PREFIXES,
@@ -230,6 +294,7 @@ class RedisAsyncBackend:
                 try:
                     now_registered, got = await pipe.execute()
                 except RedisError as exc:
+                    await self._redis.forget(exc)  # on a cluster: the next wait finds the master again
                     raise self._redis.translate(exc) from None
                 registered = bool(now_registered)
                 if got:
@@ -240,7 +305,7 @@ class RedisAsyncBackend:
         finally:
             if registered:
                 try:
-                    await self._redis.client.decr(waiters)
+                    await (await self._redis.connected()).decr(waiters)
                 except Exception:  # best effort: the counter expires anyway
                     pass
 

@@ -187,3 +187,54 @@ def test_master_failover_loses_no_message_or_result(tmp_path: Path) -> None:
         if broker is not None:
             broker.close()
         cluster.stop()
+
+
+def test_the_async_client_rides_out_a_master_failover(tmp_path: Path) -> None:
+    """The async client on a cluster: it publishes to, and reads results from, the
+    master serving the deployment's slot; when that master is SIGKILLed, a publish is
+    retried until the replica is promoted, and a result stored before is read back."""
+    import asyncio
+
+    from conveyor.aio.redis import RedisAsyncBackend, RedisAsyncBroker
+
+    redis_cluster_or_skip()
+    cluster = RedisCluster(tmp_path, replicas=1, node_timeout_ms=1000)
+    cluster.start()
+    broker: RedisBroker | None = None
+    try:
+        url = f"{cluster.url}?prefix=a{new_id()[:8]}&publish_retry=20"
+        broker = RedisBroker(url)
+        prefix = broker.prefix
+        _until(lambda: bool(cluster.serving(prefix)[1]), 10, "the cluster did not learn of the replica")
+        master, [replica] = cluster.serving(prefix)
+        _until(
+            lambda: b"master_link_status:up" in cluster.cli(replica, "INFO", "replication"),
+            10,
+            "the replica did not sync",
+        )
+        before, after = msg(), msg()
+        stored = ResultRecord(new_id(), states.SUCCESS, result={"n": 1})
+
+        async def run() -> None:
+            aio_broker = RedisAsyncBroker(url)
+            aio_backend = RedisAsyncBackend(url, result_expires_s=60)
+            try:
+                await aio_broker.publish(before)
+                await aio_backend.store([stored])
+                assert broker is not None
+                assert broker.link.send([("WAIT", 1, 2000)]) == [1]  # both reached the replica
+                cluster.kill(master)
+                await aio_broker.publish(after)  # retried until the replica is promoted
+                assert await aio_backend.get(stored.task_id) == stored
+            finally:
+                await aio_broker.aclose()
+                await aio_backend.aclose()
+
+        asyncio.run(run())
+        assert b"role:master" in cluster.cli(replica, "INFO", "replication")
+        got = broker.fetch(["default"], limit=10, lease_s=30, timeout_s=1)
+        assert [d.message_id for d in got] == [before.id, after.id]
+    finally:
+        if broker is not None:
+            broker.close()
+        cluster.stop()

@@ -1,4 +1,4 @@
-"""The async client against real workers on SQLite, Redis and PostgreSQL: sent with
+"""The async client against real workers on SQLite, Redis, Redis Cluster and PostgreSQL: sent with
 ``adelay``, awaited with ``aget``, watched with ``astate``, on the loop alone."""
 
 from __future__ import annotations
@@ -16,16 +16,19 @@ from conveyor.aio import client as aio
 from conveyor.exceptions import TimeoutError as ResultTimeout
 
 from ..postgres_server import drop_schema, fresh_schema, postgres_url_or_skip, with_schema
+from ..redis_cluster import fresh_cluster_url, redis_cluster_or_skip
 from ..redis_server import fresh_url, redis_server_or_skip
 
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(params=["sqlite", "redis", "postgres"])
+@pytest.fixture(params=["sqlite", "redis", "redis-cluster", "postgres"])
 def project(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     schema = None
     if request.param == "redis":
         monkeypatch.setenv("TEST_BROKER_URL", fresh_url(redis_server_or_skip()))
+    elif request.param == "redis-cluster":
+        monkeypatch.setenv("TEST_BROKER_URL", fresh_cluster_url(redis_cluster_or_skip()))
     elif request.param == "postgres":
         schema = fresh_schema()
         monkeypatch.setenv("TEST_BROKER_URL", with_schema(postgres_url_or_skip(), schema))
