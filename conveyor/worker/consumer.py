@@ -555,7 +555,7 @@ class Consumer:
             coroutine=task.is_coroutine,
             meta={"args": message.args, "kwargs": message.kwargs, "retries": message.retries},
             acked=acked,
-            message=message if task.is_coroutine else None,  # awaited in this process: not decoded again
+            message=message,  # every pool runs the job in this process: not decoded again
         )
 
     def _request(self, message: Message, delivery: Delivery) -> Request:

@@ -57,7 +57,8 @@ class Job:
     early_acked: bool = False  # its ack is written before it runs
     acked: bool = False  # acked already: taken ahead (consumer._take_ahead) or with its rate-limit slot
     meta: dict[str, Any] = field(default_factory=dict)
-    # The decoded body, for pools that run the job in this process (not sent to children).
+    # The decoded body: every pool runs the job in this process (a prefork child is a
+    # consumer of its own), so run_one need not decode it again.
     message: Message | None = field(default=None, repr=False, compare=False)
 
     @property
