@@ -332,8 +332,8 @@ def main(argv: list[str]) -> int:
         if not args.quiet:
             print(f"peers (postgres): N={args.n:,} repeat={args.repeat}, private Redis {url}, "
                   f"PostgreSQL {args.pg_url}, work dir {workdir}", file=sys.stderr, flush=True)  # fmt: skip
-        ctx = Context(
-            url, client, workdir, args.n, args.repeat, args.round_trips, args.timeout, not args.quiet
+        ctx = Context(  # memory_n=0: no "Redis memory per message" phase in this group
+            url, client, workdir, args.n, args.repeat, args.round_trips, args.timeout, not args.quiet, 0
         )
         outcomes = measure_all(args, ctx)
     server = server_version(args.pg_url)
