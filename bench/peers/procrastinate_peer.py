@@ -15,7 +15,7 @@ import time
 from typing import Any
 
 import procrastinate
-from common import Peer, mark_done
+from common import Peer, mark_done, mark_started
 
 DSN = os.environ.get("PEERS_PROCRASTINATE_DSN", "")
 STATUS_POLL_S = 0.001
@@ -37,6 +37,12 @@ def echo(i: int) -> int:
 @app.task(name="add", queue="default")
 def add(x: int, y: int) -> int:
     return x + y
+
+
+@app.task(name="stamp", queue="default")
+def stamp(i: int) -> int:
+    mark_started(i)
+    return i
 
 
 class ProcrastinatePeer(Peer):
@@ -91,6 +97,9 @@ class ProcrastinatePeer(Peer):
             if time.monotonic() > deadline:
                 raise TimeoutError(f"add job {job_id} still {status.value} after {timeout}s")
             time.sleep(STATUS_POLL_S)
+
+    def send_stamp(self, i: int) -> None:
+        stamp.defer(i=i)
 
     def close(self) -> None:
         app.close()
