@@ -140,6 +140,18 @@ def _move_slot(cluster: RedisCluster, tag: str, source: int, target: int) -> Non
         cluster.cli(port, "CLUSTER", "SETSLOT", slot, "NODE", ids[target])
 
 
+def _master_and_synced_replica(cluster: RedisCluster, prefix: str) -> tuple[int, int]:
+    """The ports of the master serving ``prefix``'s slot and of its replica, once in sync."""
+    _until(lambda: bool(cluster.serving(prefix)[1]), 10, "the cluster did not learn of the replica")
+    master, [replica] = cluster.serving(prefix)
+    _until(
+        lambda: b"master_link_status:up" in cluster.cli(replica, "INFO", "replication"),
+        10,
+        "the replica did not sync",
+    )
+    return master, replica
+
+
 def test_master_failover_loses_no_message_or_result(tmp_path: Path) -> None:
     """Three masters with a replica each: the master serving the deployment's slot is
     killed, its replica promoted, and the same broker object carries on against the
@@ -154,14 +166,7 @@ def test_master_failover_loses_no_message_or_result(tmp_path: Path) -> None:
     try:
         broker = RedisBroker(f"{cluster.url}?prefix=f{new_id()[:8]}&publish_retry=20")
         backend = broker.result_backend(result_expires_s=60)
-        prefix = broker.prefix
-        _until(lambda: bool(cluster.serving(prefix)[1]), 10, "the cluster did not learn of the replica")
-        master, [replica] = cluster.serving(prefix)
-        _until(
-            lambda: b"master_link_status:up" in cluster.cli(replica, "INFO", "replication"),
-            10,
-            "the replica did not sync",
-        )
+        master, replica = _master_and_synced_replica(cluster, broker.prefix)
         before = [msg(), msg()]
         for m in before:
             broker.publish(m)
@@ -204,14 +209,7 @@ def test_the_async_client_rides_out_a_master_failover(tmp_path: Path) -> None:
     try:
         url = f"{cluster.url}?prefix=a{new_id()[:8]}&publish_retry=20"
         broker = RedisBroker(url)
-        prefix = broker.prefix
-        _until(lambda: bool(cluster.serving(prefix)[1]), 10, "the cluster did not learn of the replica")
-        master, [replica] = cluster.serving(prefix)
-        _until(
-            lambda: b"master_link_status:up" in cluster.cli(replica, "INFO", "replication"),
-            10,
-            "the replica did not sync",
-        )
+        master, replica = _master_and_synced_replica(cluster, broker.prefix)
         before, after = msg(), msg()
         stored = ResultRecord(new_id(), states.SUCCESS, result={"n": 1})
 
