@@ -87,11 +87,18 @@ class _Redis:
         self.link = RedisLink(url)  # parsing and key names only: it opens nothing until used
         self.url = url
         self._client: aioredis.Redis | None = None
+        self._finding: asyncio.Lock | None = None  # made on the loop that uses this client
 
     async def connected(self) -> aioredis.Redis:
         if self._client is None:
             if self.link.parsed.cluster_nodes:
-                self._client = await self._master_client()
+                # Concurrent first calls (or calls after a failover) look the master up
+                # once: a second client made meanwhile would be dropped unclosed.
+                if self._finding is None:
+                    self._finding = asyncio.Lock()
+                async with self._finding:
+                    if self._client is None:
+                        self._client = await self._master_client()
             else:
                 self._client = _client(self.link.parsed)
         return self._client

@@ -236,3 +236,38 @@ def test_the_async_client_rides_out_a_master_failover(tmp_path: Path) -> None:
         if broker is not None:
             broker.close()
         cluster.stop()
+
+
+def test_concurrent_first_async_sends_look_the_master_up_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Twenty coroutines publishing at once through a new async broker: one lookup of
+    the slot's master, one client, every message queued."""
+    import asyncio
+
+    from conveyor.aio import redis as aio_redis
+
+    url = fresh_cluster_url(redis_cluster_or_skip())
+    lookups = []
+    real = aio_redis._Redis._master_client
+
+    async def counted(self: aio_redis._Redis) -> object:
+        lookups.append(1)
+        return await real(self)
+
+    monkeypatch.setattr(aio_redis._Redis, "_master_client", counted)
+    sent = [msg() for _ in range(20)]
+
+    async def run() -> None:
+        broker = aio_redis.RedisAsyncBroker(url)
+        try:
+            await asyncio.gather(*(broker.publish(m) for m in sent))
+        finally:
+            await broker.aclose()
+
+    asyncio.run(run())
+    assert len(lookups) == 1
+    sync = RedisBroker(url)
+    try:
+        got = sync.fetch(["default"], limit=50, lease_s=30, timeout_s=1)
+        assert sorted(d.message_id for d in got) == sorted(m.id for m in sent)
+    finally:
+        sync.close()
