@@ -51,8 +51,7 @@ def _to_backend(raw: str) -> str | bool | None:
     lowered = raw.strip().lower()
     if lowered in ("false", "0", "off", "disabled"):
         return False
-    value = _to_opt_str(raw)
-    return celery_backend_url(value) if value else value
+    return _to_opt_str(raw)
 
 
 # Celery's backends that keep results for the project to read back, without naming a
@@ -341,7 +340,7 @@ class Settings:
             if raw is None:
                 continue
             try:
-                object.__setattr__(self, setting.name, setting.parse(raw))
+                setattr(self, setting.name, setting.parse(raw))
             except (ValueError, orjson.JSONDecodeError) as exc:
                 raise ConfigurationError(
                     f"environment variable {setting.env}={raw!r} is invalid: {exc}"
@@ -351,7 +350,8 @@ class Settings:
         if name != "extra" and name not in _BY_NAME:
             raise ConfigurationError(f"unknown setting {name!r}: see conveyor.config.SETTINGS for the names")
         if name == "result_backend" and isinstance(value, str) and value:
-            value = celery_backend_url(value)  # one spelling, whoever reads it
+            # One spelling, however it was set (environment, config object, update()).
+            value = celery_backend_url(value)
         object.__setattr__(self, name, value)
 
     def update(self, values: Mapping[str, Any] | None = None, /, **kwargs: Any) -> None:

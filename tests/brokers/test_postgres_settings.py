@@ -29,7 +29,7 @@ def _setting(url: str, *, relaxed: bool = False) -> str:
 
     broker = PostgresBroker(url)
     try:
-        return str(broker._db.query("SHOW synchronous_commit", relaxed=relaxed)[0][0])
+        return _show(broker, "synchronous_commit", relaxed=relaxed)
     finally:
         broker.close()
 
